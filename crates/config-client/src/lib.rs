@@ -1,0 +1,282 @@
+//! Typed settings for Borough services.
+//!
+//! Today settings come from `BOROUGH_*` environment variables with defaults that work for
+//! `make run`; the config service's watch client joins here later as a second layer.
+//! Every parse error names the variable and the value it could not use, so a bad
+//! deployment fails at start-up with a message an operator can act on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A setting that could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    #[error("{name}={value:?} is not valid: {reason}")]
+    Invalid {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{name} must be set")]
+    Missing { name: String },
+}
+
+/// Where settings are read from: the process environment, or a map in tests.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// `None`: the process environment.
+    vars: Option<HashMap<String, String>>,
+}
+
+impl Env {
+    /// The process environment.
+    pub fn process() -> Self {
+        Env { vars: None }
+    }
+
+    /// A fixed set of variables (tests, embedding).
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Env {
+            vars: Some(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The raw value; an empty value counts as unset.
+    pub fn raw(&self, name: &str) -> Option<String> {
+        let value = match &self.vars {
+            Some(vars) => vars.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        };
+        value.filter(|v| !v.trim().is_empty())
+    }
+
+    /// A value parsed with `FromStr`, or the default when unset.
+    pub fn parse<T>(&self, name: &str, default: T) -> Result<T, SettingsError>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(value) => value
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| SettingsError::Invalid {
+                    name: name.to_owned(),
+                    value,
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
+    /// A socket address such as `127.0.0.1:8080` or `[::]:50051`.
+    pub fn socket_addr(&self, name: &str, default: &str) -> Result<SocketAddr, SettingsError> {
+        let value = self.raw(name).unwrap_or_else(|| default.to_owned());
+        value.trim().parse().map_err(|_| SettingsError::Invalid {
+            name: name.to_owned(),
+            value,
+            reason: "expected host:port with an IP address, e.g. 127.0.0.1:8080".to_owned(),
+        })
+    }
+
+    /// A string with a default.
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// An optional string.
+    pub fn optional(&self, name: &str) -> Option<String> {
+        self.raw(name)
+    }
+
+    /// A URL whose scheme is one of `schemes` (e.g. `http`, `postgres`).
+    pub fn url(
+        &self,
+        name: &str,
+        default: &str,
+        schemes: &[&str],
+    ) -> Result<String, SettingsError> {
+        let value = self.raw(name).unwrap_or_else(|| default.to_owned());
+        let value = value.trim().to_owned();
+        let ok = value
+            .split_once("://")
+            .is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
+        if ok {
+            Ok(value)
+        } else {
+            Err(SettingsError::Invalid {
+                name: name.to_owned(),
+                // Never echo a URL that may hold a password.
+                value: redact_url(&value),
+                reason: format!("expected a URL starting with {}://", schemes.join("://, ")),
+            })
+        }
+    }
+
+    /// A duration: `250ms`, `5s`, `2m`, or a bare number of seconds.
+    pub fn duration(&self, name: &str, default: Duration) -> Result<Duration, SettingsError> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(value) => parse_duration(&value).ok_or_else(|| SettingsError::Invalid {
+                name: name.to_owned(),
+                value,
+                reason: "expected a duration such as 250ms, 5s or 2m".to_owned(),
+            }),
+        }
+    }
+
+    /// A byte size: `1048576`, `64KiB`, `1MiB`.
+    pub fn bytes(&self, name: &str, default: usize) -> Result<usize, SettingsError> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(value) => parse_bytes(&value).ok_or_else(|| SettingsError::Invalid {
+                name: name.to_owned(),
+                value,
+                reason: "expected a size such as 65536, 64KiB or 1MiB".to_owned(),
+            }),
+        }
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host/...` with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn parse_duration(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    if !number.is_finite() || number < 0.0 {
+        return None;
+    }
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+fn parse_bytes(value: &str) -> Option<usize> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let multiplier = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1024,
+        "MiB" | "M" | "MB" => 1024 * 1024,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_and_empty_values_take_the_default() {
+        let env = Env::from_pairs([("BOROUGH_X", "  ")]);
+        assert_eq!(env.parse("BOROUGH_X", 7u32), Ok(7));
+        assert_eq!(env.parse("BOROUGH_Y", 8u32), Ok(8));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        let env = Env::from_pairs([("BOROUGH_HTTP_ADDR", "localhost:eighty")]);
+        let err = env
+            .socket_addr("BOROUGH_HTTP_ADDR", "127.0.0.1:8080")
+            .expect_err("not an address");
+        assert!(
+            err.to_string()
+                .starts_with("BOROUGH_HTTP_ADDR=\"localhost:eighty\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_accept_units() {
+        let env = Env::from_pairs([
+            ("A", "250ms"),
+            ("B", "5s"),
+            ("C", "2m"),
+            ("D", "3"),
+            ("E", "soon"),
+        ]);
+        let d = |n| env.duration(n, Duration::ZERO);
+        assert_eq!(d("A"), Ok(Duration::from_millis(250)));
+        assert_eq!(d("B"), Ok(Duration::from_secs(5)));
+        assert_eq!(d("C"), Ok(Duration::from_secs(120)));
+        assert_eq!(d("D"), Ok(Duration::from_secs(3)));
+        assert!(d("E").is_err());
+    }
+
+    #[test]
+    fn byte_sizes_accept_binary_units() {
+        let env = Env::from_pairs([("A", "64KiB"), ("B", "1MiB"), ("C", "100"), ("D", "1GiB")]);
+        assert_eq!(env.bytes("A", 0), Ok(65536));
+        assert_eq!(env.bytes("B", 0), Ok(1 << 20));
+        assert_eq!(env.bytes("C", 0), Ok(100));
+        assert!(env.bytes("D", 0).is_err());
+    }
+
+    #[test]
+    fn urls_are_checked_by_scheme_and_passwords_never_echoed() {
+        let env = Env::from_pairs([
+            ("DB", "mysql://app:hunter2@db/x"),
+            ("OK", "postgres://db/x"),
+        ]);
+        let err = env
+            .url("DB", "", &["postgres", "postgresql"])
+            .expect_err("wrong scheme");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("DB="), "{err}");
+        assert_eq!(
+            env.url("OK", "", &["postgres"]),
+            Ok("postgres://db/x".to_owned())
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("postgres://app:secret@127.0.0.1:5432/borough"),
+            "postgres://app:***@127.0.0.1:5432/borough"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:50051"),
+            "http://127.0.0.1:50051"
+        );
+    }
+}

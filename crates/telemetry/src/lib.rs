@@ -1,0 +1,12 @@
+//! Observability shared by every Borough service: structured logs, the trace context of
+//! the current request, Prometheus metrics, and the admin HTTP port (`/healthz`,
+//! `/readyz`, `/metrics`).
+
+pub mod admin;
+pub mod logging;
+pub mod metrics;
+pub mod trace;
+
+pub use admin::{AdminState, Readiness};
+pub use logging::init_logging;
+pub use metrics::Metrics;

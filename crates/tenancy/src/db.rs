@@ -1,0 +1,132 @@
+//! Database errors in Borough's terms, pool settings, and the readiness probe.
+
+use std::time::Duration;
+
+use borough_error::ErrorKind;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// PostgreSQL SQLSTATEs we act on.
+pub mod sqlstate {
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    pub const FOREIGN_KEY_VIOLATION: &str = "23503";
+    pub const CHECK_VIOLATION: &str = "23514";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const DEADLOCK_DETECTED: &str = "40P01";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+}
+
+/// The kind of a database error, by SQLSTATE or by failure class.
+pub fn classify(err: &sqlx::Error) -> ErrorKind {
+    match err {
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(sqlstate::UNIQUE_VIOLATION) => ErrorKind::AlreadyExists,
+            Some(sqlstate::SERIALIZATION_FAILURE | sqlstate::DEADLOCK_DETECTED) => {
+                ErrorKind::Conflict
+            }
+            Some(sqlstate::QUERY_CANCELED) => ErrorKind::DeadlineExceeded,
+            Some(
+                sqlstate::ADMIN_SHUTDOWN
+                | sqlstate::CANNOT_CONNECT_NOW
+                | sqlstate::TOO_MANY_CONNECTIONS,
+            ) => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        },
+        sqlx::Error::RowNotFound => ErrorKind::NotFound,
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
+    }
+}
+
+/// The SQLSTATE of a database error, if it is one.
+pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// The constraint a database error names, if any.
+pub fn constraint(err: &sqlx::Error) -> Option<&str> {
+    match err {
+        sqlx::Error::Database(db) => db.constraint(),
+        _ => None,
+    }
+}
+
+/// How services open their pools.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// How long a call waits for a connection before failing with UNAVAILABLE.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A pool that connects lazily, so a service starts (and reports not-ready) while its
+/// database is down, and recovers without a restart when it returns.
+pub fn lazy_pool(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
+    // sqlx logs statement text (never bound values) at debug, slow ones at warn.
+    let options: PgConnectOptions = url.parse()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .min_connections(0)
+        .acquire_timeout(settings.acquire_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options))
+}
+
+/// Checks the pool every `interval` and reports the result as the readiness check
+/// `database` (and through `on_change`, e.g. to gRPC health). Runs until the task is
+/// dropped.
+pub async fn probe_readiness(
+    pool: PgPool,
+    readiness: borough_telemetry::Readiness,
+    interval: Duration,
+    on_change: impl Fn(bool) + Send + 'static,
+) {
+    readiness.register("database", "not checked yet");
+    let mut last: Option<bool> = None;
+    loop {
+        let check = tokio::time::timeout(
+            Duration::from_secs(2),
+            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&pool),
+        )
+        .await;
+        let ok = matches!(check, Ok(Ok(1)));
+        if ok {
+            readiness.set_ok("database");
+        } else {
+            let reason = match check {
+                Ok(Err(e)) => format!("unreachable ({})", classify(&e)),
+                _ => "unreachable (timed out)".to_owned(),
+            };
+            readiness.set_failing("database", reason);
+        }
+        if last != Some(ok) {
+            if ok {
+                tracing::info!("database reachable");
+            } else {
+                tracing::warn!("database unreachable");
+            }
+            on_change(ok);
+            last = Some(ok);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

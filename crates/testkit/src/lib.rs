@@ -1,0 +1,214 @@
+//! Borough's test kit: real PostgreSQL, real sockets.
+//!
+//! - [`pg::Cluster`]: a throwaway PostgreSQL server (one per test process, started on first
+//!   use and gone when the process ends) or the persistent one of `make run`.
+//! - [`TestDatabase`]: a fresh, migrated database per test, with the superuser's URL (for
+//!   set-up and inspection) and the service role's (what services use).
+//! - [`spawn`]: runs a service's `serve` in-process on 127.0.0.1 port 0 and hands back its
+//!   addresses and a shutdown trigger.
+
+pub mod pg;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use pg::Cluster;
+
+static CLUSTER: OnceLock<std::result::Result<Cluster, String>> = OnceLock::new();
+
+/// This process's throwaway cluster, started on first use.
+pub fn cluster() -> Result<&'static Cluster> {
+    CLUSTER
+        .get_or_init(|| {
+            let cluster = Cluster::start_temporary().map_err(|e| format!("{e:#}"))?;
+            prepare_cluster(&cluster).map_err(|e| format!("{e:#}"))?;
+            Ok(cluster)
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("the test PostgreSQL cluster failed to start: {e}"))
+}
+
+/// Creates the service login role once per cluster (roles are cluster-wide).
+fn prepare_cluster(cluster: &Cluster) -> Result<()> {
+    // Called from inside test runtimes, which cannot block: use a runtime of its own on
+    // a thread of its own.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    let mut conn =
+                        PgConnection::connect(&cluster.superuser_url("postgres")).await?;
+                    ensure_service_role(&mut conn, cluster.service_password()).await
+                })
+            })
+            .join()
+            .map_err(|_| anyhow!("preparing the cluster panicked"))?
+    })
+}
+
+/// Creates (or resets the password of) the LOGIN role services connect as.
+pub async fn ensure_service_role(conn: &mut PgConnection, password: &str) -> Result<()> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
+            .bind(pg::SERVICE_ROLE)
+            .fetch_one(&mut *conn)
+            .await?;
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    // Password literals cannot be bound; quote it as a string literal.
+    let literal = password.replace('\'', "''");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "{verb} ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '{literal}'",
+        pg::SERVICE_ROLE
+    )))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A fresh database with every migration applied.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    pub name: String,
+    /// Superuser: set-up and inspection only.
+    pub admin_url: String,
+    /// The service role: what services are given.
+    pub service_url: String,
+}
+
+impl TestDatabase {
+    /// Creates and migrates a new database on this process's cluster.
+    pub async fn create() -> Result<TestDatabase> {
+        let cluster = cluster()?;
+        let name = format!("test_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = PgConnection::connect(&cluster.superuser_url("postgres")).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .context("creating the test database")?;
+        let db = TestDatabase {
+            admin_url: cluster.superuser_url(&name),
+            service_url: cluster.service_url(&name),
+            name,
+        };
+        let mut conn = PgConnection::connect(&db.admin_url).await?;
+        borough_tenancy::migrate::run_all(&mut conn).await?;
+        borough_tenancy::migrate::grant_app_role(&mut conn, pg::SERVICE_ROLE).await?;
+        Ok(db)
+    }
+
+    /// A superuser pool on this database.
+    pub async fn admin_pool(&self) -> Result<PgPool> {
+        Ok(PgPool::connect(&self.admin_url).await?)
+    }
+
+    /// A pool as the service role.
+    pub async fn service_pool(&self) -> Result<PgPool> {
+        Ok(PgPool::connect(&self.service_url).await?)
+    }
+}
+
+/// Binds 127.0.0.1 on an ephemeral port.
+pub async fn listener() -> Result<TcpListener> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?)
+}
+
+/// A service running in-process.
+pub struct Spawned {
+    /// The address of each listener, in the order given to [`spawn`].
+    pub addrs: Vec<SocketAddr>,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<Result<()>>,
+}
+
+impl Spawned {
+    pub fn addr(&self, index: usize) -> SocketAddr {
+        self.addrs[index]
+    }
+
+    /// `http://addr` of listener `index`.
+    pub fn url(&self, index: usize) -> String {
+        format!("http://{}", self.addrs[index])
+    }
+
+    /// Starts graceful shutdown without waiting for it.
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shuts down and waits for the service to finish.
+    pub async fn stop(mut self) -> Result<()> {
+        self.trigger_shutdown();
+        (&mut self.task).await?
+    }
+}
+
+/// Runs `serve(listeners, shutdown)` on a task, with `count` listeners on 127.0.0.1:0.
+pub async fn spawn<F, Fut, E>(count: usize, serve: F) -> Result<Spawned>
+where
+    F: FnOnce(Vec<TcpListener>, Shutdown) -> Fut,
+    Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        listeners.push(listener().await?);
+    }
+    let addrs = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let (tx, rx) = oneshot::channel();
+    let fut = serve(listeners, Shutdown(rx));
+    let task = tokio::spawn(async move { fut.await.map_err(|e| anyhow!("{e}")) });
+    Ok(Spawned {
+        addrs,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// The shutdown signal handed to spawned services: resolves when the test asks the
+/// service to stop (or drops its handle).
+pub struct Shutdown(oneshot::Receiver<()>);
+
+impl Future for Shutdown {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+/// Polls `GET url` until it answers `expected`, or fails after `timeout`.
+pub async fn wait_for_status(url: &str, expected: u16, timeout: Duration) -> Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = client.get(url).send().await.map(|r| r.status().as_u16());
+        if matches!(last, Ok(status) if status == expected) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "{url} did not answer {expected} within {timeout:?} (last: {last:?})"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,371 @@
+//! Throwaway (and, for `make run`, persistent) PostgreSQL clusters.
+//!
+//! Debian's server binaries are found under `/usr/lib/postgresql/*/bin` (or on `PATH`, or
+//! in `BOROUGH_PG_BIN`). PostgreSQL refuses to run as root, so when this process is root
+//! every server command runs as the `postgres` user through `runuser`.
+//!
+//! A temporary cluster is copied from a template made once per machine by `initdb` (so a
+//! test process pays a copy, not an initdb), listens on 127.0.0.1 only, on a free port, and
+//! is watched by a small shell that holds a pipe from this process: when the process ends,
+//! however it ends, the pipe closes and the shell stops the server and deletes its files.
+//! No stray postgres survives `make test`.
+
+use std::io::Read;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+/// The superuser every Borough cluster is initialised with.
+pub const SUPERUSER: &str = "postgres";
+/// The LOGIN role services connect as; a member of `borough_app`.
+pub const SERVICE_ROLE: &str = "borough_service";
+
+/// A running PostgreSQL server.
+pub struct Cluster {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    superuser_password: String,
+    service_password: String,
+    /// Temporary clusters: the watchdog's stdin. Dropping it (or exiting) stops the server.
+    watchdog: Option<(Child, ChildStdin)>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("data_dir", &self.data_dir)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Passwords of the temporary clusters (loopback only, deleted at exit).
+const TEST_SUPERUSER_PASSWORD: &str = "testkit-superuser";
+const TEST_SERVICE_PASSWORD: &str = "testkit-service";
+
+impl Cluster {
+    /// Starts a temporary cluster on a free loopback port.
+    pub fn start_temporary() -> Result<Cluster> {
+        let bin = pg_bin_dir()?;
+        let template = ensure_template(&bin)?;
+        let mut last_err = None;
+        for _ in 0..5 {
+            let data_dir = std::env::temp_dir().join(format!(
+                "borough-pg-{}-{}",
+                std::process::id(),
+                uuid::Uuid::now_v7().simple()
+            ));
+            as_server_user(Command::new("cp").arg("-a").arg(&template).arg(&data_dir))
+                .status_ok()
+                .context("copying the template cluster")?;
+            let port = free_port()?;
+            match spawn_watched(&bin, &data_dir, port, true) {
+                Ok(watchdog) => {
+                    let cluster = Cluster {
+                        data_dir,
+                        port,
+                        superuser_password: TEST_SUPERUSER_PASSWORD.to_owned(),
+                        service_password: TEST_SERVICE_PASSWORD.to_owned(),
+                        watchdog: Some(watchdog),
+                    };
+                    match cluster.wait_accepting(Duration::from_secs(30)) {
+                        Ok(()) => return Ok(cluster),
+                        Err(e) => last_err = Some(e), // e.g. the port was taken meanwhile
+                    }
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("PostgreSQL did not start")))
+    }
+
+    /// Opens (initialising if absent) a persistent cluster in `data_dir` and starts it
+    /// on `port`. It is stopped by [`Cluster::stop`] (or when this process exits).
+    pub fn start_persistent(
+        data_dir: &Path,
+        port: u16,
+        superuser_password: &str,
+        service_password: &str,
+    ) -> Result<Cluster> {
+        let bin = pg_bin_dir()?;
+        if !data_dir.join("PG_VERSION").exists() {
+            initdb(&bin, data_dir, superuser_password)?;
+        }
+        let watchdog = spawn_watched(&bin, data_dir, port, false)?;
+        let cluster = Cluster {
+            data_dir: data_dir.to_owned(),
+            port,
+            superuser_password: superuser_password.to_owned(),
+            service_password: service_password.to_owned(),
+            watchdog: Some(watchdog),
+        };
+        cluster.wait_accepting(Duration::from_secs(60))?;
+        Ok(cluster)
+    }
+
+    /// Stops the server (fast shutdown) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+
+    /// A superuser URL for `database`.
+    pub fn superuser_url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
+            self.superuser_password, self.port
+        )
+    }
+
+    /// The service role's URL for `database`.
+    pub fn service_url(&self, database: &str) -> String {
+        format!(
+            "postgres://{SERVICE_ROLE}:{}@127.0.0.1:{}/{database}",
+            self.service_password, self.port
+        )
+    }
+
+    /// The service role's password (for `ALTER ROLE`).
+    pub fn service_password(&self) -> &str {
+        &self.service_password
+    }
+
+    fn wait_accepting(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // The postmaster accepts before it is ready for queries; pg_isready knows.
+                let ready = Command::new(pg_bin_dir()?.join("pg_isready"))
+                    .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ready {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "PostgreSQL did not accept connections on port {} within {timeout:?}; log:\n{}",
+                    self.port,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let mut log = String::new();
+        let _ = std::fs::File::open(self.data_dir.join("postgres.log"))
+            .and_then(|mut f| f.read_to_string(&mut log));
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Where Debian's (or another) PostgreSQL server binaries are.
+pub fn pg_bin_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("BOROUGH_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    // Elsewhere: initdb on PATH.
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .find(|dir| dir.join("initdb").exists() && dir.join("postgres").exists())
+        .ok_or_else(|| {
+            anyhow!(
+                "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin and \
+                 PATH); install Debian's `postgresql` package or set BOROUGH_PG_BIN"
+            )
+        })
+}
+
+/// Whether this process runs as root (then servers run as `postgres`).
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// `command`, run as the `postgres` user when we are root.
+fn as_server_user(command: &mut Command) -> Command {
+    if running_as_root() {
+        let mut wrapped = Command::new("runuser");
+        wrapped
+            .args(["-u", "postgres", "--"])
+            .arg(command.get_program())
+            .args(command.get_args());
+        wrapped
+    } else {
+        let mut same = Command::new(command.get_program());
+        same.args(command.get_args());
+        same
+    }
+}
+
+trait StatusOk {
+    fn status_ok(&mut self) -> Result<()>;
+}
+
+impl StatusOk for Command {
+    fn status_ok(&mut self) -> Result<()> {
+        let output = self
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {:?}", self.get_program()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            bail!(
+                "{:?} failed ({}): {}",
+                self.get_program(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        }
+    }
+}
+
+fn initdb(bin: &Path, data_dir: &Path, superuser_password: &str) -> Result<()> {
+    if let Some(parent) = data_dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if running_as_root() {
+        // initdb (as postgres) must be able to create data_dir in its parent.
+        std::fs::create_dir_all(data_dir)?;
+        Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(data_dir)
+            .status_ok()?;
+    }
+    let pwfile =
+        std::env::temp_dir().join(format!("borough-pwfile-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::write(&pwfile, format!("{superuser_password}\n"))?;
+    let result = as_server_user(
+        Command::new(bin.join("initdb"))
+            .arg("-D")
+            .arg(data_dir)
+            .args(["-U", SUPERUSER, "-E", "UTF8", "--locale=C.UTF-8"])
+            .args(["--auth-host=scram-sha-256", "--auth-local=peer"])
+            .arg(format!("--pwfile={}", pwfile.display())),
+    )
+    .status_ok();
+    let _ = std::fs::remove_file(&pwfile);
+    result.context("initdb failed")
+}
+
+/// The template cluster, made once per machine and PostgreSQL version.
+fn ensure_template(bin: &Path) -> Result<PathBuf> {
+    let version = std::fs::read_to_string(bin.join("../share/PG_VERSION"))
+        .ok()
+        .or_else(|| {
+            bin.parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str().map(str::to_owned))
+        })
+        .unwrap_or_else(|| "pg".to_owned());
+    let template = std::env::temp_dir().join(format!("borough-pg-template-{}-v1", version.trim()));
+    if template.join("PG_VERSION").exists() {
+        return Ok(template);
+    }
+    // Build beside it, then rename: whoever renames first wins, the others use theirs.
+    let building = template.with_extension(format!("building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&building);
+    initdb(bin, &building, TEST_SUPERUSER_PASSWORD)?;
+    if std::fs::rename(&building, &template).is_err() {
+        let _ = as_server_user(Command::new("rm").arg("-rf").arg(&building)).status_ok();
+    }
+    if template.join("PG_VERSION").exists() {
+        Ok(template)
+    } else {
+        bail!("the template cluster at {} is unusable", template.display())
+    }
+}
+
+/// Starts `postgres` under a shell that stops it when our end of its stdin closes, and
+/// (for temporary clusters) deletes its files.
+fn spawn_watched(
+    bin: &Path,
+    data_dir: &Path,
+    port: u16,
+    temporary: bool,
+) -> Result<(Child, ChildStdin)> {
+    let postgres = bin.join("postgres");
+    let cleanup = if temporary {
+        "rm -rf \"$DATA\""
+    } else {
+        "true"
+    };
+    // Test clusters trade durability for speed: the data is thrown away anyway.
+    let speed = if temporary {
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    } else {
+        ""
+    };
+    let script = format!(
+        r#"DATA="$1"
+"{postgres}" -D "$DATA" -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories= \
+  -c max_connections=300 -c shared_buffers=64MB {speed} >>"$DATA/postgres.log" 2>&1 &
+pid=$!
+read -r _ || true
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+{cleanup}
+"#,
+        postgres = postgres.display(),
+    );
+    let mut child = as_server_user(
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("borough-pg-watchdog")
+            .arg(data_dir),
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .context("starting postgres")?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("no stdin pipe to the postgres watchdog"))?;
+    // Give an immediate failure (bad data dir, port in use) a moment to show.
+    std::thread::sleep(Duration::from_millis(50));
+    if let Some(status) = child.try_wait()? {
+        bail!("postgres exited at once ({status})");
+    }
+    Ok((child, stdin))
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
