@@ -12,3 +12,104 @@ pub mod query {
         tonic::include_proto!("borough.query.v1");
     }
 }
+
+/// Conversions between protobuf timestamps and `chrono`.
+pub mod time {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use prost_types::Timestamp;
+
+    pub fn to_timestamp(at: DateTime<Utc>) -> Timestamp {
+        Timestamp {
+            seconds: at.timestamp(),
+            nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+        }
+    }
+
+    /// `None` when the timestamp is out of chrono's range or has invalid nanos.
+    pub fn from_timestamp(ts: &Timestamp) -> Option<DateTime<Utc>> {
+        let nanos = u32::try_from(ts.nanos).ok()?;
+        DateTime::from_timestamp(ts.seconds, nanos)
+    }
+
+    /// RFC 3339 in UTC with microseconds (PostgreSQL's precision), e.g.
+    /// `2026-11-24T23:56:53.123456Z`; empty when absent or invalid.
+    pub fn to_rfc3339(ts: Option<&Timestamp>) -> String {
+        ts.and_then(from_timestamp)
+            .map(|at| at.to_rfc3339_opts(SecondsFormat::Micros, true))
+            .unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn timestamps_round_trip_through_protobuf_and_render_as_utc_rfc3339() {
+            let at = DateTime::from_timestamp(1_795_000_000, 123_456_000).expect("in range");
+            let ts = to_timestamp(at);
+            assert_eq!(from_timestamp(&ts), Some(at));
+            assert_eq!(to_rfc3339(Some(&ts)), "2026-11-18T09:46:40.123456Z");
+            assert_eq!(to_rfc3339(None), "");
+        }
+    }
+}
+
+/// Keyset pagination: page sizes and opaque page tokens.
+///
+/// A token is the base64url of `v1:<last id>`; callers must treat it as opaque, so its
+/// format can change with the version tag.
+pub mod page {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use uuid::Uuid;
+
+    pub const DEFAULT_PAGE_SIZE: i64 = 20;
+    pub const MAX_PAGE_SIZE: i64 = 100;
+
+    /// The page size to use: the default for 0, capped at the maximum; negative is an error.
+    pub fn page_size(requested: i32) -> Result<i64, String> {
+        match requested {
+            0 => Ok(DEFAULT_PAGE_SIZE),
+            n if n < 0 => Err(format!("page size must be between 1 and {MAX_PAGE_SIZE}")),
+            n => Ok(i64::from(n).min(MAX_PAGE_SIZE)),
+        }
+    }
+
+    pub fn encode_token(last_id: Uuid) -> String {
+        URL_SAFE_NO_PAD.encode(format!("v1:{last_id}"))
+    }
+
+    /// `Ok(None)` for an empty token (the first page).
+    pub fn decode_token(token: &str) -> Result<Option<Uuid>, String> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let invalid = || "the page token is not valid".to_owned();
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| invalid())?;
+        let id = text.strip_prefix("v1:").ok_or_else(invalid)?;
+        Uuid::parse_str(id).map(Some).map_err(|_| invalid())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn page_tokens_round_trip_and_garbage_is_rejected() {
+            let id = Uuid::now_v7();
+            assert_eq!(decode_token(&encode_token(id)), Ok(Some(id)));
+            assert_eq!(decode_token(""), Ok(None));
+            assert!(decode_token("not-a-token!").is_err());
+            assert!(decode_token(&URL_SAFE_NO_PAD.encode("v2:x")).is_err());
+        }
+
+        #[test]
+        fn page_sizes_default_cap_and_reject_negatives() {
+            assert_eq!(page_size(0), Ok(DEFAULT_PAGE_SIZE));
+            assert_eq!(page_size(5), Ok(5));
+            assert_eq!(page_size(10_000), Ok(MAX_PAGE_SIZE));
+            assert!(page_size(-1).is_err());
+        }
+    }
+}

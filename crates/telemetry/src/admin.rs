@@ -124,6 +124,29 @@ pub async fn serve(
         .await
 }
 
+/// The admin server running on its own task.
+pub struct AdminServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl AdminServer {
+    /// Starts serving the admin router on `listener`.
+    pub fn spawn(listener: TcpListener, state: AdminState) -> AdminServer {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        AdminServer { stop, task }
+    }
+
+    /// Stops it and waits for in-flight probes to finish.
+    pub async fn stop(self) -> std::io::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
 async fn healthz(State(state): State<AdminState>) -> Response {
     Json(serde_json::json!({ "status": "ok", "service": state.service })).into_response()
 }

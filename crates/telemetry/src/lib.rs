@@ -3,6 +3,7 @@
 //! `/readyz`, `/metrics`).
 
 pub mod admin;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod trace;

@@ -130,3 +130,21 @@ pub async fn probe_readiness(
         tokio::time::sleep(interval).await;
     }
 }
+
+/// An `on_change` for [`probe_readiness`] that mirrors the result into the gRPC health
+/// service's overall status (the one Kubernetes' gRPC probes ask about).
+pub fn grpc_health_updater(
+    health: tonic_health::server::HealthReporter,
+) -> impl Fn(bool) + Send + 'static {
+    move |ok| {
+        let health = health.clone();
+        tokio::spawn(async move {
+            let status = if ok {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+        });
+    }
+}

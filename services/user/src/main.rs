@@ -1,1 +1,70 @@
-fn main() {}
+//! `borough-user`: serve (default), or `borough-user migrate` to bring the database to the
+//! latest schema (as the owner role in `BOROUGH_MIGRATION_DATABASE_URL`, falling back to
+//! `BOROUGH_DATABASE_URL`; with `BOROUGH_SERVICE_ROLE` set, that LOGIN role is granted the
+//! service role).
+
+use anyhow::Context;
+use borough_config_client::Env;
+use sqlx::Connection;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    borough_telemetry::init_logging(borough_user::SERVICE);
+    let env = Env::process();
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => serve(&env).await,
+        Some("migrate") => migrate(&env).await,
+        Some(other) => anyhow::bail!("unknown command {other:?}; expected `serve` or `migrate`"),
+    }
+}
+
+async fn serve(env: &Env) -> anyhow::Result<()> {
+    let settings = borough_user::Settings::from_env(env)?;
+    let listeners = borough_user::Listeners {
+        grpc: tokio::net::TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("binding BOROUGH_GRPC_ADDR={}", settings.grpc_addr))?,
+        admin: tokio::net::TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| format!("binding BOROUGH_ADMIN_ADDR={}", settings.admin_addr))?,
+    };
+    borough_user::serve(
+        settings,
+        listeners,
+        borough_telemetry::lifecycle::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn migrate(env: &Env) -> anyhow::Result<()> {
+    let url = match env.optional("BOROUGH_MIGRATION_DATABASE_URL") {
+        Some(_) => env.url(
+            "BOROUGH_MIGRATION_DATABASE_URL",
+            "",
+            &["postgres", "postgresql"],
+        )?,
+        None => env.url(
+            "BOROUGH_DATABASE_URL",
+            borough_user::settings::DEFAULT_DATABASE_URL,
+            &["postgres", "postgresql"],
+        )?,
+    };
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .context("connecting to the database to migrate")?;
+    for report in borough_tenancy::migrate::run_all(&mut conn).await? {
+        tracing::info!(
+            scope = report.scope,
+            target = %report.target,
+            applied = ?report.applied,
+            latest = report.latest,
+            "migrated"
+        );
+    }
+    if let Some(role) = env.optional("BOROUGH_SERVICE_ROLE") {
+        borough_tenancy::migrate::grant_app_role(&mut conn, &role).await?;
+        tracing::info!(role = %role, "service role granted");
+    }
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! `borough.user.v1.UserService`: tenants' users, on the tenant's pool.
+//!
+//! Every statement filters on `tenant_id` in code *and* runs in a transaction scoped to
+//! the tenant, where row-level security refuses other tenants' rows regardless.
+
+use borough_error::{ErrorKind, ServiceError, to_status};
+use borough_proto::page;
+use borough_proto::time::to_timestamp;
+use borough_proto::user::v1::{
+    CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest,
+    GetUserResponse, ListUsersRequest, ListUsersResponse, UpdateUserRequest, UpdateUserResponse,
+    User, user_service_server::UserService,
+};
+use borough_tenancy::router::TenantTx;
+use borough_tenancy::{PoolRouter, TenantContext, db};
+use chrono::{DateTime, Utc};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::validate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no user with id {0}")]
+    NotFound(Uuid),
+    #[error("a user with email {0:?} already exists")]
+    EmailTaken(String),
+    #[error("user {id} has version {actual}, not the expected {expected}")]
+    VersionMismatch {
+        id: Uuid,
+        expected: i64,
+        actual: i64,
+    },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl ServiceError for UserError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            UserError::Invalid(_) => ErrorKind::InvalidArgument,
+            UserError::NotFound(_) => ErrorKind::NotFound,
+            UserError::EmailTaken(_) => ErrorKind::AlreadyExists,
+            UserError::VersionMismatch { .. } => ErrorKind::PreconditionFailed,
+            UserError::Database(e) => db::classify(e),
+        }
+    }
+}
+
+impl From<UserError> for Status {
+    fn from(err: UserError) -> Status {
+        to_status(&err)
+    }
+}
+
+type UserRow = (Uuid, String, String, i64, DateTime<Utc>, DateTime<Utc>);
+
+const COLUMNS: &str = "id, name, email, version, created_at, updated_at";
+
+fn to_proto((id, name, email, version, created_at, updated_at): UserRow) -> User {
+    User {
+        id: id.to_string(),
+        name,
+        email,
+        version,
+        created_at: Some(to_timestamp(created_at)),
+        updated_at: Some(to_timestamp(updated_at)),
+    }
+}
+
+fn parse_id(id: &str) -> Result<Uuid, UserError> {
+    Uuid::parse_str(id).map_err(|_| UserError::Invalid(format!("{id:?} is not a valid user id")))
+}
+
+/// Maps a unique violation on the email index to `EmailTaken`.
+fn email_conflict(err: sqlx::Error, email: &str) -> UserError {
+    if db::constraint(&err) == Some("users_tenant_email") {
+        UserError::EmailTaken(email.to_owned())
+    } else {
+        UserError::Database(err)
+    }
+}
+
+#[derive(Clone)]
+pub struct Users {
+    router: PoolRouter,
+}
+
+impl Users {
+    pub fn new(router: PoolRouter) -> Self {
+        Users { router }
+    }
+
+    async fn begin(&self, ctx: &TenantContext) -> Result<TenantTx, UserError> {
+        Ok(self.router.begin(ctx).await?)
+    }
+
+    pub async fn create(
+        &self,
+        ctx: &TenantContext,
+        name: &str,
+        email: &str,
+    ) -> Result<User, UserError> {
+        let name = validate::name(name).map_err(UserError::Invalid)?;
+        let email = validate::email(email).map_err(UserError::Invalid)?;
+        let mut tx = self.begin(ctx).await?;
+        let row: UserRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO users (tenant_id, id, name, email) VALUES ($1, $2, $3, $4)
+             RETURNING {COLUMNS}"
+        )))
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(Uuid::now_v7())
+        .bind(&name)
+        .bind(&email)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| email_conflict(e, &email))?;
+        tx.commit().await?;
+        tracing::info!(tenant = %ctx.tenant_id, user = %row.0, "user created");
+        Ok(to_proto(row))
+    }
+
+    pub async fn get(&self, ctx: &TenantContext, id: &str) -> Result<User, UserError> {
+        let id = parse_id(id)?;
+        let mut tx = self.begin(ctx).await?;
+        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
+        )))
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.map(to_proto).ok_or(UserError::NotFound(id))
+    }
+
+    pub async fn update(
+        &self,
+        ctx: &TenantContext,
+        request: &UpdateUserRequest,
+    ) -> Result<User, UserError> {
+        let id = parse_id(&request.id)?;
+        let name = request
+            .name
+            .as_deref()
+            .map(validate::name)
+            .transpose()
+            .map_err(UserError::Invalid)?;
+        let email = request
+            .email
+            .as_deref()
+            .map(validate::email)
+            .transpose()
+            .map_err(UserError::Invalid)?;
+        let mut tx = self.begin(ctx).await?;
+        // Lock the row: the version check and the write see the same version.
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM users WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = current.ok_or(UserError::NotFound(id))?;
+        if let Some(expected) = request.expected_version
+            && expected != current
+        {
+            return Err(UserError::VersionMismatch {
+                id,
+                expected,
+                actual: current,
+            });
+        }
+        let row: UserRow = if name.is_none() && email.is_none() {
+            // Nothing to change: no new version.
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
+            )))
+            .bind(ctx.tenant_id.as_uuid())
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+        } else {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "UPDATE users
+                    SET name = COALESCE($3, name), email = COALESCE($4, email),
+                        version = version + 1, updated_at = now()
+                  WHERE tenant_id = $1 AND id = $2
+              RETURNING {COLUMNS}"
+            )))
+            .bind(ctx.tenant_id.as_uuid())
+            .bind(id)
+            .bind(name.as_deref())
+            .bind(email.as_deref())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| email_conflict(e, email.as_deref().unwrap_or_default()))?
+        };
+        tx.commit().await?;
+        tracing::info!(tenant = %ctx.tenant_id, user = %id, version = row.3, "user updated");
+        Ok(to_proto(row))
+    }
+
+    pub async fn delete(
+        &self,
+        ctx: &TenantContext,
+        id: &str,
+        expected_version: Option<i64>,
+    ) -> Result<(), UserError> {
+        let id = parse_id(id)?;
+        let mut tx = self.begin(ctx).await?;
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM users WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+        )
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = current.ok_or(UserError::NotFound(id))?;
+        if let Some(expected) = expected_version
+            && expected != current
+        {
+            return Err(UserError::VersionMismatch {
+                id,
+                expected,
+                actual: current,
+            });
+        }
+        sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
+            .bind(ctx.tenant_id.as_uuid())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(tenant = %ctx.tenant_id, user = %id, "user deleted");
+        Ok(())
+    }
+
+    pub async fn list(
+        &self,
+        ctx: &TenantContext,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<ListUsersResponse, UserError> {
+        let limit = page::page_size(page_size).map_err(UserError::Invalid)?;
+        let after = page::decode_token(page_token).map_err(UserError::Invalid)?;
+        let mut tx = self.begin(ctx).await?;
+        // One row more than the page tells whether another page follows.
+        let mut rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM users
+              WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2)
+              ORDER BY id LIMIT $3"
+        )))
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match rows.last() {
+            Some(last) if more => page::encode_token(last.0),
+            _ => String::new(),
+        };
+        Ok(ListUsersResponse {
+            users: rows.into_iter().map(to_proto).collect(),
+            next_page_token,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for Users {
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
+        let ctx = TenantContext::from_metadata(request.metadata())?;
+        let req = request.into_inner();
+        let user = self.create(&ctx, &req.name, &req.email).await?;
+        Ok(Response::new(CreateUserResponse { user: Some(user) }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserResponse>, Status> {
+        let ctx = TenantContext::from_metadata(request.metadata())?;
+        let user = self.get(&ctx, &request.get_ref().id).await?;
+        Ok(Response::new(GetUserResponse { user: Some(user) }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<UpdateUserRequest>,
+    ) -> Result<Response<UpdateUserResponse>, Status> {
+        let ctx = TenantContext::from_metadata(request.metadata())?;
+        let user = self.update(&ctx, request.get_ref()).await?;
+        Ok(Response::new(UpdateUserResponse { user: Some(user) }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
+        let ctx = TenantContext::from_metadata(request.metadata())?;
+        let req = request.get_ref();
+        self.delete(&ctx, &req.id, req.expected_version).await?;
+        Ok(Response::new(DeleteUserResponse {}))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        let ctx = TenantContext::from_metadata(request.metadata())?;
+        let req = request.get_ref();
+        let page = self.list(&ctx, req.page_size, &req.page_token).await?;
+        Ok(Response::new(page))
+    }
+}
