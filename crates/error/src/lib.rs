@@ -226,6 +226,8 @@ pub fn to_status<E: ServiceError + ?Sized>(err: &E) -> tonic::Status {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub kind: ErrorKind,
+    /// The kind's status, unless the edge keeps a more precise one (405, 408, ...).
+    pub status: StatusCode,
     pub detail: String,
     pub instance: Option<String>,
     /// Seconds, sent as `Retry-After` (set by default for retryable kinds).
@@ -236,6 +238,7 @@ impl Problem {
     pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
         Problem {
             kind,
+            status: kind.http_status(),
             detail: detail.into(),
             instance: None,
             retry_after: kind.is_retryable().then_some(1),
@@ -245,6 +248,13 @@ impl Problem {
     pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
         self.instance = Some(instance.into());
         self
+    }
+
+    /// The problem for a bare HTTP error status (from a framework layer), keeping it.
+    pub fn from_http_status(status: StatusCode, detail: impl Into<String>) -> Self {
+        let mut problem = Problem::new(ErrorKind::from_http_status(status), detail);
+        problem.status = status;
+        problem
     }
 
     pub fn with_retry_after(mut self, seconds: u32) -> Self {
@@ -271,7 +281,7 @@ impl Problem {
         ProblemBody {
             type_: self.kind.type_uri(),
             title: self.kind.title(),
-            status: self.kind.http_status().as_u16(),
+            status: self.status.as_u16(),
             detail: &self.detail,
             instance: self.instance.as_deref(),
             trace_id: borough_telemetry::trace::current_trace_id(),
@@ -309,7 +319,7 @@ pub struct ProblemBody<'a> {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let status = self.kind.http_status();
+        let status = self.status;
         let body = match serde_json::to_vec(&self.body()) {
             Ok(body) => body,
             Err(_) => {
@@ -474,6 +484,15 @@ mod tests {
             assert_eq!(kind.grpc_code(), code, "{kind}");
             assert_eq!(kind.http_status().as_u16(), status, "{kind}");
         }
+    }
+
+    #[test]
+    fn a_bare_http_status_keeps_its_code_in_the_problem() {
+        let problem = Problem::from_http_status(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+        assert_eq!(problem.kind, ErrorKind::InvalidArgument);
+        let response = problem.into_response();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
     }
 
     #[test]

@@ -67,6 +67,22 @@ pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
+/// The span of one incoming gRPC call, carrying the caller's trace id (from its
+/// `traceparent` metadata) so the service's log lines join the gateway's.
+pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let ctx = TraceContext::from_traceparent(
+        request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    tracing::info_span!(
+        "grpc",
+        method = %request.uri().path(),
+        trace_id = %ctx.trace_id,
+    )
+}
+
 fn parse_traceparent(value: &str) -> Option<String> {
     let mut parts = value.trim().split('-');
     let (version, trace_id, parent_id, flags) =

@@ -1,1 +1,257 @@
+//! The REST gateway: the axum edge in front of Borough's gRPC services.
+//!
+//! [`serve`] runs it on listeners it is given (tests pass 127.0.0.1:0) until `shutdown`
+//! resolves; `main.rs` only reads settings, binds and calls it. [`router`] is the whole
+//! HTTP surface with its middleware, for in-process use.
 
+pub mod auth;
+pub mod extract;
+pub mod grpc;
+pub mod middleware;
+pub mod routes;
+pub mod settings;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use borough_proto::query::v1::query_service_client::QueryServiceClient;
+use borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClient;
+use borough_proto::user::v1::user_service_client::UserServiceClient;
+use borough_telemetry::admin::{AdminServer, AdminState};
+use borough_telemetry::{Metrics, Readiness, lifecycle};
+use borough_tenancy::apikey;
+use borough_tenancy::directory::KeyCache;
+use http::{HeaderValue, StatusCode};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+use tower::ServiceBuilder;
+use tower_http::ServiceBuilderExt;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use settings::Settings;
+use state::AppState;
+
+pub const SERVICE: &str = "gateway";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{name} is not a valid backend URL: {source}")]
+    BackendUrl {
+        name: &'static str,
+        source: tonic::transport::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The listeners the gateway serves on.
+#[derive(Debug)]
+pub struct Listeners {
+    pub http: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// A lazily connected channel: the gateway starts (and answers `/hello`) with every
+/// backend down, and calls fail fast with 503 until they are up.
+fn channel(name: &'static str, url: &str) -> Result<Channel, ServeError> {
+    Ok(Endpoint::from_shared(url.to_owned())
+        .map_err(|source| ServeError::BackendUrl { name, source })?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// The application state for `settings`, with lazily connected backends.
+pub fn app_state(settings: &Settings) -> Result<(AppState, Channel, Channel), ServeError> {
+    let user = channel("BOROUGH_USER_URL", &settings.user_url)?;
+    let query = channel("BOROUGH_QUERY_URL", &settings.query_url)?;
+    let state = AppState {
+        users: UserServiceClient::new(user.clone()),
+        tenants: TenantAdminServiceClient::new(user.clone()),
+        query: QueryServiceClient::new(query.clone()),
+        keys: Arc::new(KeyCache::new(settings.auth_cache_ttl, 10_000)),
+        admin_token_hash: settings
+            .admin_token
+            .as_ref()
+            .map(|token| apikey::hash(token.expose_secret())),
+        request_timeout: settings.request_timeout,
+    };
+    Ok((state, user, query))
+}
+
+/// The HTTP surface: routes and middleware.
+pub fn router(state: AppState, settings: &Settings) -> Router {
+    let api = Router::new()
+        .route("/hello", get(routes::hello))
+        .route(
+            "/api/v1/users",
+            post(routes::users::create).get(routes::users::list),
+        )
+        .route(
+            "/api/v1/users/{id}",
+            get(routes::users::get)
+                .patch(routes::users::update)
+                .delete(routes::users::delete),
+        )
+        .route(
+            "/admin/v1/tenants",
+            post(routes::admin::create_tenant).get(routes::admin::list_tenants),
+        )
+        .route("/admin/v1/tenants/{id}", get(routes::admin::get_tenant))
+        .route(
+            "/admin/v1/tenants/{id}/api-keys",
+            post(routes::admin::issue_key),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/api-keys/{key_id}",
+            delete(routes::admin::revoke_key),
+        )
+        // Extractors see the same limit as the layer below.
+        .layer(DefaultBodyLimit::max(settings.body_limit))
+        .with_state(state);
+
+    let cors = (!settings.cors_origins.is_empty()).then(|| {
+        let origins: Vec<HeaderValue> = settings
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods(tower_http::cors::Any)
+            .allow_headers(tower_http::cors::Any)
+            .expose_headers(tower_http::cors::Any)
+    });
+
+    // The stack, in the order a request meets it (outermost first). It is built in
+    // `Router::layer` steps because axum's function middleware must wrap a `Sync` service
+    // with plain bodies, which each step's `Route` is.
+    //
+    // 1. Every request has an id: the caller's `x-request-id`, or a new one; echoed back.
+    let outer = ServiceBuilder::new()
+        .set_x_request_id(middleware::MakeRequestHex)
+        .propagate_x_request_id();
+    // 2. Continue the caller's W3C trace (or start one) and stamp the request's deadline;
+    //    everything inside runs in that trace context.
+    let trace_context = axum::middleware::from_fn_with_state(
+        settings.request_timeout,
+        middleware::trace_and_deadline,
+    );
+    // 3. One span per request (request id, trace id, route), with status and latency.
+    let span = TraceLayer::new_for_http().make_span_with(middleware::request_span);
+    // 4. Framework errors (no route, timeout, too large) become problem+json too.
+    let problems = axum::middleware::map_response(middleware::problem_for_bare_errors);
+    let inner = ServiceBuilder::new()
+        // 5. gzip / br for clients that accept them.
+        .layer(CompressionLayer::new().gzip(true).br(true))
+        // 6. A request that outlives its deadline gets 504.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            settings.request_timeout,
+        ))
+        // 7. Bodies over the limit are refused before they are read.
+        .layer(RequestBodyLimitLayer::new(settings.body_limit));
+    // 8. CORS, innermost, only when origins are configured.
+    let api = match cors {
+        Some(cors) => api.layer(cors),
+        None => api,
+    };
+    api.layer(inner)
+        .layer(problems)
+        .layer(span)
+        .layer(trace_context)
+        .layer(outer)
+}
+
+/// Checks each backend's gRPC health every `interval`, as readiness checks `user` and
+/// `query`.
+async fn probe_backends(
+    backends: Vec<(&'static str, Channel)>,
+    readiness: Readiness,
+    interval: Duration,
+) {
+    for (name, _) in &backends {
+        readiness.register(name, "not checked yet");
+    }
+    loop {
+        for (name, channel) in &backends {
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            });
+            request.set_timeout(Duration::from_secs(1));
+            match client.check(request).await {
+                Ok(reply)
+                    if reply.get_ref().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving
+                            as i32 =>
+                {
+                    readiness.set_ok(name)
+                }
+                Ok(_) => readiness.set_failing(name, "not serving"),
+                Err(status) => readiness.set_failing(
+                    name,
+                    format!(
+                        "unreachable ({})",
+                        borough_error::ErrorKind::from_grpc_code(status.code())
+                    ),
+                ),
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Serves until `shutdown` resolves, then fails readiness, waits the grace period, drains
+/// in-flight requests and returns.
+pub async fn serve(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (state, user, query) = app_state(&settings)?;
+    let readiness = Readiness::new();
+    let probe = tokio::spawn(probe_backends(
+        vec![("user", user), ("query", query)],
+        readiness.clone(),
+        settings.probe_interval,
+    ));
+    let admin = AdminServer::spawn(
+        listeners.admin,
+        AdminState {
+            service: SERVICE,
+            readiness: readiness.clone(),
+            metrics: Metrics::new(SERVICE),
+        },
+    );
+    if settings.admin_token.is_none() {
+        tracing::warn!("BOROUGH_ADMIN_TOKEN is not set: the admin API is disabled");
+    }
+    tracing::info!(http = %listeners.http.local_addr()?, "gateway listening");
+
+    let app = router(state, &settings);
+    let result = axum::serve(listeners.http, app)
+        .with_graceful_shutdown(lifecycle::drain_after(
+            shutdown,
+            readiness,
+            settings.shutdown_grace,
+        ))
+        .await;
+
+    probe.abort();
+    admin.stop().await?;
+    tracing::info!("gateway stopped");
+    Ok(result?)
+}

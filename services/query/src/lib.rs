@@ -145,6 +145,7 @@ pub async fn serve(
     tracing::info!(grpc = %listeners.grpc.local_addr()?, "query service listening");
 
     let result = tonic::transport::Server::builder()
+        .trace_fn(borough_telemetry::trace::grpc_request_span)
         .add_service(health_service)
         .add_service(QueryServiceServer::new(Query::new(PoolRouter::new(
             pool.clone(),

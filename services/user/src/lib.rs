@@ -73,6 +73,7 @@ pub async fn serve(
     let users = users::Users::new(PoolRouter::new(pool.clone()));
     let tenants = tenants::Tenants::new(pool.clone());
     let result = tonic::transport::Server::builder()
+        .trace_fn(borough_telemetry::trace::grpc_request_span)
         .add_service(health_service)
         .add_service(UserServiceServer::new(users))
         .add_service(TenantAdminServiceServer::new(tenants))

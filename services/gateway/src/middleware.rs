@@ -1,0 +1,101 @@
+//! The gateway's own middleware; `lib.rs` composes them with tower-http's in order.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use borough_error::{PROBLEM_JSON, Problem};
+use borough_telemetry::trace::{REQUEST_ID, TRACEPARENT, TraceContext};
+use http::{HeaderValue, header};
+use tower_http::request_id::{MakeRequestId, RequestId};
+
+use crate::grpc::Deadline;
+
+/// Request ids for requests that come without one: 32 random hex digits.
+#[derive(Clone, Copy, Default)]
+pub struct MakeRequestHex;
+
+impl MakeRequestId for MakeRequestHex {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&TraceContext::new_root().trace_id)
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Continues the caller's W3C trace (or starts one), stamps the request's deadline, and
+/// runs the rest of the stack inside that trace context.
+pub async fn trace_and_deadline(
+    State(timeout): State<Duration>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let ctx = TraceContext::from_traceparent(
+        request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    request
+        .extensions_mut()
+        .insert(Deadline(Instant::now() + timeout));
+    request.extensions_mut().insert(ctx.clone());
+    ctx.scope(next.run(request)).await
+}
+
+/// The span of one HTTP request: its request id and trace id go on every log line.
+pub fn request_span(request: &http::Request<Body>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let trace_id = request
+        .extensions()
+        .get::<TraceContext>()
+        .map(|ctx| ctx.trace_id.as_str())
+        .unwrap_or_default();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str())
+        .unwrap_or_else(|| request.uri().path());
+    tracing::info_span!(
+        "http",
+        method = %request.method(),
+        route = %route,
+        request_id = %request_id,
+        trace_id = %trace_id,
+    )
+}
+
+/// Error responses made by framework layers (404 no route, 405, 408/504 timeout, 413 body
+/// limit, 415) come as bare text: give them the same problem+json body as ours.
+pub async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let detail = match status.as_u16() {
+        404 => "no such route".to_owned(),
+        405 => "method not allowed on this route".to_owned(),
+        408 | 504 => "the request took longer than the gateway's timeout".to_owned(),
+        413 => "the request body is larger than allowed".to_owned(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned(),
+    };
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut problem = Problem::from_http_status(status, detail).into_response();
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(header::ALLOW, allow);
+    }
+    problem
+}

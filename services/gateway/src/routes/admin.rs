@@ -1,0 +1,259 @@
+//! `/admin/v1/tenants`: the platform admin API (bearer `BOROUGH_ADMIN_TOKEN`).
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use borough_error::{ErrorKind, Problem};
+use borough_proto::time::to_rfc3339;
+use borough_proto::user::v1::{
+    ApiKey, CreateTenantRequest, GetTenantRequest, IssueApiKeyRequest, IssuedApiKey,
+    ListTenantsRequest, Placement, RevokeApiKeyRequest, Tenant, TenantStatus,
+};
+use http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{PageDto, PageQuery, location, with_headers};
+use crate::auth::Admin;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::grpc::{self, Deadline};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize)]
+pub struct TenantDto {
+    pub id: String,
+    pub name: String,
+    pub placement: &'static str,
+    pub status: &'static str,
+    pub created_at: String,
+}
+
+impl From<Tenant> for TenantDto {
+    fn from(tenant: Tenant) -> Self {
+        TenantDto {
+            placement: match Placement::try_from(tenant.placement) {
+                Ok(Placement::Shared) => "shared",
+                _ => "unknown",
+            },
+            status: match TenantStatus::try_from(tenant.status) {
+                Ok(TenantStatus::Active) => "active",
+                Ok(TenantStatus::Suspended) => "suspended",
+                _ => "unknown",
+            },
+            created_at: to_rfc3339(tenant.created_at.as_ref()),
+            id: tenant.id,
+            name: tenant.name,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApiKeyDto {
+    pub id: String,
+    pub prefix: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+impl From<ApiKey> for ApiKeyDto {
+    fn from(key: ApiKey) -> Self {
+        ApiKeyDto {
+            created_at: to_rfc3339(key.created_at.as_ref()),
+            revoked_at: key.revoked_at.as_ref().map(|t| to_rfc3339(Some(t))),
+            id: key.id,
+            prefix: key.prefix,
+        }
+    }
+}
+
+/// A key as issued: `key` is the full secret, shown this once.
+#[derive(Debug, Serialize)]
+pub struct IssuedKeyDto {
+    pub id: String,
+    pub prefix: String,
+    pub key: String,
+    pub created_at: String,
+}
+
+impl TryFrom<IssuedApiKey> for IssuedKeyDto {
+    type Error = Problem;
+
+    fn try_from(issued: IssuedApiKey) -> Result<Self, Problem> {
+        let key = issued.key.ok_or_else(|| {
+            Problem::new(ErrorKind::Internal, "the backend answered without a key")
+        })?;
+        Ok(IssuedKeyDto {
+            created_at: to_rfc3339(key.created_at.as_ref()),
+            id: key.id,
+            prefix: key.prefix,
+            key: issued.secret,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantBody {
+    pub name: String,
+    #[serde(default)]
+    pub placement: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedTenantDto {
+    pub tenant: TenantDto,
+    pub api_key: IssuedKeyDto,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TenantDetailDto {
+    #[serde(flatten)]
+    pub tenant: TenantDto,
+    pub api_keys: Vec<ApiKeyDto>,
+}
+
+fn missing(what: &str) -> Problem {
+    Problem::new(
+        ErrorKind::Internal,
+        format!("the backend answered without a {what}"),
+    )
+}
+
+fn placement(raw: Option<&str>) -> Result<Placement, Problem> {
+    match raw {
+        None | Some("shared") => Ok(Placement::Shared),
+        Some(other) => Err(Problem::new(
+            ErrorKind::InvalidArgument,
+            format!("placement {other:?} is not supported; use \"shared\""),
+        )),
+    }
+}
+
+/// `POST /admin/v1/tenants` -> 201: the tenant and its first API key.
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    ApiJson(body): ApiJson<CreateTenantBody>,
+) -> Result<Response, Problem> {
+    let request = grpc::request(
+        CreateTenantRequest {
+            name: body.name,
+            placement: placement(body.placement.as_deref())? as i32,
+        },
+        None,
+        deadline,
+    );
+    let reply = state
+        .tenants
+        .clone()
+        .create_tenant(request)
+        .await?
+        .into_inner();
+    let tenant: TenantDto = reply.tenant.ok_or_else(|| missing("tenant"))?.into();
+    let api_key = reply.api_key.ok_or_else(|| missing("key"))?.try_into()?;
+    let headers = location(&format!("/admin/v1/tenants/{}", tenant.id));
+    Ok(with_headers(
+        StatusCode::CREATED,
+        headers,
+        CreatedTenantDto { tenant, api_key },
+    ))
+}
+
+/// `GET /admin/v1/tenants?limit=&cursor=`.
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Response, Problem> {
+    let request = grpc::request(
+        ListTenantsRequest {
+            page_size: query.page_size()?,
+            page_token: query.cursor.clone().unwrap_or_default(),
+        },
+        None,
+        deadline,
+    );
+    let page = state
+        .tenants
+        .clone()
+        .list_tenants(request)
+        .await?
+        .into_inner();
+    let body = PageDto {
+        items: page.tenants.into_iter().map(TenantDto::from).collect(),
+        next_cursor: Some(page.next_page_token).filter(|t| !t.is_empty()),
+    };
+    Ok(with_headers(StatusCode::OK, HeaderMap::new(), body))
+}
+
+/// `GET /admin/v1/tenants/{id}`: the tenant and its keys (prefixes only).
+pub async fn get_tenant(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let request = grpc::request(GetTenantRequest { id }, None, deadline);
+    let reply = state
+        .tenants
+        .clone()
+        .get_tenant(request)
+        .await?
+        .into_inner();
+    let body = TenantDetailDto {
+        tenant: reply.tenant.ok_or_else(|| missing("tenant"))?.into(),
+        api_keys: reply.api_keys.into_iter().map(ApiKeyDto::from).collect(),
+    };
+    Ok(with_headers(StatusCode::OK, HeaderMap::new(), body))
+}
+
+/// `POST /admin/v1/tenants/{id}/api-keys` -> 201: a new key, shown once.
+pub async fn issue_key(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path(tenant_id): Path<String>,
+) -> Result<Response, Problem> {
+    let request = grpc::request(
+        IssueApiKeyRequest {
+            tenant_id: tenant_id.clone(),
+        },
+        None,
+        deadline,
+    );
+    let issued = state
+        .tenants
+        .clone()
+        .issue_api_key(request)
+        .await?
+        .into_inner()
+        .api_key
+        .ok_or_else(|| missing("key"))?;
+    let key: IssuedKeyDto = issued.try_into()?;
+    let headers = location(&format!("/admin/v1/tenants/{tenant_id}"));
+    Ok(with_headers(StatusCode::CREATED, headers, key))
+}
+
+/// `DELETE /admin/v1/tenants/{id}/api-keys/{key_id}` -> 204; the key stops working here at
+/// once (and on other gateway replicas within `BOROUGH_AUTH_CACHE_TTL`).
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((tenant_id, key_id)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let request = grpc::request(
+        RevokeApiKeyRequest {
+            tenant_id,
+            key_id: key_id.clone(),
+        },
+        None,
+        deadline,
+    );
+    state.tenants.clone().revoke_api_key(request).await?;
+    if let Ok(key_id) = Uuid::parse_str(&key_id) {
+        state.keys.evict_key(key_id);
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,263 @@
+//! `/api/v1/users`: a tenant's users. Writes go to the user service, single reads to the
+//! query service. Resources carry `version`: the `ETag` is `"<version>"`, and `If-Match`
+//! makes an update or delete conditional on it (412 when stale).
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use borough_error::{ErrorKind, Problem};
+use borough_proto::query::v1::{GetUserInfoRequest, GetUserInfoResponse};
+use borough_proto::time::to_rfc3339;
+use borough_proto::user::v1::{
+    CreateUserRequest, DeleteUserRequest, ListUsersRequest, UpdateUserRequest, User,
+};
+use http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
+
+use super::{PageDto, PageQuery, header_value, location, with_headers};
+use crate::auth::Tenant;
+use crate::extract::{ApiJson, ApiQuery};
+use crate::grpc::{self, Deadline};
+use crate::state::AppState;
+
+#[derive(Debug, Serialize)]
+pub struct UserDto {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<User> for UserDto {
+    fn from(user: User) -> Self {
+        UserDto {
+            created_at: to_rfc3339(user.created_at.as_ref()),
+            updated_at: to_rfc3339(user.updated_at.as_ref()),
+            id: user.id,
+            name: user.name,
+            email: user.email,
+            version: user.version,
+        }
+    }
+}
+
+impl From<GetUserInfoResponse> for UserDto {
+    fn from(info: GetUserInfoResponse) -> Self {
+        UserDto {
+            created_at: to_rfc3339(info.created_at.as_ref()),
+            updated_at: to_rfc3339(info.updated_at.as_ref()),
+            id: info.user_id,
+            name: info.name,
+            email: info.email,
+            version: info.version,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserBody {
+    pub name: String,
+    pub email: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchUserBody {
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+fn user_headers(user: &UserDto) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ETAG, header_value(&etag(user.version)));
+    headers
+}
+
+fn missing_user() -> Problem {
+    Problem::new(ErrorKind::Internal, "the backend answered without a user")
+}
+
+/// The version an `If-Match` header requires: `None` for absent or `*`.
+///
+/// Anything else that is not one of our strong ETags can never match: 412.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .and_then(|t| t.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Problem::new(
+                ErrorKind::PreconditionFailed,
+                format!("If-Match {text:?} does not match the user's ETag"),
+            )
+        })
+}
+
+/// `POST /api/v1/users` -> 201 with `Location` and `ETag`.
+pub async fn create(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    deadline: Deadline,
+    ApiJson(body): ApiJson<CreateUserBody>,
+) -> Result<Response, Problem> {
+    let request = grpc::request(
+        CreateUserRequest {
+            name: body.name,
+            email: body.email,
+        },
+        Some(&tenant),
+        deadline,
+    );
+    let user: UserDto = state
+        .users
+        .clone()
+        .create_user(request)
+        .await?
+        .into_inner()
+        .user
+        .ok_or_else(missing_user)?
+        .into();
+    let mut headers = user_headers(&user);
+    headers.extend(location(&format!("/api/v1/users/{}", user.id)));
+    Ok(with_headers(StatusCode::CREATED, headers, user))
+}
+
+/// `GET /api/v1/users/{id}` -> 200 with `ETag` (304 for a matching `If-None-Match`).
+pub async fn get(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    deadline: Deadline,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let request = grpc::request(GetUserInfoRequest { user_id: id }, Some(&tenant), deadline);
+    let user: UserDto = state
+        .query
+        .clone()
+        .get_user_info(request)
+        .await?
+        .into_inner()
+        .into();
+    let tag = etag(user.version);
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+    if not_modified {
+        return Ok((StatusCode::NOT_MODIFIED, user_headers(&user)).into_response());
+    }
+    Ok(with_headers(StatusCode::OK, user_headers(&user), user))
+}
+
+/// `GET /api/v1/users?limit=&cursor=` -> one page, in creation order.
+pub async fn list(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    deadline: Deadline,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Response, Problem> {
+    let request = grpc::request(
+        ListUsersRequest {
+            page_size: query.page_size()?,
+            page_token: query.cursor.clone().unwrap_or_default(),
+        },
+        Some(&tenant),
+        deadline,
+    );
+    let page = state.users.clone().list_users(request).await?.into_inner();
+    let body = PageDto {
+        items: page.users.into_iter().map(UserDto::from).collect(),
+        next_cursor: Some(page.next_page_token).filter(|t| !t.is_empty()),
+    };
+    Ok(with_headers(StatusCode::OK, HeaderMap::new(), body))
+}
+
+/// `PATCH /api/v1/users/{id}` (`If-Match` honoured) -> 200 with the new `ETag`.
+pub async fn update(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    deadline: Deadline,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<PatchUserBody>,
+) -> Result<Response, Problem> {
+    let request = grpc::request(
+        UpdateUserRequest {
+            id,
+            name: body.name,
+            email: body.email,
+            expected_version: if_match(&headers)?,
+        },
+        Some(&tenant),
+        deadline,
+    );
+    let user: UserDto = state
+        .users
+        .clone()
+        .update_user(request)
+        .await?
+        .into_inner()
+        .user
+        .ok_or_else(missing_user)?
+        .into();
+    Ok(with_headers(StatusCode::OK, user_headers(&user), user))
+}
+
+/// `DELETE /api/v1/users/{id}` (`If-Match` honoured) -> 204.
+pub async fn delete(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    deadline: Deadline,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let request = grpc::request(
+        DeleteUserRequest {
+            id,
+            expected_version: if_match(&headers)?,
+        },
+        Some(&tenant),
+        deadline,
+    );
+    state.users.clone().delete_user(request).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(if_match_value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_MATCH, header_value(if_match_value));
+        headers
+    }
+
+    #[test]
+    fn if_match_accepts_our_etags_and_star() {
+        assert_eq!(if_match(&HeaderMap::new()).ok(), Some(None));
+        assert_eq!(if_match(&headers("*")).ok(), Some(None));
+        assert_eq!(if_match(&headers("\"7\"")).ok(), Some(Some(7)));
+    }
+
+    #[test]
+    fn if_match_with_a_foreign_etag_is_a_failed_precondition() {
+        for value in ["7", "W/\"7\"", "\"seven\""] {
+            let problem = if_match(&headers(value)).expect_err(value);
+            assert_eq!(problem.kind, ErrorKind::PreconditionFailed);
+        }
+    }
+}

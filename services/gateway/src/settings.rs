@@ -1,0 +1,116 @@
+//! The gateway's settings, from `BOROUGH_*` environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use borough_config_client::{Env, SettingsError};
+use secrecy::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `BOROUGH_HTTP_ADDR`, default `127.0.0.1:8080`: the REST API.
+    pub http_addr: SocketAddr,
+    /// `BOROUGH_ADMIN_ADDR`, default `127.0.0.1:9460`: health and metrics.
+    pub admin_addr: SocketAddr,
+    /// `BOROUGH_USER_URL`, default `http://127.0.0.1:50051`.
+    pub user_url: String,
+    /// `BOROUGH_QUERY_URL`, default `http://127.0.0.1:50052`.
+    pub query_url: String,
+    /// `BOROUGH_ADMIN_TOKEN`: bearer token of the platform admin API. Unset: admin API off.
+    pub admin_token: Option<SecretString>,
+    /// `BOROUGH_REQUEST_TIMEOUT` (10s): every request's deadline, passed on to services.
+    pub request_timeout: Duration,
+    /// `BOROUGH_BODY_LIMIT` (1MiB): the largest request body accepted.
+    pub body_limit: usize,
+    /// `BOROUGH_AUTH_CACHE_TTL` (5s): how long an API key's tenant is cached; also the
+    /// longest a key revoked through another gateway replica keeps working here.
+    pub auth_cache_ttl: Duration,
+    /// `BOROUGH_CORS_ORIGINS`: comma-separated origins allowed by CORS. Unset: CORS off.
+    pub cors_origins: Vec<String>,
+    /// `BOROUGH_SHUTDOWN_GRACE` (5s): how long readiness fails before the listener closes.
+    pub shutdown_grace: Duration,
+    /// `BOROUGH_PROBE_INTERVAL` (2s): how often backends' gRPC health is checked.
+    pub probe_interval: Duration,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let admin_token = env.optional("BOROUGH_ADMIN_TOKEN");
+        if let Some(token) = &admin_token
+            && token.len() < 16
+        {
+            return Err(SettingsError::Invalid {
+                name: "BOROUGH_ADMIN_TOKEN".to_owned(),
+                value: "***".to_owned(),
+                reason: "must be at least 16 characters".to_owned(),
+            });
+        }
+        Ok(Settings {
+            http_addr: env.socket_addr("BOROUGH_HTTP_ADDR", "127.0.0.1:8080")?,
+            admin_addr: env.socket_addr("BOROUGH_ADMIN_ADDR", "127.0.0.1:9460")?,
+            user_url: env.url(
+                "BOROUGH_USER_URL",
+                "http://127.0.0.1:50051",
+                &["http", "https"],
+            )?,
+            query_url: env.url(
+                "BOROUGH_QUERY_URL",
+                "http://127.0.0.1:50052",
+                &["http", "https"],
+            )?,
+            admin_token: admin_token.map(SecretString::from),
+            request_timeout: env.duration("BOROUGH_REQUEST_TIMEOUT", Duration::from_secs(10))?,
+            body_limit: env.bytes("BOROUGH_BODY_LIMIT", 1024 * 1024)?,
+            auth_cache_ttl: env.duration("BOROUGH_AUTH_CACHE_TTL", Duration::from_secs(5))?,
+            cors_origins: env
+                .optional("BOROUGH_CORS_ORIGINS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            shutdown_grace: env.duration("BOROUGH_SHUTDOWN_GRACE", Duration::from_secs(5))?,
+            probe_interval: env.duration("BOROUGH_PROBE_INTERVAL", Duration::from_secs(2))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_for_make_run() {
+        let settings = Settings::from_env(&Env::from_pairs([("", "")])).expect("defaults parse");
+        assert_eq!(settings.http_addr.port(), 8080);
+        assert_eq!(settings.admin_addr.port(), 9460);
+        assert_eq!(settings.user_url, "http://127.0.0.1:50051");
+        assert!(settings.admin_token.is_none());
+        assert!(settings.cors_origins.is_empty());
+    }
+
+    #[test]
+    fn each_bad_value_fails_naming_its_variable() {
+        for (name, value) in [
+            ("BOROUGH_HTTP_ADDR", "eighty"),
+            ("BOROUGH_ADMIN_ADDR", "127.0.0.1"),
+            ("BOROUGH_USER_URL", "127.0.0.1:50051"),
+            ("BOROUGH_QUERY_URL", "grpc://x"),
+            ("BOROUGH_REQUEST_TIMEOUT", "forever"),
+            ("BOROUGH_BODY_LIMIT", "big"),
+            ("BOROUGH_ADMIN_TOKEN", "short"),
+        ] {
+            let err = Settings::from_env(&Env::from_pairs([(name, value)])).expect_err(name);
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_admin_token_is_never_echoed_in_errors() {
+        let err = Settings::from_env(&Env::from_pairs([("BOROUGH_ADMIN_TOKEN", "s3cr3t")]))
+            .expect_err("too short");
+        assert!(!err.to_string().contains("s3cr3t"));
+    }
+}
