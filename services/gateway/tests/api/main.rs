@@ -1,0 +1,8 @@
+//! The gateway's REST API end to end: real HTTP into the gateway, real gRPC to the user
+//! and query services, real PostgreSQL behind them.
+
+mod errors;
+mod isolation;
+mod shutdown;
+mod support;
+mod walkthrough;

@@ -1,0 +1,185 @@
+//! The whole stack in-process: a fresh database, the user and query services and the
+//! gateway, each on 127.0.0.1 port 0, talking over real sockets.
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use borough_config_client::Env;
+use borough_testkit::{Spawned, TestDatabase, spawn, wait_for_status};
+use serde_json::{Value, json};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+pub struct Stack {
+    pub db: TestDatabase,
+    pub user: Spawned,
+    pub query: Spawned,
+    pub gateway: Spawned,
+    pub http: reqwest::Client,
+}
+
+fn service_env(db: &TestDatabase) -> Env {
+    Env::from_pairs([
+        ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
+        ("BOROUGH_SHUTDOWN_GRACE", "0s"),
+        ("BOROUGH_PROBE_INTERVAL", "100ms"),
+    ])
+}
+
+pub async fn spawn_user(db: &TestDatabase) -> Result<Spawned> {
+    let settings = borough_user::Settings::from_env(&service_env(db))?;
+    spawn(2, move |mut l, shutdown| {
+        let admin = l.remove(1);
+        let grpc = l.remove(0);
+        borough_user::serve(settings, borough_user::Listeners { grpc, admin }, shutdown)
+    })
+    .await
+}
+
+pub async fn spawn_query(db: &TestDatabase) -> Result<Spawned> {
+    let settings = borough_query::Settings::from_env(&service_env(db))?;
+    spawn(2, move |mut l, shutdown| {
+        let admin = l.remove(1);
+        let grpc = l.remove(0);
+        borough_query::serve(settings, borough_query::Listeners { grpc, admin }, shutdown)
+    })
+    .await
+}
+
+/// A gateway in front of `user_url` and `query_url`, with extra settings.
+pub async fn spawn_gateway(
+    user_url: &str,
+    query_url: &str,
+    extra: &[(&str, &str)],
+) -> Result<Spawned> {
+    let mut pairs: Vec<(String, String)> = vec![
+        ("BOROUGH_USER_URL".into(), user_url.into()),
+        ("BOROUGH_QUERY_URL".into(), query_url.into()),
+        ("BOROUGH_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+        ("BOROUGH_SHUTDOWN_GRACE".into(), "0s".into()),
+        ("BOROUGH_PROBE_INTERVAL".into(), "100ms".into()),
+    ];
+    pairs.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let settings = borough_gateway::Settings::from_env(&Env::from_pairs(pairs))?;
+    spawn(2, move |mut l, shutdown| {
+        let admin = l.remove(1);
+        let http = l.remove(0);
+        borough_gateway::serve(
+            settings,
+            borough_gateway::Listeners { http, admin },
+            shutdown,
+        )
+    })
+    .await
+}
+
+impl Stack {
+    pub async fn start() -> Result<Stack> {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(gateway_settings: &[(&str, &str)]) -> Result<Stack> {
+        borough_telemetry::logging::init_test_logging();
+        let db = TestDatabase::create().await?;
+        let user = spawn_user(&db).await?;
+        let query = spawn_query(&db).await?;
+        let gateway = spawn_gateway(&user.url(0), &query.url(0), gateway_settings).await?;
+        let stack = Stack {
+            db,
+            user,
+            query,
+            gateway,
+            http: reqwest::Client::new(),
+        };
+        wait_for_status(
+            &stack.gateway_admin("/readyz"),
+            200,
+            Duration::from_secs(20),
+        )
+        .await
+        .context("the stack did not become ready")?;
+        Ok(stack)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway.url(0))
+    }
+
+    pub fn gateway_admin(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway.url(1))
+    }
+
+    /// Creates a tenant through the admin API: (tenant id, API key).
+    pub async fn create_tenant(&self, name: &str) -> Result<(String, String)> {
+        let response = self
+            .http
+            .post(self.url("/admin/v1/tenants"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "name": name }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 201,
+            "create tenant: {}",
+            response.status()
+        );
+        let body: Value = response.json().await?;
+        Ok((
+            body["tenant"]["id"]
+                .as_str()
+                .context("tenant id")?
+                .to_owned(),
+            body["api_key"]["key"]
+                .as_str()
+                .context("api key")?
+                .to_owned(),
+        ))
+    }
+
+    /// Creates a user as the tenant of `key`: the response body.
+    pub async fn create_user(&self, key: &str, name: &str, email: &str) -> Result<Value> {
+        let response = self
+            .http
+            .post(self.url("/api/v1/users"))
+            .bearer_auth(key)
+            .json(&json!({ "name": name, "email": email }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status() == 201,
+            "create user: {}",
+            response.status()
+        );
+        Ok(response.json().await?)
+    }
+}
+
+/// Asserts a problem+json response with `status`, returning its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16) -> Result<Value> {
+    assert_eq!(response.status().as_u16(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json", "content type");
+    let body: Value = response.json().await?;
+    assert_eq!(body["status"], status, "status in body: {body}");
+    for field in ["type", "title", "detail", "trace_id"] {
+        assert!(body[field].is_string(), "{field} missing in {body}");
+    }
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:borough:problem:")),
+        "{body}"
+    );
+    Ok(body)
+}
