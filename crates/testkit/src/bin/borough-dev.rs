@@ -1,1 +1,331 @@
-fn main() {}
+//! `borough-dev run`: the whole stack on one machine, for `make run`.
+//!
+//! 1. A PostgreSQL cluster under `./.data/pg` (initialised on first run, as `postgres`
+//!    when root), on 127.0.0.1:`BOROUGH_DEV_PG_PORT` (55432).
+//! 2. The `borough` database, migrated; the service login role with its own password.
+//! 3. The user, query and gateway binaries (siblings of this one), with `BOROUGH_*`
+//!    settings derived from the above unless already set in the environment.
+//! 4. On first run a `demo` tenant and its API key (kept in `./.data/demo-api-key`).
+//! 5. Copy-paste curl lines. Ctrl-C (or SIGTERM) stops the services, then PostgreSQL.
+//!
+//! Secrets it generates (admin token, database passwords) live in `./.data`, mode 0600.
+
+// A terminal tool: what it prints is for the person who ran it.
+#![allow(clippy::print_stdout)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use borough_testkit::{Cluster, ensure_service_role, pg};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use tokio::process::{Child, Command};
+
+const DATABASE: &str = "borough";
+
+struct Paths {
+    data: PathBuf,
+    bin: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    borough_telemetry::init_logging("dev");
+    match std::env::args().nth(1).as_deref() {
+        Some("run") => run().await,
+        _ => bail!("usage: borough-dev run"),
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Reads a secret from `file`, or generates and stores one.
+fn secret(file: &Path) -> Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(file)
+        && !existing.trim().is_empty()
+    {
+        return Ok(existing.trim().to_owned());
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random: {e}"))?;
+    let value = hex::encode(bytes);
+    write_private(file, &value)?;
+    Ok(value)
+}
+
+fn write_private(file: &Path, value: &str) -> Result<()> {
+    std::fs::write(file, format!("{value}\n"))?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+async fn run() -> Result<()> {
+    let started = Instant::now();
+    let paths = Paths {
+        data: PathBuf::from(env_or("BOROUGH_DEV_DATA", ".data")),
+        bin: std::env::current_exe()?
+            .parent()
+            .context("no directory for this binary")?
+            .to_owned(),
+    };
+    std::fs::create_dir_all(&paths.data)?;
+    let data = paths.data.canonicalize()?;
+    let pg_port: u16 = env_or("BOROUGH_DEV_PG_PORT", "55432")
+        .parse()
+        .context("BOROUGH_DEV_PG_PORT must be a port number")?;
+
+    // 1. PostgreSQL.
+    let superuser_password = secret(&data.join("pg-superuser-password"))?;
+    let service_password = secret(&data.join("pg-service-password"))?;
+    println!(
+        "borough: starting PostgreSQL on 127.0.0.1:{pg_port} (data in {})",
+        data.join("pg").display()
+    );
+    let mut cluster = Cluster::start_persistent(
+        &data.join("pg"),
+        pg_port,
+        &superuser_password,
+        &service_password,
+    )?;
+
+    // 2. Database, migrations, service role.
+    let mut conn = PgConnection::connect(&cluster.superuser_url("postgres")).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(DATABASE)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DATABASE}")))
+            .execute(&mut conn)
+            .await?;
+    }
+    ensure_service_role(&mut conn, &service_password).await?;
+    let mut conn = PgConnection::connect(&cluster.superuser_url(DATABASE)).await?;
+    for report in borough_tenancy::migrate::run_all(&mut conn).await? {
+        if !report.applied.is_empty() {
+            println!(
+                "borough: migrated {} to version {}",
+                report.scope, report.latest
+            );
+        }
+    }
+    borough_tenancy::migrate::grant_app_role(&mut conn, pg::SERVICE_ROLE).await?;
+    drop(conn);
+
+    // 3. Services.
+    let admin_token = match std::env::var("BOROUGH_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        Some(token) => token,
+        None => secret(&data.join("admin-token"))?,
+    };
+    let database_url = cluster.service_url(DATABASE);
+    let gateway_url = format!("http://{}", env_or("BOROUGH_HTTP_ADDR", "127.0.0.1:8080"));
+    let mut children = Vec::new();
+    let result = async {
+        for (binary, grpc, admin) in [
+            ("borough-user", "127.0.0.1:50051", "127.0.0.1:9461"),
+            ("borough-query", "127.0.0.1:50052", "127.0.0.1:9462"),
+        ] {
+            children.push((
+                binary,
+                spawn(
+                    &paths.bin,
+                    binary,
+                    &[
+                        ("BOROUGH_GRPC_ADDR", grpc),
+                        ("BOROUGH_ADMIN_ADDR", admin),
+                        ("BOROUGH_DATABASE_URL", &database_url),
+                    ],
+                )?,
+            ));
+        }
+        children.push((
+            "borough-gateway",
+            spawn(
+                &paths.bin,
+                "borough-gateway",
+                &[("BOROUGH_ADMIN_TOKEN", &admin_token)],
+            )?,
+        ));
+        for admin in ["127.0.0.1:9461", "127.0.0.1:9462", "127.0.0.1:9460"] {
+            wait_ready(&format!("http://{admin}/readyz"), &mut children).await?;
+        }
+
+        // 4. The demo tenant.
+        let key_file = data.join("demo-api-key");
+        let api_key = match std::fs::read_to_string(&key_file) {
+            Ok(key) if !key.trim().is_empty() => key.trim().to_owned(),
+            _ => {
+                let key = demo_key(&gateway_url, &admin_token).await?;
+                write_private(&key_file, &key)?;
+                key
+            }
+        };
+
+        // 5. What to type.
+        print_walkthrough(&gateway_url, &admin_token, &api_key, started.elapsed());
+        supervise(&mut children).await
+    }
+    .await;
+
+    stop_all(&mut children).await;
+    cluster.stop();
+    println!("borough: stopped");
+    result
+}
+
+fn spawn(bin: &Path, name: &str, defaults: &[(&str, &str)]) -> Result<Child> {
+    let path = bin.join(name);
+    let mut command = Command::new(&path);
+    for (key, value) in defaults {
+        if std::env::var_os(key).is_none() {
+            command.env(key, value);
+        }
+    }
+    if std::env::var_os("BOROUGH_SHUTDOWN_GRACE").is_none() {
+        command.env("BOROUGH_SHUTDOWN_GRACE", "0s"); // Ctrl-C should be quick on a laptop.
+    }
+    command
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} (build it with `make run`)", path.display()))
+}
+
+async fn wait_ready(url: &str, children: &mut [(&str, Child)]) -> Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(url).send().await
+            && response.status() == 200
+        {
+            return Ok(());
+        }
+        for (name, child) in children.iter_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited during start-up ({status})");
+            }
+        }
+        if Instant::now() > deadline {
+            let body = match client.get(url).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            bail!("{url} not ready after 60s: {body}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates the `demo` tenant (or, if it exists, a new key for it): its API key.
+async fn demo_key(gateway: &str, admin_token: &str) -> Result<String> {
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{gateway}/admin/v1/tenants"))
+        .bearer_auth(admin_token)
+        .json(&json!({ "name": "demo" }))
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    if status == 201 {
+        return body["api_key"]["key"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no key in reply");
+    }
+    if status != 409 {
+        bail!("creating the demo tenant: {status} {body}");
+    }
+    let tenants: Value = client
+        .get(format!("{gateway}/admin/v1/tenants?limit=100"))
+        .bearer_auth(admin_token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = tenants["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|t| t["name"] == "demo"))
+        .and_then(|t| t["id"].as_str())
+        .context("the demo tenant exists but is not listed")?;
+    let issued: Value = client
+        .post(format!("{gateway}/admin/v1/tenants/{id}/api-keys"))
+        .bearer_auth(admin_token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    issued["key"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no key in reply")
+}
+
+fn print_walkthrough(gateway: &str, admin_token: &str, api_key: &str, took: Duration) {
+    println!(
+        r#"
+borough: ready in {took:.1?}. Gateway {gateway}, admin ports 9460 (gateway), 9461 (user), 9462 (query).
+
+  export BOROUGH_ADMIN_TOKEN={admin_token}
+  export BOROUGH_API_KEY={api_key}
+
+  curl -s {gateway}/hello
+  curl -s -X POST {gateway}/api/v1/users -H "Authorization: Bearer $BOROUGH_API_KEY" \
+       -H 'Content-Type: application/json' -d '{{"name":"Ada Lovelace","email":"ada@example.com"}}'
+  curl -s "{gateway}/api/v1/users?limit=10" -H "Authorization: Bearer $BOROUGH_API_KEY"
+  curl -s {gateway}/admin/v1/tenants -H "Authorization: Bearer $BOROUGH_ADMIN_TOKEN"
+
+Press Ctrl-C to stop everything (PostgreSQL included). Data stays in .data/ for the next run.
+"#
+    );
+}
+
+/// Waits for Ctrl-C / SIGTERM, or for a service to exit on its own (an error).
+async fn supervise(children: &mut [(&str, Child)]) -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                for (name, child) in children.iter_mut() {
+                    if let Some(status) = child.try_wait()? {
+                        bail!("{name} exited unexpectedly ({status})");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM every service (gateway first), then wait; SIGKILL what is left after 15s.
+async fn stop_all(children: &mut [(&str, Child)]) {
+    for (_, child) in children.iter_mut().rev() {
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+    }
+    for (name, child) in children.iter_mut().rev() {
+        match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                eprintln!("borough: {name} did not stop in 15s; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}

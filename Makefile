@@ -1,0 +1,38 @@
+# Borough — the commands an operator and a developer need.
+#
+#   make run        the whole stack locally: PostgreSQL under ./.data, user, query, gateway
+#   make test       every test in the workspace (PostgreSQL from the test kit)
+#   make lint       rustfmt check and clippy with warnings as errors
+#   make build      debug build of every binary
+#   make clean-data forget the local cluster, tokens and demo tenant of `make run`
+
+CARGO ?= cargo
+SERVICE_BINS := --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
+
+.PHONY: run test lint build fmt clean-data
+
+run:
+	$(CARGO) build $(SERVICE_BINS)
+	$(CARGO) run --quiet --bin borough-dev -- run
+
+# cargo-nextest runs each test in its own process (fast, isolated); plain `cargo test`
+# works too when nextest is not installed.
+test:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+build:
+	$(CARGO) build --workspace --bins
+
+fmt:
+	$(CARGO) fmt --all
+
+clean-data:
+	rm -rf .data
