@@ -184,7 +184,7 @@ impl ErrorKind {
             .find(|row| row.canonical_for_status && row.status == status)
             .map(|row| row.kind)
             .unwrap_or(match status.as_u16() {
-                405 | 406 | 414 | 431 | 400..=499 => ErrorKind::InvalidArgument,
+                400..=499 => ErrorKind::InvalidArgument,
                 _ => ErrorKind::Internal,
             })
     }

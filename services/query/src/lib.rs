@@ -50,6 +50,9 @@ impl From<QueryError> for Status {
     }
 }
 
+/// name, email, version, created_at, updated_at
+type InfoRow = (String, String, i64, DateTime<Utc>, DateTime<Utc>);
+
 #[derive(Clone)]
 pub struct Query {
     router: PoolRouter,
@@ -67,7 +70,7 @@ impl Query {
     ) -> Result<GetUserInfoResponse, QueryError> {
         let id = Uuid::parse_str(user_id).map_err(|_| QueryError::InvalidId(user_id.to_owned()))?;
         let mut tx = self.router.begin_read(ctx).await?;
-        let row: Option<(String, String, i64, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        let row: Option<InfoRow> = sqlx::query_as(
             "SELECT name, email, version, created_at, updated_at
                FROM users WHERE tenant_id = $1 AND id = $2",
         )
