@@ -150,6 +150,38 @@ impl Env {
     }
 }
 
+/// What every server reads: where it listens and how it shuts down.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The API listener (`BOROUGH_GRPC_ADDR` for services, `BOROUGH_HTTP_ADDR` for the
+    /// gateway): the variable that named it, for error messages.
+    pub api_addr: SocketAddr,
+    pub api_var: &'static str,
+    /// `BOROUGH_ADMIN_ADDR`: `/healthz`, `/readyz`, `/metrics`.
+    pub admin_addr: SocketAddr,
+    /// `BOROUGH_SHUTDOWN_GRACE` (5s): how long readiness fails before listeners close.
+    pub shutdown_grace: Duration,
+    /// `BOROUGH_PROBE_INTERVAL` (2s): how often dependencies are checked for readiness.
+    pub probe_interval: Duration,
+}
+
+impl ServerSettings {
+    pub fn from_env(
+        env: &Env,
+        api_var: &'static str,
+        api_default: &str,
+        admin_default: &str,
+    ) -> Result<Self, SettingsError> {
+        Ok(ServerSettings {
+            api_addr: env.socket_addr(api_var, api_default)?,
+            api_var,
+            admin_addr: env.socket_addr("BOROUGH_ADMIN_ADDR", admin_default)?,
+            shutdown_grace: env.duration("BOROUGH_SHUTDOWN_GRACE", Duration::from_secs(5))?,
+            probe_interval: env.duration("BOROUGH_PROBE_INTERVAL", Duration::from_secs(2))?,
+        })
+    }
+}
+
 /// Replaces the password of `scheme://user:password@host/...` with `***`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -266,6 +298,25 @@ mod tests {
             env.url("OK", "", &["postgres"]),
             Ok("postgres://db/x".to_owned())
         );
+    }
+
+    #[test]
+    fn server_settings_take_the_given_defaults_and_name_bad_variables() {
+        let env = Env::from_pairs([("", "")]);
+        let server = ServerSettings::from_env(
+            &env,
+            "BOROUGH_GRPC_ADDR",
+            "127.0.0.1:50051",
+            "127.0.0.1:9461",
+        )
+        .expect("defaults parse");
+        assert_eq!(server.api_addr.port(), 50051);
+        assert_eq!(server.admin_addr.port(), 9461);
+        assert_eq!(server.shutdown_grace, Duration::from_secs(5));
+        let env = Env::from_pairs([("BOROUGH_SHUTDOWN_GRACE", "a while")]);
+        let err = ServerSettings::from_env(&env, "BOROUGH_GRPC_ADDR", "127.0.0.1:1", "127.0.0.1:2")
+            .expect_err("bad duration");
+        assert!(err.to_string().contains("BOROUGH_SHUTDOWN_GRACE"), "{err}");
     }
 
     #[test]

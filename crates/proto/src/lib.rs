@@ -48,7 +48,7 @@ pub mod time {
             let at = DateTime::from_timestamp(1_795_000_000, 123_456_000).expect("in range");
             let ts = to_timestamp(at);
             assert_eq!(from_timestamp(&ts), Some(at));
-            assert_eq!(to_rfc3339(Some(&ts)), "2026-11-18T09:46:40.123456Z");
+            assert_eq!(to_rfc3339(Some(&ts)), "2026-11-18T11:06:40.123456Z");
             assert_eq!(to_rfc3339(None), "");
         }
     }

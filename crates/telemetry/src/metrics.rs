@@ -52,3 +52,61 @@ impl Metrics {
         out
     }
 }
+
+/// Labels of one HTTP route's traffic. `route` is the matched template
+/// (`/api/v1/users/{id}`), never the raw path, so cardinality stays bounded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+/// Requests and their latency per route, method and status (RED).
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub requests: prometheus_client::metrics::family::Family<
+        HttpLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    pub duration: prometheus_client::metrics::family::Family<
+        HttpLabels,
+        prometheus_client::metrics::histogram::Histogram,
+        fn() -> prometheus_client::metrics::histogram::Histogram,
+    >,
+}
+
+fn latency_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    // 100 µs to ~13 s.
+    prometheus_client::metrics::histogram::Histogram::new(
+        prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 18),
+    )
+}
+
+impl HttpMetrics {
+    /// Creates the metrics and registers them in `metrics`.
+    pub fn register(metrics: &Metrics) -> Self {
+        let http = HttpMetrics {
+            requests: Default::default(),
+            duration: prometheus_client::metrics::family::Family::new_with_constructor(
+                latency_histogram,
+            ),
+        };
+        metrics.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            http.requests.clone(),
+        );
+        metrics.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route, method and status",
+            http.duration.clone(),
+        );
+        http
+    }
+
+    pub fn observe(&self, labels: HttpLabels, seconds: f64) {
+        self.duration.get_or_create(&labels).observe(seconds);
+        self.requests.get_or_create(&labels).inc();
+    }
+}

@@ -78,6 +78,38 @@ impl Default for PoolSettings {
     }
 }
 
+/// Where a service's database is and how its pool behaves.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `BOROUGH_DATABASE_URL`: the control plane and the shared tenant tables, as the
+    /// service role.
+    pub url: String,
+    /// `BOROUGH_DB_MAX_CONNECTIONS` (10) and `BOROUGH_DB_ACQUIRE_TIMEOUT` (3s).
+    pub pool: PoolSettings,
+}
+
+/// The database `make run` creates.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://borough_service:borough@127.0.0.1:55432/borough";
+
+impl DatabaseSettings {
+    pub fn from_env(
+        env: &borough_config_client::Env,
+    ) -> Result<Self, borough_config_client::SettingsError> {
+        Ok(DatabaseSettings {
+            url: env.url(
+                "BOROUGH_DATABASE_URL",
+                DEFAULT_DATABASE_URL,
+                &["postgres", "postgresql"],
+            )?,
+            pool: PoolSettings {
+                max_connections: env.parse("BOROUGH_DB_MAX_CONNECTIONS", 10)?,
+                acquire_timeout: env
+                    .duration("BOROUGH_DB_ACQUIRE_TIMEOUT", Duration::from_secs(3))?,
+            },
+        })
+    }
+}
+
 /// A pool that connects lazily, so a service starts (and reports not-ready) while its
 /// database is down, and recovers without a restart when it returns.
 pub fn lazy_pool(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
@@ -146,5 +178,39 @@ pub fn grpc_health_updater(
             };
             health.set_service_status("", status).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use borough_config_client::Env;
+
+    #[test]
+    fn database_settings_default_to_make_run_and_name_bad_variables() {
+        let settings = DatabaseSettings::from_env(&Env::from_pairs([("", "")])).expect("defaults");
+        assert_eq!(settings.url, DEFAULT_DATABASE_URL);
+        assert_eq!(settings.pool.max_connections, 10);
+        for (name, value) in [
+            ("BOROUGH_DATABASE_URL", "localhost:5432"),
+            ("BOROUGH_DB_MAX_CONNECTIONS", "many"),
+            ("BOROUGH_DB_ACQUIRE_TIMEOUT", "-"),
+        ] {
+            let err =
+                DatabaseSettings::from_env(&Env::from_pairs([(name, value)])).expect_err(name);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn database_errors_map_to_kinds_by_class() {
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), ErrorKind::Unavailable);
+        assert_eq!(classify(&sqlx::Error::RowNotFound), ErrorKind::NotFound);
+        assert_eq!(
+            classify(&sqlx::Error::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused
+            ))),
+            ErrorKind::Unavailable
+        );
     }
 }

@@ -28,7 +28,6 @@ use borough_tenancy::apikey;
 use borough_tenancy::directory::KeyCache;
 use http::{HeaderValue, StatusCode};
 use secrecy::ExposeSecret;
-use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
 use tower_http::ServiceBuilderExt;
@@ -43,23 +42,7 @@ use state::AppState;
 
 pub const SERVICE: &str = "gateway";
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("{name} is not a valid backend URL: {source}")]
-    BackendUrl {
-        name: &'static str,
-        source: tonic::transport::Error,
-    },
-    #[error("HTTP server failed: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// The listeners the gateway serves on.
-#[derive(Debug)]
-pub struct Listeners {
-    pub http: TcpListener,
-    pub admin: TcpListener,
-}
+pub use borough_net::{Listeners, ServeError};
 
 /// A lazily connected channel: the gateway starts (and answers `/hello`) with every
 /// backend down, and calls fail fast with 503 until they are up.
@@ -92,7 +75,8 @@ pub fn app_state(settings: &Settings) -> Result<(AppState, Channel, Channel), Se
 }
 
 /// The HTTP surface: routes and middleware.
-pub fn router(state: AppState, settings: &Settings) -> Router {
+pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router {
+    let http_metrics = borough_telemetry::metrics::HttpMetrics::register(metrics);
     let api = Router::new()
         .route("/hello", get(routes::hello))
         .route(
@@ -120,6 +104,11 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         )
         // Extractors see the same limit as the layer below.
         .layer(DefaultBodyLimit::max(settings.body_limit))
+        // RED metrics per route template (routed requests only: the template is known).
+        .route_layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            middleware::record_metrics,
+        ))
         .with_state(state);
 
     let cors = (!settings.cors_origins.is_empty()).then(|| {
@@ -226,27 +215,28 @@ pub async fn serve(
     let probe = tokio::spawn(probe_backends(
         vec![("user", user), ("query", query)],
         readiness.clone(),
-        settings.probe_interval,
+        settings.server.probe_interval,
     ));
+    let metrics = Metrics::new(SERVICE);
+    let app = router(state, &settings, &metrics);
     let admin = AdminServer::spawn(
         listeners.admin,
         AdminState {
             service: SERVICE,
             readiness: readiness.clone(),
-            metrics: Metrics::new(SERVICE),
+            metrics,
         },
     );
     if settings.admin_token.is_none() {
         tracing::warn!("BOROUGH_ADMIN_TOKEN is not set: the admin API is disabled");
     }
-    tracing::info!(http = %listeners.http.local_addr()?, "gateway listening");
+    tracing::info!(http = %listeners.api.local_addr()?, "gateway listening");
 
-    let app = router(state, &settings);
-    let result = axum::serve(listeners.http, app)
+    let result = axum::serve(listeners.api, app)
         .with_graceful_shutdown(lifecycle::drain_after(
             shutdown,
             readiness,
-            settings.shutdown_grace,
+            settings.server.shutdown_grace,
         ))
         .await;
 

@@ -99,3 +99,28 @@ pub async fn problem_for_bare_errors(response: Response) -> Response {
     }
     problem
 }
+
+/// Counts each routed request and its latency by route template, method and status.
+pub async fn record_metrics(
+    State(metrics): State<borough_telemetry::metrics::HttpMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    metrics.observe(
+        borough_telemetry::metrics::HttpLabels {
+            method,
+            route,
+            status: response.status().as_u16(),
+        },
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}

@@ -1,17 +1,15 @@
 //! The gateway's settings, from `BOROUGH_*` environment variables.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use borough_config_client::{Env, SettingsError};
+use borough_config_client::{Env, ServerSettings, SettingsError};
 use secrecy::SecretString;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `BOROUGH_HTTP_ADDR`, default `127.0.0.1:8080`: the REST API.
-    pub http_addr: SocketAddr,
-    /// `BOROUGH_ADMIN_ADDR`, default `127.0.0.1:9460`: health and metrics.
-    pub admin_addr: SocketAddr,
+    /// `BOROUGH_HTTP_ADDR` (127.0.0.1:8080): the REST API; `BOROUGH_ADMIN_ADDR`
+    /// (127.0.0.1:9460): health and metrics; shutdown grace and probe interval.
+    pub server: ServerSettings,
     /// `BOROUGH_USER_URL`, default `http://127.0.0.1:50051`.
     pub user_url: String,
     /// `BOROUGH_QUERY_URL`, default `http://127.0.0.1:50052`.
@@ -27,10 +25,6 @@ pub struct Settings {
     pub auth_cache_ttl: Duration,
     /// `BOROUGH_CORS_ORIGINS`: comma-separated origins allowed by CORS. Unset: CORS off.
     pub cors_origins: Vec<String>,
-    /// `BOROUGH_SHUTDOWN_GRACE` (5s): how long readiness fails before the listener closes.
-    pub shutdown_grace: Duration,
-    /// `BOROUGH_PROBE_INTERVAL` (2s): how often backends' gRPC health is checked.
-    pub probe_interval: Duration,
 }
 
 impl Settings {
@@ -46,8 +40,12 @@ impl Settings {
             });
         }
         Ok(Settings {
-            http_addr: env.socket_addr("BOROUGH_HTTP_ADDR", "127.0.0.1:8080")?,
-            admin_addr: env.socket_addr("BOROUGH_ADMIN_ADDR", "127.0.0.1:9460")?,
+            server: ServerSettings::from_env(
+                env,
+                "BOROUGH_HTTP_ADDR",
+                "127.0.0.1:8080",
+                "127.0.0.1:9460",
+            )?,
             user_url: env.url(
                 "BOROUGH_USER_URL",
                 "http://127.0.0.1:50051",
@@ -71,8 +69,6 @@ impl Settings {
                         .collect()
                 })
                 .unwrap_or_default(),
-            shutdown_grace: env.duration("BOROUGH_SHUTDOWN_GRACE", Duration::from_secs(5))?,
-            probe_interval: env.duration("BOROUGH_PROBE_INTERVAL", Duration::from_secs(2))?,
         })
     }
 }
@@ -84,8 +80,8 @@ mod tests {
     #[test]
     fn defaults_work_for_make_run() {
         let settings = Settings::from_env(&Env::from_pairs([("", "")])).expect("defaults parse");
-        assert_eq!(settings.http_addr.port(), 8080);
-        assert_eq!(settings.admin_addr.port(), 9460);
+        assert_eq!(settings.server.api_addr.port(), 8080);
+        assert_eq!(settings.server.admin_addr.port(), 9460);
         assert_eq!(settings.user_url, "http://127.0.0.1:50051");
         assert!(settings.admin_token.is_none());
         assert!(settings.cors_origins.is_empty());

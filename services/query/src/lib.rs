@@ -3,24 +3,21 @@
 //!
 //! [`serve`] runs it on listeners it is given; `main.rs` only reads settings and calls it.
 
-pub mod settings;
-
 use std::future::Future;
 
+use borough_config_client::{Env, ServerSettings, SettingsError};
 use borough_error::{ErrorKind, ServiceError, to_status};
 use borough_proto::query::v1::query_service_server::{QueryService, QueryServiceServer};
 use borough_proto::query::v1::{GetUserInfoRequest, GetUserInfoResponse};
 use borough_proto::time::to_timestamp;
-use borough_telemetry::admin::{AdminServer, AdminState};
-use borough_telemetry::{Metrics, Readiness, lifecycle};
+use borough_telemetry::Metrics;
+use borough_tenancy::db::DatabaseSettings;
 use borough_tenancy::{PoolRouter, TenantContext, db};
 use chrono::{DateTime, Utc};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-pub use settings::Settings;
+pub use borough_net::{Listeners, ServeError};
 
 pub const SERVICE: &str = "query";
 
@@ -103,21 +100,27 @@ impl QueryService for Query {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("BOROUGH_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
-    DatabaseUrl(sqlx::Error),
-    #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
-    #[error("admin server failed: {0}")]
-    Admin(#[from] std::io::Error),
+/// The service's settings, from `BOROUGH_*` environment variables.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `BOROUGH_GRPC_ADDR` (127.0.0.1:50052), `BOROUGH_ADMIN_ADDR` (127.0.0.1:9462), shutdown.
+    pub server: ServerSettings,
+    /// `BOROUGH_DATABASE_URL` and the pool's limits.
+    pub database: DatabaseSettings,
 }
 
-/// The listeners a service serves on.
-#[derive(Debug)]
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: TcpListener,
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Ok(Settings {
+            server: ServerSettings::from_env(
+                env,
+                "BOROUGH_GRPC_ADDR",
+                "127.0.0.1:50052",
+                "127.0.0.1:9462",
+            )?,
+            database: DatabaseSettings::from_env(env)?,
+        })
+    }
 }
 
 /// Serves until `shutdown` resolves, then fails readiness, waits the grace period, drains
@@ -127,41 +130,19 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let pool =
-        db::lazy_pool(&settings.database_url, &settings.pool).map_err(ServeError::DatabaseUrl)?;
-    let readiness = Readiness::new();
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let probe = tokio::spawn(db::probe_readiness(
+    let pool = db::lazy_pool(&settings.database.url, &settings.database.pool)
+        .map_err(ServeError::DatabaseUrl)?;
+    let routes = tonic::service::Routes::new(QueryServiceServer::new(Query::new(PoolRouter::new(
         pool.clone(),
-        readiness.clone(),
-        settings.probe_interval,
-        borough_tenancy::db::grpc_health_updater(health),
-    ));
-    let admin = AdminServer::spawn(
-        listeners.admin,
-        AdminState {
-            service: SERVICE,
-            readiness: readiness.clone(),
-            metrics: Metrics::new(SERVICE),
-        },
-    );
-    tracing::info!(grpc = %listeners.grpc.local_addr()?, "query service listening");
-
-    let result = tonic::transport::Server::builder()
-        .trace_fn(borough_telemetry::trace::grpc_request_span)
-        .add_service(health_service)
-        .add_service(QueryServiceServer::new(Query::new(PoolRouter::new(
-            pool.clone(),
-        ))))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
-            lifecycle::drain_after(shutdown, readiness, settings.shutdown_grace),
-        )
-        .await;
-
-    probe.abort();
-    admin.stop().await?;
-    pool.close().await;
-    tracing::info!("query service stopped");
-    Ok(result?)
+    ))));
+    borough_net::serve_grpc(
+        SERVICE,
+        &settings.server,
+        listeners,
+        routes,
+        pool,
+        Metrics::new(SERVICE),
+        shutdown,
+    )
+    .await
 }

@@ -1,6 +1,5 @@
 //! `borough-query`: serves the read side.
 
-use anyhow::Context;
 use borough_config_client::Env;
 
 #[tokio::main]
@@ -15,14 +14,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(env: &Env) -> anyhow::Result<()> {
     let settings = borough_query::Settings::from_env(env)?;
-    let listeners = borough_query::Listeners {
-        grpc: tokio::net::TcpListener::bind(settings.grpc_addr)
-            .await
-            .with_context(|| format!("binding BOROUGH_GRPC_ADDR={}", settings.grpc_addr))?,
-        admin: tokio::net::TcpListener::bind(settings.admin_addr)
-            .await
-            .with_context(|| format!("binding BOROUGH_ADMIN_ADDR={}", settings.admin_addr))?,
-    };
+    let listeners = borough_query::Listeners::bind(&settings.server).await?;
     borough_query::serve(
         settings,
         listeners,

@@ -3,40 +3,44 @@
 //! [`serve`] runs it on listeners it is given (tests pass 127.0.0.1:0), until `shutdown`
 //! resolves; `main.rs` only reads settings, binds and calls it.
 
-pub mod settings;
 pub mod tenants;
 pub mod users;
 pub mod validate;
 
 use std::future::Future;
 
+use borough_config_client::{Env, ServerSettings, SettingsError};
 use borough_proto::user::v1::tenant_admin_service_server::TenantAdminServiceServer;
 use borough_proto::user::v1::user_service_server::UserServiceServer;
-use borough_telemetry::admin::{AdminServer, AdminState};
-use borough_telemetry::{Metrics, Readiness, lifecycle};
-use borough_tenancy::{PoolRouter, db};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use borough_telemetry::Metrics;
+use borough_tenancy::PoolRouter;
+use borough_tenancy::db::{self, DatabaseSettings};
 
-pub use settings::Settings;
+pub use borough_net::{Listeners, ServeError};
 
 pub const SERVICE: &str = "user";
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("BOROUGH_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
-    DatabaseUrl(sqlx::Error),
-    #[error("gRPC server failed: {0}")]
-    Grpc(#[from] tonic::transport::Error),
-    #[error("admin server failed: {0}")]
-    Admin(#[from] std::io::Error),
+/// The service's settings, from `BOROUGH_*` environment variables.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `BOROUGH_GRPC_ADDR` (127.0.0.1:50051), `BOROUGH_ADMIN_ADDR` (127.0.0.1:9461), shutdown.
+    pub server: ServerSettings,
+    /// `BOROUGH_DATABASE_URL` and the pool's limits.
+    pub database: DatabaseSettings,
 }
 
-/// The listeners a service serves on.
-#[derive(Debug)]
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: TcpListener,
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Ok(Settings {
+            server: ServerSettings::from_env(
+                env,
+                "BOROUGH_GRPC_ADDR",
+                "127.0.0.1:50051",
+                "127.0.0.1:9461",
+            )?,
+            database: DatabaseSettings::from_env(env)?,
+        })
+    }
 }
 
 /// Serves until `shutdown` resolves, then fails readiness, waits the grace period, drains
@@ -46,46 +50,41 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let pool =
-        db::lazy_pool(&settings.database_url, &settings.pool).map_err(ServeError::DatabaseUrl)?;
-    let readiness = Readiness::new();
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let probe = tokio::spawn(db::probe_readiness(
+    let pool = db::lazy_pool(&settings.database.url, &settings.database.pool)
+        .map_err(ServeError::DatabaseUrl)?;
+    let routes = tonic::service::Routes::new(UserServiceServer::new(users::Users::new(
+        PoolRouter::new(pool.clone()),
+    )))
+    .add_service(TenantAdminServiceServer::new(tenants::Tenants::new(
         pool.clone(),
-        readiness.clone(),
-        settings.probe_interval,
-        db::grpc_health_updater(health),
-    ));
+    )));
+    borough_net::serve_grpc(
+        SERVICE,
+        &settings.server,
+        listeners,
+        routes,
+        pool,
+        Metrics::new(SERVICE),
+        shutdown,
+    )
+    .await
+}
 
-    let admin = AdminServer::spawn(
-        listeners.admin,
-        AdminState {
-            service: SERVICE,
-            readiness: readiness.clone(),
-            metrics: Metrics::new(SERVICE),
-        },
-    );
-    tracing::info!(
-        grpc = %listeners.grpc.local_addr()?,
-        "user service listening"
-    );
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    let users = users::Users::new(PoolRouter::new(pool.clone()));
-    let tenants = tenants::Tenants::new(pool.clone());
-    let result = tonic::transport::Server::builder()
-        .trace_fn(borough_telemetry::trace::grpc_request_span)
-        .add_service(health_service)
-        .add_service(UserServiceServer::new(users))
-        .add_service(TenantAdminServiceServer::new(tenants))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
-            lifecycle::drain_after(shutdown, readiness, settings.shutdown_grace),
-        )
-        .await;
+    #[test]
+    fn defaults_work_for_make_run() {
+        let settings = Settings::from_env(&Env::from_pairs([("", "")])).expect("defaults parse");
+        assert_eq!(settings.server.api_addr.port(), 50051);
+        assert_eq!(settings.server.admin_addr.port(), 9461);
+    }
 
-    probe.abort();
-    admin.stop().await?;
-    pool.close().await;
-    tracing::info!("user service stopped");
-    Ok(result?)
+    #[test]
+    fn a_bad_database_url_fails_naming_the_variable() {
+        let env = Env::from_pairs([("BOROUGH_DATABASE_URL", "localhost:5432")]);
+        let err = Settings::from_env(&env).expect_err("not a URL");
+        assert!(err.to_string().contains("BOROUGH_DATABASE_URL"), "{err}");
+    }
 }

@@ -20,14 +20,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(env: &Env) -> anyhow::Result<()> {
     let settings = borough_user::Settings::from_env(env)?;
-    let listeners = borough_user::Listeners {
-        grpc: tokio::net::TcpListener::bind(settings.grpc_addr)
-            .await
-            .with_context(|| format!("binding BOROUGH_GRPC_ADDR={}", settings.grpc_addr))?,
-        admin: tokio::net::TcpListener::bind(settings.admin_addr)
-            .await
-            .with_context(|| format!("binding BOROUGH_ADMIN_ADDR={}", settings.admin_addr))?,
-    };
+    let listeners = borough_user::Listeners::bind(&settings.server).await?;
     borough_user::serve(
         settings,
         listeners,
@@ -46,7 +39,7 @@ async fn migrate(env: &Env) -> anyhow::Result<()> {
         )?,
         None => env.url(
             "BOROUGH_DATABASE_URL",
-            borough_user::settings::DEFAULT_DATABASE_URL,
+            borough_tenancy::db::DEFAULT_DATABASE_URL,
             &["postgres", "postgresql"],
         )?,
     };

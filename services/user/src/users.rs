@@ -83,6 +83,31 @@ fn email_conflict(err: sqlx::Error, email: &str) -> UserError {
     }
 }
 
+/// Locks the user's row for the rest of the transaction, so the version checked is the
+/// version written over; fails when it is absent or not at `expected` (when given).
+async fn lock_at_version(
+    tx: &mut TenantTx,
+    ctx: &TenantContext,
+    id: Uuid,
+    expected: Option<i64>,
+) -> Result<(), UserError> {
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM users WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
+            .bind(ctx.tenant_id.as_uuid())
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let actual = current.ok_or(UserError::NotFound(id))?;
+    match expected {
+        Some(expected) if expected != actual => Err(UserError::VersionMismatch {
+            id,
+            expected,
+            actual,
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Clone)]
 pub struct Users {
     router: PoolRouter,
@@ -155,24 +180,7 @@ impl Users {
             .transpose()
             .map_err(UserError::Invalid)?;
         let mut tx = self.begin(ctx).await?;
-        // Lock the row: the version check and the write see the same version.
-        let current: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM users WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-        )
-        .bind(ctx.tenant_id.as_uuid())
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let current = current.ok_or(UserError::NotFound(id))?;
-        if let Some(expected) = request.expected_version
-            && expected != current
-        {
-            return Err(UserError::VersionMismatch {
-                id,
-                expected,
-                actual: current,
-            });
-        }
+        lock_at_version(&mut tx, ctx, id, request.expected_version).await?;
         let row: UserRow = if name.is_none() && email.is_none() {
             // Nothing to change: no new version.
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -211,23 +219,7 @@ impl Users {
     ) -> Result<(), UserError> {
         let id = parse_id(id)?;
         let mut tx = self.begin(ctx).await?;
-        let current: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM users WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
-        )
-        .bind(ctx.tenant_id.as_uuid())
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let current = current.ok_or(UserError::NotFound(id))?;
-        if let Some(expected) = expected_version
-            && expected != current
-        {
-            return Err(UserError::VersionMismatch {
-                id,
-                expected,
-                actual: current,
-            });
-        }
+        lock_at_version(&mut tx, ctx, id, expected_version).await?;
         sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND id = $2")
             .bind(ctx.tenant_id.as_uuid())
             .bind(id)

@@ -378,12 +378,7 @@ async fn services_start_with_the_database_down_and_report_it_on_readyz() -> anyh
         ("BOROUGH_DB_ACQUIRE_TIMEOUT".to_owned(), "500ms".to_owned()),
     ]);
     let settings = borough_user::Settings::from_env(&env)?;
-    let user = borough_testkit::spawn(2, move |mut l, shutdown| {
-        let admin = l.remove(1);
-        let grpc = l.remove(0);
-        borough_user::serve(settings, borough_user::Listeners { grpc, admin }, shutdown)
-    })
-    .await?;
+    let user = crate::support::spawn_user_with(settings).await?;
     let readyz = format!("{}/readyz", user.url(1));
     let http = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -254,3 +254,55 @@ async fn responses_are_compressed_for_clients_that_accept_gzip() -> anyhow::Resu
     assert_eq!(response.headers()["content-encoding"], "gzip");
     Ok(())
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template_method_and_status() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (_, key) = stack.create_tenant("metered").await?;
+    for _ in 0..3 {
+        stack.http.get(stack.url("/hello")).send().await?;
+    }
+    let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
+    let id = user["id"].as_str().unwrap_or_default();
+    stack
+        .http
+        .get(stack.url(&format!("/api/v1/users/{id}")))
+        .bearer_auth(&key)
+        .send()
+        .await?;
+    stack
+        .http
+        .get(stack.url(&format!("/api/v1/users/{}", uuid::Uuid::now_v7())))
+        .bearer_auth(&key)
+        .send()
+        .await?;
+
+    let text = stack
+        .http
+        .get(stack.gateway_admin("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let count = |route: &str, method: &str, status: u16| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("borough_http_requests_total{")
+                    && l.contains(&format!("route=\"{route}\""))
+                    && l.contains(&format!("method=\"{method}\""))
+                    && l.contains(&format!("status=\"{status}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(count("/hello", "GET", 200), Some(3), "{text}");
+    assert_eq!(count("/api/v1/users", "POST", 201), Some(1), "{text}");
+    assert_eq!(count("/api/v1/users/{id}", "GET", 200), Some(1), "{text}");
+    assert_eq!(count("/api/v1/users/{id}", "GET", 404), Some(1), "{text}");
+    assert!(!text.contains(id), "raw ids must never become labels");
+    assert!(
+        text.contains("borough_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -29,11 +29,18 @@ fn service_env(db: &TestDatabase) -> Env {
 }
 
 pub async fn spawn_user(db: &TestDatabase) -> Result<Spawned> {
-    let settings = borough_user::Settings::from_env(&service_env(db))?;
+    spawn_user_with(borough_user::Settings::from_env(&service_env(db))?).await
+}
+
+pub async fn spawn_user_with(settings: borough_user::Settings) -> Result<Spawned> {
     spawn(2, move |mut l, shutdown| {
         let admin = l.remove(1);
         let grpc = l.remove(0);
-        borough_user::serve(settings, borough_user::Listeners { grpc, admin }, shutdown)
+        borough_user::serve(
+            settings,
+            borough_user::Listeners { api: grpc, admin },
+            shutdown,
+        )
     })
     .await
 }
@@ -43,7 +50,11 @@ pub async fn spawn_query(db: &TestDatabase) -> Result<Spawned> {
     spawn(2, move |mut l, shutdown| {
         let admin = l.remove(1);
         let grpc = l.remove(0);
-        borough_query::serve(settings, borough_query::Listeners { grpc, admin }, shutdown)
+        borough_query::serve(
+            settings,
+            borough_query::Listeners { api: grpc, admin },
+            shutdown,
+        )
     })
     .await
 }
@@ -72,7 +83,7 @@ pub async fn spawn_gateway(
         let http = l.remove(0);
         borough_gateway::serve(
             settings,
-            borough_gateway::Listeners { http, admin },
+            borough_gateway::Listeners { api: http, admin },
             shutdown,
         )
     })

@@ -1,0 +1,9 @@
+//! gRPC plumbing shared by Borough's services.
+//!
+//! Today: binding a server's listeners and running a database-backed gRPC service with
+//! health, readiness, the admin port and graceful drain ([`server`]). Client-side
+//! discovery, balancing, retries and circuit breaking join here with the resilience work.
+
+pub mod server;
+
+pub use server::{Listeners, ServeError, serve_grpc};
