@@ -201,6 +201,19 @@ pub async fn grant_app_role(conn: &mut PgConnection, login_role: &str) -> Result
         .execute(&mut *tx)
         .await?;
     ensure_app_role(&mut tx).await?;
+    let member: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM pg_auth_members m
+                          JOIN pg_roles g ON g.oid = m.roleid
+                          JOIN pg_roles u ON u.oid = m.member
+                         WHERE g.rolname = $1 AND u.rolname = $2)",
+    )
+    .bind(APP_ROLE)
+    .bind(login_role)
+    .fetch_one(&mut *tx)
+    .await?;
+    if member {
+        return Ok(());
+    }
     // `login_role` passed is_safe_identifier above.
     sqlx::raw_sql(AssertSqlSafe(format!(
         "GRANT {APP_ROLE} TO \"{login_role}\""
@@ -212,25 +225,29 @@ pub async fn grant_app_role(conn: &mut PgConnection, login_role: &str) -> Result
 }
 
 async fn ensure_app_role(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    // Roles are cluster-wide; NOLOGIN, NOBYPASSRLS and owning nothing are the point.
-    sqlx::raw_sql(AssertSqlSafe(format!(
+    // Roles are cluster-wide, while the advisory lock above is per database: migrators of
+    // two databases on one server can race to create it. Under a savepoint, the loser's
+    // unique violation leaves the surrounding transaction usable.
+    let mut savepoint = conn.begin().await?;
+    let created = sqlx::raw_sql(AssertSqlSafe(format!(
         "DO $$ BEGIN
            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
              CREATE ROLE {APP_ROLE} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
            END IF;
          END $$"
     )))
-    .execute(conn)
-    .await
-    .map(|_| ())
-    .or_else(|e| {
-        // Two clusters' first migrators can race on CREATE ROLE; the loser sees 23505.
-        if crate::db::sqlstate(&e).as_deref() == Some(crate::db::sqlstate::UNIQUE_VIOLATION) {
-            Ok(())
-        } else {
-            Err(e)
+    .execute(&mut *savepoint)
+    .await;
+    match created {
+        Ok(_) => savepoint.commit().await,
+        Err(e)
+            if crate::db::sqlstate(&e).as_deref()
+                == Some(crate::db::sqlstate::UNIQUE_VIOLATION) =>
+        {
+            savepoint.rollback().await
         }
-    })
+        Err(e) => Err(e),
+    }
 }
 
 /// Lowercase letters, digits and `_`, starting with a letter; at most 63 bytes.

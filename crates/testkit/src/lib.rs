@@ -36,7 +36,8 @@ pub fn cluster() -> Result<&'static Cluster> {
         .map_err(|e| anyhow!("the test PostgreSQL cluster failed to start: {e}"))
 }
 
-/// Creates the service login role once per cluster (roles are cluster-wide).
+/// Creates the service login role and its membership once per cluster (roles are
+/// cluster-wide).
 fn prepare_cluster(cluster: &Cluster) -> Result<()> {
     // Called from inside test runtimes, which cannot block: use a runtime of its own on
     // a thread of its own.
@@ -49,7 +50,10 @@ fn prepare_cluster(cluster: &Cluster) -> Result<()> {
                 runtime.block_on(async {
                     let mut conn =
                         PgConnection::connect(&cluster.superuser_url("postgres")).await?;
-                    ensure_service_role(&mut conn, cluster.service_password()).await
+                    ensure_service_role(&mut conn, cluster.service_password()).await?;
+                    // Role membership is cluster-wide: grant it once, before tests race.
+                    borough_tenancy::migrate::grant_app_role(&mut conn, pg::SERVICE_ROLE).await?;
+                    Ok(())
                 })
             })
             .join()
@@ -103,7 +107,6 @@ impl TestDatabase {
         };
         let mut conn = PgConnection::connect(&db.admin_url).await?;
         borough_tenancy::migrate::run_all(&mut conn).await?;
-        borough_tenancy::migrate::grant_app_role(&mut conn, pg::SERVICE_ROLE).await?;
         Ok(db)
     }
 
