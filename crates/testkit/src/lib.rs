@@ -93,6 +93,14 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates and migrates a new database on this process's cluster.
     pub async fn create() -> Result<TestDatabase> {
+        let db = Self::create_empty().await?;
+        let mut conn = PgConnection::connect(&db.admin_url).await?;
+        borough_tenancy::migrate::run_all(&mut conn).await?;
+        Ok(db)
+    }
+
+    /// Creates a new database with no migrations applied.
+    pub async fn create_empty() -> Result<TestDatabase> {
         let cluster = cluster()?;
         let name = format!("test_{}", uuid::Uuid::now_v7().simple());
         let mut conn = PgConnection::connect(&cluster.superuser_url("postgres")).await?;
@@ -100,14 +108,11 @@ impl TestDatabase {
             .execute(&mut conn)
             .await
             .context("creating the test database")?;
-        let db = TestDatabase {
+        Ok(TestDatabase {
             admin_url: cluster.superuser_url(&name),
             service_url: cluster.service_url(&name),
             name,
-        };
-        let mut conn = PgConnection::connect(&db.admin_url).await?;
-        borough_tenancy::migrate::run_all(&mut conn).await?;
-        Ok(db)
+        })
     }
 
     /// A superuser pool on this database.

@@ -35,7 +35,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 pub use settings::Settings;
 use state::AppState;
@@ -139,7 +139,9 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
         middleware::trace_and_deadline,
     );
     // 3. One span per request (request id, trace id, route), with status and latency.
-    let span = TraceLayer::new_for_http().make_span_with(middleware::request_span);
+    let span = TraceLayer::new_for_http()
+        .make_span_with(middleware::request_span)
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     // 4. Framework errors (no route, timeout, too large) become problem+json too.
     let problems = axum::middleware::map_response(middleware::problem_for_bare_errors);
     let inner = ServiceBuilder::new()
