@@ -208,7 +208,20 @@ pub trait ServiceError: std::error::Error {
             self.to_string()
         }
     }
+
+    /// When the caller may usefully retry (sent as `retry-after` metadata, then as the
+    /// `Retry-After` header at the edge).
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
+
+/// gRPC metadata: seconds before a retry may succeed.
+pub const RETRY_AFTER_METADATA: &str = "retry-after";
+
+/// gRPC metadata marking a server-side fault's message as written for the caller (it
+/// names no internals), so the edge passes it on instead of the generic title.
+pub const PUBLIC_DETAIL_METADATA: &str = "x-borough-public-detail";
 
 /// Turns a service error into the `Status` a gRPC caller receives, logging the internal
 /// cause of server-side faults.
@@ -219,7 +232,22 @@ pub fn to_status<E: ServiceError + ?Sized>(err: &E) -> tonic::Status {
     } else {
         tracing::debug!(error = %err, kind = %kind, "request rejected");
     }
-    tonic::Status::new(kind.grpc_code(), err.public_detail())
+    let detail = err.public_detail();
+    let public = kind.is_server_fault() && detail != kind.title();
+    let mut status = tonic::Status::new(kind.grpc_code(), detail);
+    if public {
+        status.metadata_mut().insert(
+            PUBLIC_DETAIL_METADATA,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    if let Some(after) = err.retry_after() {
+        let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        status
+            .metadata_mut()
+            .insert(RETRY_AFTER_METADATA, tonic::metadata::MetadataValue::from(seconds.max(1)));
+    }
+    status
 }
 
 /// An RFC 9457 problem, as the edge sends it.
@@ -268,12 +296,23 @@ impl Problem {
     /// and replaced by the kind's title.
     pub fn from_status(status: &tonic::Status) -> Self {
         let kind = ErrorKind::from_grpc_code(status.code());
-        if kind.is_server_fault() || status.code() == Code::Unknown {
+        let metadata = status.metadata();
+        let public = metadata.contains_key(PUBLIC_DETAIL_METADATA);
+        let mut problem = if (kind.is_server_fault() && !public) || status.code() == Code::Unknown
+        {
             tracing::warn!(code = ?status.code(), message = status.message(), "backend call failed");
             Problem::new(kind, kind.title())
         } else {
             Problem::new(kind, status.message())
+        };
+        if let Some(seconds) = metadata
+            .get(RETRY_AFTER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            problem.retry_after = Some(seconds);
         }
+        problem
     }
 
     /// The JSON body, with the trace id of the current request.
@@ -535,6 +574,38 @@ mod tests {
         let invalid = to_status(&Fault("email is not valid", ErrorKind::InvalidArgument));
         assert_eq!(invalid.code(), Code::InvalidArgument);
         assert_eq!(invalid.message(), "email is not valid");
+    }
+
+    #[derive(Debug)]
+    pub struct Overloaded;
+    impl fmt::Display for Overloaded {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("tenant t is using all of its connections")
+        }
+    }
+    impl std::error::Error for Overloaded {}
+    impl ServiceError for Overloaded {
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::Unavailable
+        }
+        fn public_detail(&self) -> String {
+            self.to_string()
+        }
+        fn retry_after(&self) -> Option<std::time::Duration> {
+            Some(std::time::Duration::from_millis(2500))
+        }
+    }
+
+    #[test]
+    fn public_server_fault_details_and_retry_hints_cross_grpc_to_the_problem() {
+        let status = to_status(&Overloaded);
+        assert_eq!(status.code(), Code::Unavailable);
+        let problem = Problem::from_status(&status);
+        assert_eq!(problem.detail, "tenant t is using all of its connections");
+        assert_eq!(problem.retry_after, Some(3), "rounded up to whole seconds");
+        // Without the marker, a server fault's message stays hidden.
+        let plain = tonic::Status::unavailable("tenant t is using all of its connections");
+        assert_eq!(Problem::from_status(&plain).detail, "Service unavailable");
     }
 
     #[test]

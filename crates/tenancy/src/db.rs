@@ -86,6 +86,8 @@ pub struct DatabaseSettings {
     pub url: String,
     /// `BOROUGH_DB_MAX_CONNECTIONS` (10) and `BOROUGH_DB_ACQUIRE_TIMEOUT` (3s).
     pub pool: PoolSettings,
+    /// Per-tenant pools and caps (`BOROUGH_MAX_TENANT_POOLS`, `BOROUGH_TENANT_*`).
+    pub router: crate::RouterSettings,
 }
 
 /// The database `make run` creates.
@@ -95,18 +97,34 @@ impl DatabaseSettings {
     pub fn from_env(
         env: &borough_config_client::Env,
     ) -> Result<Self, borough_config_client::SettingsError> {
+        let pool = PoolSettings {
+            max_connections: env.parse("BOROUGH_DB_MAX_CONNECTIONS", 10)?,
+            acquire_timeout: env.duration("BOROUGH_DB_ACQUIRE_TIMEOUT", Duration::from_secs(3))?,
+        };
         Ok(DatabaseSettings {
             url: env.url(
                 "BOROUGH_DATABASE_URL",
                 DEFAULT_DATABASE_URL,
                 &["postgres", "postgresql"],
             )?,
-            pool: PoolSettings {
-                max_connections: env.parse("BOROUGH_DB_MAX_CONNECTIONS", 10)?,
-                acquire_timeout: env
-                    .duration("BOROUGH_DB_ACQUIRE_TIMEOUT", Duration::from_secs(3))?,
-            },
+            router: crate::RouterSettings::from_env(env, &pool)?,
+            pool,
         })
+    }
+
+    /// The default pool (lazy) and the tenant router over it.
+    pub fn router(
+        &self,
+        metrics: &borough_telemetry::Metrics,
+    ) -> Result<crate::PoolRouter, sqlx::Error> {
+        let options: PgConnectOptions = self.url.parse()?;
+        let pool = lazy_pool(&self.url, &self.pool)?;
+        Ok(crate::PoolRouter::new(
+            pool,
+            options,
+            self.router.clone(),
+            metrics,
+        ))
     }
 }
 

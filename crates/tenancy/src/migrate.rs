@@ -1,7 +1,7 @@
 //! Borough's migrations, embedded in every binary that applies them.
 //!
-//! Two scopes: `control` (the control-plane database) and `tenant` (tenant data; applied
-//! to the shared tables today, to each tenant schema and database with later placements).
+//! Two scopes: `control` (the control-plane database) and `tenant` (tenant data: the shared
+//! tables, each tenant schema, each tenant database; see [`crate::provision`]).
 //! Files are forward-only; each run applies what is missing in one transaction under an
 //! advisory lock, so concurrent starters do not race, and refuses to run when an applied
 //! file has changed since (its checksum no longer matches).
@@ -40,11 +40,18 @@ impl Scope {
     }
 }
 
-const CONTROL: &[Migration] = &[Migration {
-    version: 1,
-    name: "tenants",
-    sql: include_str!("../../../migrations/control/0001_tenants.sql"),
-}];
+const CONTROL: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "tenants",
+        sql: include_str!("../../../migrations/control/0001_tenants.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "placement",
+        sql: include_str!("../../../migrations/control/0002_placement.sql"),
+    },
+];
 
 const TENANT: &[Migration] = &[Migration {
     version: 1,
@@ -56,8 +63,7 @@ const TENANT: &[Migration] = &[Migration {
 /// cannot bypass row-level security.
 pub const APP_ROLE: &str = "borough_app";
 
-/// The schema that holds the shared-placement tenant tables.
-pub const SHARED_SCHEMA: &str = "public";
+pub use crate::placement::SHARED_SCHEMA;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -121,7 +127,9 @@ pub async fn run(
     .await?;
     // `schema` passed is_safe_identifier above.
     sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET LOCAL search_path TO \"{schema}\""
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+         GRANT USAGE ON SCHEMA \"{schema}\" TO {APP_ROLE};
+         SET LOCAL search_path TO \"{schema}\""
     )))
     .execute(&mut *tx)
     .await?;

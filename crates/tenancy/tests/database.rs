@@ -1,6 +1,6 @@
 //! The tenancy guarantees that hold in PostgreSQL itself, checked against a real server.
 
-use borough_tenancy::{PoolRouter, TenantContext, TenantId, migrate};
+use borough_tenancy::{Placement, PoolRouter, TenantContext, TenantId, migrate};
 use borough_testkit::TestDatabase;
 use sqlx::Connection;
 use uuid::Uuid;
@@ -55,6 +55,10 @@ async fn the_service_role_owns_nothing_and_cannot_bypass_rls() -> TestResult {
     Ok(())
 }
 
+async fn shared_tenant(db: &TestDatabase) -> anyhow::Result<TenantId> {
+    db.provision_tenant(Placement::Shared).await
+}
+
 async fn insert_user(router: &PoolRouter, tenant: TenantId, email: &str) -> anyhow::Result<Uuid> {
     let id = Uuid::now_v7();
     let mut tx = router.begin(&TenantContext::new(tenant)).await?;
@@ -71,8 +75,8 @@ async fn insert_user(router: &PoolRouter, tenant: TenantId, email: &str) -> anyh
 #[tokio::test]
 async fn a_session_scoped_to_tenant_b_sees_none_of_tenant_a_rows() -> TestResult {
     let db = TestDatabase::create().await?;
-    let router = PoolRouter::new(db.service_pool().await?);
-    let (a, b) = (TenantId::new_v7(), TenantId::new_v7());
+    let router = PoolRouter::connect_lazy(&db.service_url)?;
+    let (a, b) = (shared_tenant(&db).await?, shared_tenant(&db).await?);
     let id = insert_user(&router, a, "a@example.com").await?;
 
     // No tenant filter in the SQL: the database alone must refuse A's rows to B.
@@ -105,8 +109,8 @@ async fn a_session_scoped_to_tenant_b_sees_none_of_tenant_a_rows() -> TestResult
 #[tokio::test]
 async fn a_session_without_a_tenant_sees_no_rows() -> TestResult {
     let db = TestDatabase::create().await?;
-    let router = PoolRouter::new(db.service_pool().await?);
-    insert_user(&router, TenantId::new_v7(), "x@example.com").await?;
+    let router = PoolRouter::connect_lazy(&db.service_url)?;
+    insert_user(&router, shared_tenant(&db).await?, "x@example.com").await?;
     let pool = db.service_pool().await?;
     let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(&pool)
@@ -118,8 +122,8 @@ async fn a_session_without_a_tenant_sees_no_rows() -> TestResult {
 #[tokio::test]
 async fn a_tenant_cannot_write_a_row_for_another_tenant() -> TestResult {
     let db = TestDatabase::create().await?;
-    let router = PoolRouter::new(db.service_pool().await?);
-    let (a, b) = (TenantId::new_v7(), TenantId::new_v7());
+    let router = PoolRouter::connect_lazy(&db.service_url)?;
+    let (a, b) = (shared_tenant(&db).await?, shared_tenant(&db).await?);
     let mut tx = router.begin(&TenantContext::new(b)).await?;
     let err = sqlx::query(
         "INSERT INTO users (tenant_id, id, name, email) VALUES ($1, $2, 'A', 'a@x.io')",

@@ -115,6 +115,38 @@ impl TestDatabase {
         })
     }
 
+    /// An active tenant placed as asked, written straight into the control tables and
+    /// provisioned (schema or database created and migrated): for tests below the API.
+    pub async fn provision_tenant(
+        &self,
+        placement: borough_tenancy::Placement,
+    ) -> Result<borough_tenancy::TenantId> {
+        use borough_tenancy::placement::{Storage, new_route};
+        let tenant = borough_tenancy::TenantId::new_v7();
+        let route = new_route(tenant, placement, None, None);
+        borough_tenancy::provision::Provisioner::new(Some(&self.admin_url))?
+            .prepare(&route)
+            .await?;
+        let database = match &route.storage {
+            Storage::OwnDatabase { name } => Some(name.clone()),
+            _ => None,
+        };
+        let pool = self.admin_pool().await?;
+        sqlx::query(
+            "INSERT INTO control.tenants (id, name, placement, status, schema_name, database_name)
+             VALUES ($1, $2, $3, 'active', $4, $5)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(format!("t-{}", tenant.as_uuid().simple()))
+        .bind(placement.as_str())
+        .bind(&route.schema)
+        .bind(database)
+        .execute(&pool)
+        .await?;
+        pool.close().await;
+        Ok(tenant)
+    }
+
     /// A superuser pool on this database.
     pub async fn admin_pool(&self) -> Result<PgPool> {
         Ok(PgPool::connect(&self.admin_url).await?)

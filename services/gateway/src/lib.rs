@@ -93,7 +93,10 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
             "/admin/v1/tenants",
             post(routes::admin::create_tenant).get(routes::admin::list_tenants),
         )
-        .route("/admin/v1/tenants/{id}", get(routes::admin::get_tenant))
+        .route(
+            "/admin/v1/tenants/{id}",
+            get(routes::admin::get_tenant).delete(routes::admin::delete_tenant),
+        )
         .route(
             "/admin/v1/tenants/{id}/api-keys",
             post(routes::admin::issue_key),

@@ -12,7 +12,7 @@ use borough_proto::query::v1::{GetUserInfoRequest, GetUserInfoResponse};
 use borough_proto::time::to_timestamp;
 use borough_telemetry::Metrics;
 use borough_tenancy::db::DatabaseSettings;
-use borough_tenancy::{PoolRouter, TenantContext, db};
+use borough_tenancy::{PoolRouter, RouteError, TenantContext, db};
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -29,6 +29,8 @@ pub enum QueryError {
     NotFound(Uuid),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Route(#[from] RouteError),
 }
 
 impl ServiceError for QueryError {
@@ -37,13 +39,18 @@ impl ServiceError for QueryError {
             QueryError::InvalidId(_) => ErrorKind::InvalidArgument,
             QueryError::NotFound(_) => ErrorKind::NotFound,
             QueryError::Database(e) => db::classify(e),
+            QueryError::Route(e) => e.kind(),
         }
     }
 }
 
 impl From<QueryError> for Status {
     fn from(err: QueryError) -> Status {
-        to_status(&err)
+        match err {
+            // Its own detail and retry hint.
+            QueryError::Route(e) => to_status(&e),
+            err => to_status(&err),
+        }
     }
 }
 
@@ -130,18 +137,20 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let pool = db::lazy_pool(&settings.database.url, &settings.database.pool)
+    let metrics = Metrics::new(SERVICE);
+    let router = settings
+        .database
+        .router(&metrics)
         .map_err(ServeError::DatabaseUrl)?;
-    let routes = tonic::service::Routes::new(QueryServiceServer::new(Query::new(PoolRouter::new(
-        pool.clone(),
-    ))));
+    let pool = router.shared_pool().clone();
+    let routes = tonic::service::Routes::new(QueryServiceServer::new(Query::new(router)));
     borough_net::serve_grpc(
         SERVICE,
         &settings.server,
         listeners,
         routes,
         pool,
-        Metrics::new(SERVICE),
+        metrics,
         shutdown,
     )
     .await

@@ -13,8 +13,8 @@ use borough_config_client::{Env, ServerSettings, SettingsError};
 use borough_proto::user::v1::tenant_admin_service_server::TenantAdminServiceServer;
 use borough_proto::user::v1::user_service_server::UserServiceServer;
 use borough_telemetry::Metrics;
-use borough_tenancy::PoolRouter;
-use borough_tenancy::db::{self, DatabaseSettings};
+use borough_tenancy::db::DatabaseSettings;
+use borough_tenancy::provision::Provisioner;
 
 pub use borough_net::{Listeners, ServeError};
 
@@ -27,6 +27,10 @@ pub struct Settings {
     pub server: ServerSettings,
     /// `BOROUGH_DATABASE_URL` and the pool's limits.
     pub database: DatabaseSettings,
+    /// `BOROUGH_PROVISIONER_DATABASE_URL`: an owner role on the default server, which
+    /// creates and migrates schema and database tenants. Unset: only shared tenants and
+    /// databases given by URL can be created.
+    pub provisioner_url: Option<String>,
 }
 
 impl Settings {
@@ -39,6 +43,14 @@ impl Settings {
                 "127.0.0.1:9461",
             )?,
             database: DatabaseSettings::from_env(env)?,
+            provisioner_url: match env.optional("BOROUGH_PROVISIONER_DATABASE_URL") {
+                Some(_) => Some(env.url(
+                    "BOROUGH_PROVISIONER_DATABASE_URL",
+                    "",
+                    &["postgres", "postgresql"],
+                )?),
+                None => None,
+            },
         })
     }
 }
@@ -50,13 +62,21 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let pool = db::lazy_pool(&settings.database.url, &settings.database.pool)
+    let metrics = Metrics::new(SERVICE);
+    let router = settings
+        .database
+        .router(&metrics)
         .map_err(ServeError::DatabaseUrl)?;
+    let provisioner = Provisioner::new(settings.provisioner_url.as_deref())
+        .map_err(ServeError::DatabaseUrl)?;
+    let pool = router.shared_pool().clone();
     let routes = tonic::service::Routes::new(UserServiceServer::new(users::Users::new(
-        PoolRouter::new(pool.clone()),
+        router.clone(),
     )))
     .add_service(TenantAdminServiceServer::new(tenants::Tenants::new(
-        pool.clone(),
+        router,
+        provisioner,
+        &metrics,
     )));
     borough_net::serve_grpc(
         SERVICE,
@@ -64,7 +84,7 @@ pub async fn serve(
         listeners,
         routes,
         pool,
-        Metrics::new(SERVICE),
+        metrics,
         shutdown,
     )
     .await

@@ -1,10 +1,12 @@
 //! `borough-user`: serve (default), or `borough-user migrate` to bring the database to the
 //! latest schema (as the owner role in `BOROUGH_MIGRATION_DATABASE_URL`, falling back to
 //! `BOROUGH_DATABASE_URL`; with `BOROUGH_SERVICE_ROLE` set, that LOGIN role is granted the
-//! service role).
+//! service role), then every schema and database tenant, reporting each; it exits non-zero
+//! when any tenant failed, after trying them all.
 
 use anyhow::Context;
 use borough_config_client::Env;
+use borough_tenancy::provision::{Provisioner, migrate_tenants};
 use sqlx::Connection;
 
 #[tokio::main]
@@ -59,5 +61,32 @@ async fn migrate(env: &Env) -> anyhow::Result<()> {
         borough_tenancy::migrate::grant_app_role(&mut conn, &role).await?;
         tracing::info!(role = %role, "service role granted");
     }
+    // Then every schema and database tenant; one failing does not stop the others.
+    let provisioner = Provisioner::new(Some(&url))?;
+    let results = migrate_tenants(&mut conn, &provisioner).await?;
+    let failed = results.iter().filter(|r| r.outcome.is_err()).count();
+    for result in &results {
+        match &result.outcome {
+            Ok(report) => tracing::info!(
+                tenant = %result.tenant,
+                placement = %result.placement,
+                applied = ?report.as_ref().map(|r| r.applied.clone()).unwrap_or_default(),
+                latest = report.as_ref().map(|r| r.latest),
+                "tenant migrated"
+            ),
+            Err(reason) => tracing::error!(
+                tenant = %result.tenant,
+                placement = %result.placement,
+                reason = %reason,
+                "tenant migration failed"
+            ),
+        }
+    }
+    tracing::info!(
+        tenants = results.len(),
+        failed,
+        "tenant migrations done"
+    );
+    anyhow::ensure!(failed == 0, "{failed} of {} tenants failed to migrate", results.len());
     Ok(())
 }

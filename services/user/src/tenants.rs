@@ -5,15 +5,20 @@ use borough_proto::page;
 use borough_proto::time::to_timestamp;
 use borough_proto::user::v1::{
     ApiKey, AuthenticateApiKeyRequest, AuthenticateApiKeyResponse, CreateTenantRequest,
-    CreateTenantResponse, GetTenantRequest, GetTenantResponse, IssueApiKeyRequest,
+    CreateTenantResponse, DeleteTenantRequest, DeleteTenantResponse, GetTenantRequest, GetTenantResponse, IssueApiKeyRequest,
     IssueApiKeyResponse, IssuedApiKey, ListTenantsRequest, ListTenantsResponse, Placement,
     RevokeApiKeyRequest, RevokeApiKeyResponse, Tenant, TenantStatus,
     tenant_admin_service_server::TenantAdminService,
 };
+use borough_telemetry::Metrics;
 use borough_tenancy::directory::{self, AuthError};
-use borough_tenancy::{apikey, db};
+use borough_tenancy::placement::{self, Route, Status as TenantState, Storage};
+use borough_tenancy::provision::Provisioner;
+use borough_tenancy::{PoolRouter, TenantId, apikey, db};
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -29,6 +34,19 @@ pub enum TenantError {
     NameTaken(String),
     #[error("the API key is not valid")]
     InvalidKey,
+    #[error("tenant {name:?} is being provisioned by another request; retry in a moment")]
+    Busy { name: String },
+    #[error(
+        "provisioning tenant {id} ({placement}) failed: {reason}. The tenant is \
+         provisioning_failed; fix the cause and send the same request again to finish"
+    )]
+    ProvisioningFailed {
+        id: Uuid,
+        placement: &'static str,
+        reason: String,
+    },
+    #[error("{0}")]
+    NotConfigured(String),
     #[error("could not generate a key: {0}")]
     Key(#[from] apikey::KeyError),
     #[error("database: {0}")]
@@ -42,8 +60,27 @@ impl ServiceError for TenantError {
             TenantError::NotFound(_) | TenantError::KeyNotFound { .. } => ErrorKind::NotFound,
             TenantError::NameTaken(_) => ErrorKind::AlreadyExists,
             TenantError::InvalidKey => ErrorKind::Unauthenticated,
+            TenantError::Busy { .. } => ErrorKind::Conflict,
+            TenantError::ProvisioningFailed { .. } => ErrorKind::Unavailable,
+            TenantError::NotConfigured(_) => ErrorKind::PreconditionFailed,
             TenantError::Key(_) => ErrorKind::Internal,
             TenantError::Database(e) => db::classify(e),
+        }
+    }
+
+    fn public_detail(&self) -> String {
+        match self {
+            // Written for the operator, free of URLs and internals.
+            TenantError::ProvisioningFailed { .. } => self.to_string(),
+            _ if self.kind().is_server_fault() => self.kind().title().to_owned(),
+            _ => self.to_string(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            TenantError::ProvisioningFailed { .. } => Some(std::time::Duration::from_secs(5)),
+            _ => None,
         }
     }
 }
@@ -63,23 +100,54 @@ impl From<AuthError> for TenantError {
     }
 }
 
-type TenantRow = (Uuid, String, String, String, DateTime<Utc>);
+/// id, name, placement, status, created_at, failure_reason, schema_name, database_name,
+/// has a URL, has a read URL. Never the URLs themselves.
+type TenantRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<String>,
+    String,
+    Option<String>,
+    bool,
+    bool,
+);
 type KeyRow = (Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>);
 
-fn tenant_to_proto((id, name, placement, status, created_at): TenantRow) -> Tenant {
+const TENANT_COLUMNS: &str = "id, name, placement, status, created_at, failure_reason, \
+     schema_name, database_name, database_url IS NOT NULL, read_url IS NOT NULL";
+
+fn placement_to_proto(placement: &str) -> Placement {
+    match placement.parse() {
+        Ok(borough_tenancy::Placement::Shared) => Placement::Shared,
+        Ok(borough_tenancy::Placement::Schema) => Placement::Schema,
+        Ok(borough_tenancy::Placement::Database) => Placement::Database,
+        Err(_) => Placement::Unspecified,
+    }
+}
+
+fn tenant_to_proto(row: TenantRow) -> Tenant {
+    let (id, name, placement, status, created_at, failure_reason, schema, database, ext, read) =
+        row;
     Tenant {
         id: id.to_string(),
         name,
-        placement: match placement.as_str() {
-            "shared" => Placement::Shared,
-            _ => Placement::Unspecified,
-        } as i32,
-        status: match status.as_str() {
-            "active" => TenantStatus::Active,
-            "suspended" => TenantStatus::Suspended,
-            _ => TenantStatus::Unspecified,
+        placement: placement_to_proto(&placement) as i32,
+        status: match TenantState::parse(&status) {
+            Some(TenantState::Active) => TenantStatus::Active,
+            Some(TenantState::Suspended) => TenantStatus::Suspended,
+            Some(TenantState::Provisioning) => TenantStatus::Provisioning,
+            Some(TenantState::ProvisioningFailed) => TenantStatus::ProvisioningFailed,
+            None => TenantStatus::Unspecified,
         } as i32,
         created_at: Some(to_timestamp(created_at)),
+        failure_reason,
+        schema,
+        database,
+        external_database: ext,
+        read_replica: read,
     }
 }
 
@@ -116,14 +184,39 @@ fn validate_name(name: &str) -> Result<(), TenantError> {
     }
 }
 
+/// Provisioning outcomes, by placement and outcome (`ok`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ProvisionLabels {
+    placement: &'static str,
+    outcome: &'static str,
+}
+
+/// How long a `provisioning` claim holds before another request may take it over (the
+/// claimer crashed): longer than any provisioning run.
+const STALE_CLAIM: &str = "10 minutes";
+
 #[derive(Clone)]
 pub struct Tenants {
     control: PgPool,
+    provisioner: Provisioner,
+    router: PoolRouter,
+    outcomes: Family<ProvisionLabels, Counter>,
 }
 
 impl Tenants {
-    pub fn new(control: PgPool) -> Self {
-        Tenants { control }
+    pub fn new(router: PoolRouter, provisioner: Provisioner, metrics: &Metrics) -> Self {
+        let outcomes = Family::<ProvisionLabels, Counter>::default();
+        metrics.register(
+            "tenant_provisioning",
+            "Tenant provisioning runs, by placement and outcome",
+            outcomes.clone(),
+        );
+        Tenants {
+            control: router.shared_pool().clone(),
+            provisioner,
+            router,
+            outcomes,
+        }
     }
 
     async fn insert_key(
@@ -149,49 +242,233 @@ impl Tenants {
     }
 
     async fn tenant_row(&self, id: Uuid) -> Result<TenantRow, TenantError> {
-        sqlx::query_as(
-            "SELECT id, name, placement, status, created_at FROM control.tenants WHERE id = $1",
-        )
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {TENANT_COLUMNS} FROM control.tenants WHERE id = $1"
+        )))
         .bind(id)
         .fetch_optional(&self.control)
         .await?
         .ok_or(TenantError::NotFound(id))
     }
 
-    pub async fn create(
-        &self,
+    /// Validates a create request into (placement, database_url, read_url).
+    fn parse_create(
         req: &CreateTenantRequest,
-    ) -> Result<CreateTenantResponse, TenantError> {
+    ) -> Result<(borough_tenancy::Placement, Option<String>, Option<String>), TenantError> {
+        use borough_tenancy::Placement as P;
         validate_name(&req.name)?;
-        match Placement::try_from(req.placement) {
-            Ok(Placement::Unspecified | Placement::Shared) => {}
-            _ => {
+        let placement = match Placement::try_from(req.placement) {
+            Ok(Placement::Unspecified | Placement::Shared) => P::Shared,
+            Ok(Placement::Schema) => P::Schema,
+            Ok(Placement::Database) => P::Database,
+            Err(_) => {
                 return Err(TenantError::Invalid(format!(
-                    "placement {} is not supported; use shared",
+                    "placement {} is not one of shared, schema, database",
                     req.placement
                 )));
             }
+        };
+        let url = req.database_url.clone().filter(|u| !u.is_empty());
+        let read_url = req.read_url.clone().filter(|u| !u.is_empty());
+        if placement != P::Database && (url.is_some() || read_url.is_some()) {
+            return Err(TenantError::Invalid(
+                "database_url and read_url are only for placement \"database\"".to_owned(),
+            ));
         }
-        // Tenant and first key commit together: no tenant without a way in.
+        if read_url.is_some() && url.is_none() {
+            return Err(TenantError::Invalid(
+                "read_url needs database_url (a replica of a database Borough creates is not known)"
+                    .to_owned(),
+            ));
+        }
+        for (field, value) in [("database_url", &url), ("read_url", &read_url)] {
+            if let Some(value) = value {
+                placement::validate_database_url(field, value).map_err(TenantError::Invalid)?;
+            }
+        }
+        Ok((placement, url, read_url))
+    }
+
+    /// Claims the tenant named in `req` for provisioning: a new row, or an earlier attempt
+    /// that failed (or whose claimer vanished). Returns its route, in `provisioning`.
+    async fn claim(
+        &self,
+        req: &CreateTenantRequest,
+        placement: borough_tenancy::Placement,
+        url: Option<String>,
+        read_url: Option<String>,
+    ) -> Result<Route, TenantError> {
         let mut tx = self.control.begin().await?;
-        let row: TenantRow = sqlx::query_as(
-            "INSERT INTO control.tenants (id, name, placement) VALUES ($1, $2, 'shared')
-             RETURNING id, name, placement, status, created_at",
-        )
-        .bind(Uuid::now_v7())
+        let existing: Option<(Uuid, String, String, bool)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id, placement, status, status_changed_at < now() - interval '{STALE_CLAIM}'
+               FROM control.tenants WHERE name = $1 FOR UPDATE"
+        )))
         .bind(&req.name)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let id = match existing {
+            None => TenantId::new_v7(),
+            Some((id, stored, status, stale)) => {
+                let resumable = stored == placement.as_str()
+                    && match TenantState::parse(&status) {
+                        Some(TenantState::ProvisioningFailed) => true,
+                        Some(TenantState::Provisioning) if stale => true,
+                        Some(TenantState::Provisioning) => {
+                            return Err(TenantError::Busy {
+                                name: req.name.clone(),
+                            });
+                        }
+                        _ => false,
+                    };
+                if !resumable {
+                    return Err(TenantError::NameTaken(req.name.clone()));
+                }
+                TenantId(id)
+            }
+        };
+        let route = placement::new_route(id, placement, url, read_url);
+        let database_name = match &route.storage {
+            Storage::OwnDatabase { name } => Some(name.as_str()),
+            _ => None,
+        };
+        let (database_url, read_url) = match &route.storage {
+            Storage::External { url, read_url } => (Some(url.as_str()), read_url.as_deref()),
+            _ => (None, None),
+        };
+        sqlx::query(
+            "INSERT INTO control.tenants
+                 (id, name, placement, status, schema_name, database_name, database_url, read_url)
+             VALUES ($1, $2, $3, 'provisioning', $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE
+                SET status = 'provisioning', failure_reason = NULL, status_changed_at = now(),
+                    schema_name = EXCLUDED.schema_name, database_name = EXCLUDED.database_name,
+                    database_url = EXCLUDED.database_url, read_url = EXCLUDED.read_url",
+        )
+        .bind(id.as_uuid())
+        .bind(&req.name)
+        .bind(placement.as_str())
+        .bind(&route.schema)
+        .bind(database_name)
+        .bind(database_url)
+        .bind(read_url)
+        .execute(&mut *tx)
         .await
         .map_err(|e| match db::constraint(&e) {
             Some("tenants_name_key") => TenantError::NameTaken(req.name.clone()),
             _ => TenantError::Database(e),
         })?;
-        let key = Self::insert_key(&mut tx, row.0).await?;
         tx.commit().await?;
-        tracing::info!(tenant = %row.0, name = %row.1, "tenant created");
+        Ok(route)
+    }
+
+    fn count(&self, placement: borough_tenancy::Placement, outcome: &'static str) {
+        self.outcomes
+            .get_or_create(&ProvisionLabels {
+                placement: placement.as_str(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub async fn create(
+        &self,
+        req: &CreateTenantRequest,
+    ) -> Result<CreateTenantResponse, TenantError> {
+        let (placement, url, read_url) = Self::parse_create(req)?;
+        let probe = placement::new_route(TenantId(Uuid::nil()), placement, url.clone(), None);
+        self.provisioner
+            .check(&probe)
+            .map_err(|e| TenantError::NotConfigured(e.to_string()))?;
+
+        let route = self.claim(req, placement, url, read_url).await?;
+        let id = *route.tenant_id.as_uuid();
+        tracing::info!(tenant = %id, name = %req.name, placement = %placement, "provisioning tenant");
+        if let Err(e) = self.provisioner.prepare(&route).await {
+            let reason = e.to_string();
+            self.count(placement, "failed");
+            tracing::warn!(tenant = %id, placement = %placement, reason = %reason, "provisioning failed");
+            sqlx::query(
+                "UPDATE control.tenants
+                    SET status = 'provisioning_failed', failure_reason = $2, status_changed_at = now()
+                  WHERE id = $1 AND status = 'provisioning'",
+            )
+            .bind(id)
+            .bind(&reason)
+            .execute(&self.control)
+            .await?;
+            return Err(TenantError::ProvisioningFailed {
+                id,
+                placement: placement.as_str(),
+                reason,
+            });
+        }
+
+        // Active and its first key together: no active tenant without a way in.
+        let mut tx = self.control.begin().await?;
+        sqlx::query(
+            "UPDATE control.tenants SET status = 'active', status_changed_at = now()
+              WHERE id = $1 AND status = 'provisioning'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let key = Self::insert_key(&mut tx, id).await?;
+        let row: TenantRow = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {TENANT_COLUMNS} FROM control.tenants WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.router.invalidate(route.tenant_id);
+        self.count(placement, "ok");
+        tracing::info!(tenant = %id, name = %req.name, placement = %placement, "tenant created");
         Ok(CreateTenantResponse {
             tenant: Some(tenant_to_proto(row)),
             api_key: Some(key),
+        })
+    }
+
+    /// Suspends the tenant (its keys stop at once); with `purge`, then removes its data and
+    /// the tenant record.
+    pub async fn delete(&self, id: &str, purge: bool) -> Result<DeleteTenantResponse, TenantError> {
+        let id = parse_uuid("tenant id", id)?;
+        let suspended: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE control.tenants
+                SET status = 'suspended',
+                    status_changed_at = CASE WHEN status = 'suspended' THEN status_changed_at ELSE now() END
+              WHERE id = $1 RETURNING id",
+        )
+        .bind(id)
+        .fetch_optional(&self.control)
+        .await?;
+        suspended.ok_or(TenantError::NotFound(id))?;
+        self.router.invalidate(TenantId(id));
+        tracing::info!(tenant = %id, "tenant suspended");
+        if !purge {
+            return Ok(DeleteTenantResponse {
+                tenant: Some(tenant_to_proto(self.tenant_row(id).await?)),
+                purged: false,
+            });
+        }
+        let route = placement::load_route(&self.control, TenantId(id))
+            .await?
+            .ok_or(TenantError::NotFound(id))?;
+        self.provisioner.purge(&route).await.map_err(|e| {
+            TenantError::ProvisioningFailed {
+                id,
+                placement: route.placement.as_str(),
+                reason: format!("purging its data: {e}"),
+            }
+        })?;
+        sqlx::query("DELETE FROM control.tenants WHERE id = $1")
+            .bind(id)
+            .execute(&self.control)
+            .await?;
+        tracing::warn!(tenant = %id, placement = %route.placement, "tenant purged: its data and record are deleted");
+        Ok(DeleteTenantResponse {
+            tenant: None,
+            purged: true,
         })
     }
 
@@ -214,10 +491,10 @@ impl Tenants {
     pub async fn list(&self, req: &ListTenantsRequest) -> Result<ListTenantsResponse, TenantError> {
         let limit = page::page_size(req.page_size).map_err(TenantError::Invalid)?;
         let after = page::decode_token(&req.page_token).map_err(TenantError::Invalid)?;
-        let mut rows: Vec<TenantRow> = sqlx::query_as(
-            "SELECT id, name, placement, status, created_at FROM control.tenants
-              WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2",
-        )
+        let mut rows: Vec<TenantRow> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {TENANT_COLUMNS} FROM control.tenants
+              WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+        )))
         .bind(after)
         .bind(limit + 1)
         .fetch_all(&self.control)
@@ -305,6 +582,14 @@ impl TenantAdminService for Tenants {
         let req = request.get_ref();
         self.revoke_key(&req.tenant_id, &req.key_id).await?;
         Ok(Response::new(RevokeApiKeyResponse {}))
+    }
+
+    async fn delete_tenant(
+        &self,
+        request: Request<DeleteTenantRequest>,
+    ) -> Result<Response<DeleteTenantResponse>, Status> {
+        let req = request.get_ref();
+        Ok(Response::new(self.delete(&req.id, req.purge).await?))
     }
 
     async fn authenticate_api_key(

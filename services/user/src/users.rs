@@ -11,8 +11,7 @@ use borough_proto::user::v1::{
     GetUserResponse, ListUsersRequest, ListUsersResponse, UpdateUserRequest, UpdateUserResponse,
     User, user_service_server::UserService,
 };
-use borough_tenancy::router::TenantTx;
-use borough_tenancy::{PoolRouter, TenantContext, db};
+use borough_tenancy::{PoolRouter, RouteError, TenantContext, TenantTx, db};
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -35,6 +34,8 @@ pub enum UserError {
     },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Route(#[from] RouteError),
 }
 
 impl ServiceError for UserError {
@@ -45,13 +46,18 @@ impl ServiceError for UserError {
             UserError::EmailTaken(_) => ErrorKind::AlreadyExists,
             UserError::VersionMismatch { .. } => ErrorKind::PreconditionFailed,
             UserError::Database(e) => db::classify(e),
+            UserError::Route(e) => e.kind(),
         }
     }
 }
 
 impl From<UserError> for Status {
     fn from(err: UserError) -> Status {
-        to_status(&err)
+        match err {
+            // Its own detail and retry hint.
+            UserError::Route(e) => to_status(&e),
+            err => to_status(&err),
+        }
     }
 }
 

@@ -31,7 +31,11 @@ async fn migrate_brings_an_empty_database_to_the_latest_schema_and_is_idempotent
     .await?;
     assert_eq!(
         applied,
-        vec![("control".to_owned(), 1), ("tenant".to_owned(), 1)]
+        vec![
+            ("control".to_owned(), 1),
+            ("control".to_owned(), 2),
+            ("tenant".to_owned(), 1)
+        ]
     );
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(&pool)

@@ -119,6 +119,21 @@ async fn run() -> Result<()> {
         }
     }
     borough_tenancy::migrate::grant_app_role(&mut conn, pg::SERVICE_ROLE).await?;
+    let provisioner_url = cluster.superuser_url(DATABASE);
+    let provisioner = borough_tenancy::provision::Provisioner::new(Some(&provisioner_url))?;
+    for tenant in borough_tenancy::provision::migrate_tenants(&mut conn, &provisioner).await? {
+        match tenant.outcome {
+            Ok(Some(report)) if !report.applied.is_empty() => println!(
+                "borough: migrated {} tenant {} to version {}",
+                tenant.placement, tenant.tenant, report.latest
+            ),
+            Err(reason) => eprintln!(
+                "borough: tenant {} ({}) failed to migrate: {reason}",
+                tenant.tenant, tenant.placement
+            ),
+            Ok(_) => {}
+        }
+    }
     drop(conn);
 
     // 3. Services.
@@ -137,18 +152,16 @@ async fn run() -> Result<()> {
             ("borough-user", "127.0.0.1:50051", "127.0.0.1:9461"),
             ("borough-query", "127.0.0.1:50052", "127.0.0.1:9462"),
         ] {
-            children.push((
-                binary,
-                spawn(
-                    &paths.bin,
-                    binary,
-                    &[
-                        ("BOROUGH_GRPC_ADDR", grpc),
-                        ("BOROUGH_ADMIN_ADDR", admin),
-                        ("BOROUGH_DATABASE_URL", &database_url),
-                    ],
-                )?,
-            ));
+            let mut env = vec![
+                ("BOROUGH_GRPC_ADDR", grpc),
+                ("BOROUGH_ADMIN_ADDR", admin),
+                ("BOROUGH_DATABASE_URL", &database_url),
+            ];
+            if binary == "borough-user" {
+                // It creates schema and database tenants.
+                env.push(("BOROUGH_PROVISIONER_DATABASE_URL", &provisioner_url));
+            }
+            children.push((binary, spawn(&paths.bin, binary, &env)?));
         }
         children.push((
             "borough-gateway",

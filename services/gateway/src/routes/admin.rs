@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use borough_error::{ErrorKind, Problem};
 use borough_proto::time::to_rfc3339;
 use borough_proto::user::v1::{
-    ApiKey, CreateTenantRequest, GetTenantRequest, IssueApiKeyRequest, IssuedApiKey,
+    ApiKey, CreateTenantRequest, DeleteTenantRequest, GetTenantRequest, IssueApiKeyRequest, IssuedApiKey,
     ListTenantsRequest, Placement, RevokeApiKeyRequest, Tenant, TenantStatus,
 };
 use http::{HeaderMap, StatusCode};
@@ -18,12 +18,21 @@ use crate::extract::{ApiJson, ApiQuery};
 use crate::grpc::{self, Deadline};
 use crate::state::AppState;
 
+/// A tenant as the admin API shows it. Database URLs given at creation are secrets and
+/// never appear: only whether there is one (`external_database`, `read_replica`).
 #[derive(Debug, Serialize)]
 pub struct TenantDto {
     pub id: String,
     pub name: String,
     pub placement: &'static str,
     pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    pub schema: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    pub external_database: bool,
+    pub read_replica: bool,
     pub created_at: String,
 }
 
@@ -32,16 +41,25 @@ impl From<Tenant> for TenantDto {
         TenantDto {
             placement: match Placement::try_from(tenant.placement) {
                 Ok(Placement::Shared) => "shared",
+                Ok(Placement::Schema) => "schema",
+                Ok(Placement::Database) => "database",
                 _ => "unknown",
             },
             status: match TenantStatus::try_from(tenant.status) {
                 Ok(TenantStatus::Active) => "active",
                 Ok(TenantStatus::Suspended) => "suspended",
+                Ok(TenantStatus::Provisioning) => "provisioning",
+                Ok(TenantStatus::ProvisioningFailed) => "provisioning_failed",
                 _ => "unknown",
             },
             created_at: to_rfc3339(tenant.created_at.as_ref()),
             id: tenant.id,
             name: tenant.name,
+            failure_reason: tenant.failure_reason,
+            schema: tenant.schema,
+            database: tenant.database,
+            external_database: tenant.external_database,
+            read_replica: tenant.read_replica,
         }
     }
 }
@@ -96,6 +114,12 @@ pub struct CreateTenantBody {
     pub name: String,
     #[serde(default)]
     pub placement: Option<String>,
+    /// `database` placement only: the tenant's own database elsewhere (a secret).
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// `database` placement with `database_url` only: a read replica for reads (a secret).
+    #[serde(default)]
+    pub read_url: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -119,12 +143,11 @@ fn missing(what: &str) -> Problem {
 }
 
 fn placement(raw: Option<&str>) -> Result<Placement, Problem> {
-    match raw {
-        None | Some("shared") => Ok(Placement::Shared),
-        Some(other) => Err(Problem::new(
-            ErrorKind::InvalidArgument,
-            format!("placement {other:?} is not supported; use \"shared\""),
-        )),
+    match raw.map(str::parse::<borough_tenancy::Placement>) {
+        None | Some(Ok(borough_tenancy::Placement::Shared)) => Ok(Placement::Shared),
+        Some(Ok(borough_tenancy::Placement::Schema)) => Ok(Placement::Schema),
+        Some(Ok(borough_tenancy::Placement::Database)) => Ok(Placement::Database),
+        Some(Err(e)) => Err(Problem::new(ErrorKind::InvalidArgument, e.to_string())),
     }
 }
 
@@ -139,6 +162,8 @@ pub async fn create_tenant(
         CreateTenantRequest {
             name: body.name,
             placement: placement(body.placement.as_deref())? as i32,
+            database_url: body.database_url,
+            read_url: body.read_url,
         },
         None,
         deadline,
@@ -206,6 +231,47 @@ pub async fn get_tenant(
         api_keys: reply.api_keys.into_iter().map(ApiKeyDto::from).collect(),
     };
     Ok(with_headers(StatusCode::OK, HeaderMap::new(), body))
+}
+
+/// `?purge=true` on `DELETE /admin/v1/tenants/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    pub purge: bool,
+}
+
+/// `DELETE /admin/v1/tenants/{id}`: suspends the tenant (200, the tenant; its keys stop at
+/// once); with `?purge=true`, then removes its data and record (204).
+pub async fn delete_tenant(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<DeleteQuery>,
+) -> Result<Response, Problem> {
+    let request = grpc::request(
+        DeleteTenantRequest {
+            id: id.clone(),
+            purge: query.purge,
+        },
+        None,
+        deadline,
+    );
+    let reply = state.tenants.clone().delete_tenant(request).await;
+    // Suspension happened even if a purge then failed: stop its keys here either way.
+    if let Ok(tenant) = id.parse() {
+        state.keys.evict_tenant(tenant);
+    }
+    let reply = reply?.into_inner();
+    match reply.tenant {
+        Some(tenant) if !reply.purged => Ok(with_headers(
+            StatusCode::OK,
+            HeaderMap::new(),
+            TenantDto::from(tenant),
+        )),
+        _ => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
 }
 
 /// `POST /admin/v1/tenants/{id}/api-keys` -> 201: a new key, shown once.

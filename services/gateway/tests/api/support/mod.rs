@@ -23,6 +23,7 @@ pub struct Stack {
 fn service_env(db: &TestDatabase) -> Env {
     Env::from_pairs([
         ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
+        ("BOROUGH_PROVISIONER_DATABASE_URL", db.admin_url.as_str()),
         ("BOROUGH_SHUTDOWN_GRACE", "0s"),
         ("BOROUGH_PROBE_INTERVAL", "100ms"),
     ])

@@ -1,0 +1,307 @@
+//! Where a tenant's data lives, and how that is read from the control database.
+//!
+//! | placement  | tables                          | pool                              |
+//! |------------|---------------------------------|-----------------------------------|
+//! | `shared`   | `public.*`, FORCEd RLS          | the default server's pool         |
+//! | `schema`   | `t_<id>.*` on the default server| the default server's pool         |
+//! | `database` | `borough.*` in its own database | a pool of its own (+ read replica)|
+//!
+//! Every placement also keeps the `tenant_id` column and its RLS policy: the router sets
+//! `borough.tenant_id` on every transaction whatever the placement, so the policy is a
+//! second wall behind the schema or database boundary.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::TenantId;
+
+/// The schema of the tenant tables inside a dedicated database.
+pub const DEDICATED_SCHEMA: &str = "borough";
+
+/// The schema of the shared tables.
+pub const SHARED_SCHEMA: &str = "public";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Placement {
+    Shared,
+    Schema,
+    Database,
+}
+
+impl Placement {
+    pub const ALL: [Placement; 3] = [Placement::Shared, Placement::Schema, Placement::Database];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Placement::Shared => "shared",
+            Placement::Schema => "schema",
+            Placement::Database => "database",
+        }
+    }
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("placement {0:?} is not one of \"shared\", \"schema\", \"database\"")]
+pub struct UnknownPlacement(pub String);
+
+impl FromStr for Placement {
+    type Err = UnknownPlacement;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Placement::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownPlacement(s.to_owned()))
+    }
+}
+
+/// The tenant's lifecycle state in the control database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Provisioning,
+    ProvisioningFailed,
+    Active,
+    Suspended,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Provisioning => "provisioning",
+            Status::ProvisioningFailed => "provisioning_failed",
+            Status::Active => "active",
+            Status::Suspended => "suspended",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [
+            Status::Provisioning,
+            Status::ProvisioningFailed,
+            Status::Active,
+            Status::Suspended,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+/// Which server and database hold a tenant's tables.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// The default server's database (shared and schema placements).
+    Default,
+    /// A database of its own on the default server, created by Borough.
+    OwnDatabase { name: String },
+    /// A database of its own elsewhere, given by the operator (URLs hold credentials).
+    External {
+        url: String,
+        read_url: Option<String>,
+    },
+}
+
+impl fmt::Debug for Storage {
+    // URLs carry passwords: never print them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Storage::Default => f.write_str("Default"),
+            Storage::OwnDatabase { name } => write!(f, "OwnDatabase({name})"),
+            Storage::External { read_url, .. } => write!(
+                f,
+                "External(url: <redacted>, read_url: {})",
+                if read_url.is_some() {
+                    "<redacted>"
+                } else {
+                    "none"
+                }
+            ),
+        }
+    }
+}
+
+/// Everything the router needs to reach one tenant's tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub tenant_id: TenantId,
+    pub placement: Placement,
+    pub status: Status,
+    /// The schema of the tenant's tables (the transaction's `search_path`).
+    pub schema: String,
+    pub storage: Storage,
+}
+
+/// `t_<32 hex>`: the schema (or database) name of a tenant, from its id alone; never
+/// from anything a caller typed.
+pub fn storage_name(tenant: TenantId) -> String {
+    format!("t_{}", tenant.as_uuid().simple())
+}
+
+/// The route of a new tenant. `database_url` (and `read_url`) only with `Database`.
+pub fn new_route(
+    tenant_id: TenantId,
+    placement: Placement,
+    database_url: Option<String>,
+    read_url: Option<String>,
+) -> Route {
+    let (schema, storage) = match (placement, database_url) {
+        (Placement::Shared, _) => (SHARED_SCHEMA.to_owned(), Storage::Default),
+        (Placement::Schema, _) => (storage_name(tenant_id), Storage::Default),
+        (Placement::Database, None) => (
+            DEDICATED_SCHEMA.to_owned(),
+            Storage::OwnDatabase {
+                name: storage_name(tenant_id),
+            },
+        ),
+        (Placement::Database, Some(url)) => (
+            DEDICATED_SCHEMA.to_owned(),
+            Storage::External { url, read_url },
+        ),
+    };
+    Route {
+        tenant_id,
+        placement,
+        status: Status::Provisioning,
+        schema,
+        storage,
+    }
+}
+
+type RouteRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+pub(crate) const ROUTE_COLUMNS: &str =
+    "id, placement, status, schema_name, database_name, database_url, read_url";
+
+pub(crate) fn route_from_row(row: RouteRow) -> Result<Route, sqlx::Error> {
+    let (id, placement, status, schema, database_name, url, read_url) = row;
+    let corrupt = |what: &str| sqlx::Error::Protocol(format!("control.tenants row {id}: {what}"));
+    let placement = placement
+        .parse()
+        .map_err(|_| corrupt("unknown placement"))?;
+    let status = Status::parse(&status).ok_or_else(|| corrupt("unknown status"))?;
+    let storage = match (database_name, url) {
+        (None, None) => Storage::Default,
+        (Some(name), None) => Storage::OwnDatabase { name },
+        (None, Some(url)) => Storage::External { url, read_url },
+        (Some(_), Some(_)) => return Err(corrupt("both a database name and a URL")),
+    };
+    Ok(Route {
+        tenant_id: TenantId(id),
+        placement,
+        status,
+        schema,
+        storage,
+    })
+}
+
+/// Reads a tenant's route from the control database.
+pub async fn load_route(control: &PgPool, tenant: TenantId) -> Result<Option<Route>, sqlx::Error> {
+    let row: Option<RouteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ROUTE_COLUMNS} FROM control.tenants WHERE id = $1"
+    )))
+    .bind(tenant.as_uuid())
+    .fetch_optional(control)
+    .await?;
+    row.map(route_from_row).transpose()
+}
+
+/// Every tenant's route (for `migrate`).
+pub async fn load_all_routes(
+    control: &mut sqlx::PgConnection,
+) -> Result<Vec<Result<Route, sqlx::Error>>, sqlx::Error> {
+    let rows: Vec<RouteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ROUTE_COLUMNS} FROM control.tenants ORDER BY id"
+    )))
+    .fetch_all(control)
+    .await?;
+    Ok(rows.into_iter().map(route_from_row).collect())
+}
+
+/// Checks an operator-given database URL: `postgres://` or `postgresql://`, a host and a
+/// database name. The error never repeats the URL (it may hold a password).
+pub fn validate_database_url(field: &str, raw: &str) -> Result<(), String> {
+    let options: Result<sqlx::postgres::PgConnectOptions, _> = raw.parse();
+    let scheme_ok = raw.starts_with("postgres://") || raw.starts_with("postgresql://");
+    match options {
+        Ok(options) if scheme_ok && options.get_database().is_some_and(|d| !d.is_empty()) => {
+            Ok(())
+        }
+        Ok(_) if scheme_ok => Err(format!("{field} must name a database (postgres://user:password@host:port/database)")),
+        _ => Err(format!(
+            "{field} is not a valid PostgreSQL URL (postgres://user:password@host:port/database)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placements_parse_from_their_names_only() {
+        for p in Placement::ALL {
+            assert_eq!(p.as_str().parse::<Placement>(), Ok(p));
+        }
+        assert!("Shared".parse::<Placement>().is_err());
+        assert!("rls".parse::<Placement>().is_err());
+    }
+
+    #[test]
+    fn storage_names_are_safe_identifiers_built_from_the_id() {
+        let name = storage_name(TenantId::new_v7());
+        assert!(crate::migrate::is_safe_identifier(&name), "{name}");
+        assert_eq!(name.len(), 34);
+    }
+
+    #[test]
+    fn new_routes_put_each_placement_where_the_table_says() {
+        let id = TenantId::new_v7();
+        let shared = new_route(id, Placement::Shared, None, None);
+        assert_eq!((shared.schema.as_str(), &shared.storage), ("public", &Storage::Default));
+        let schema = new_route(id, Placement::Schema, None, None);
+        assert_eq!(schema.schema, storage_name(id));
+        assert_eq!(schema.storage, Storage::Default);
+        let own = new_route(id, Placement::Database, None, None);
+        assert_eq!(own.schema, DEDICATED_SCHEMA);
+        assert_eq!(own.storage, Storage::OwnDatabase { name: storage_name(id) });
+    }
+
+    #[test]
+    fn debug_output_of_external_storage_hides_the_urls() {
+        let storage = Storage::External {
+            url: "postgres://u:secret@db/x".into(),
+            read_url: Some("postgres://u:secret@replica/x".into()),
+        };
+        assert!(!format!("{storage:?}").contains("secret"));
+    }
+
+    #[test]
+    fn database_urls_are_validated_without_echoing_them() {
+        assert!(validate_database_url("database_url", "postgres://u:p@localhost:5432/db").is_ok());
+        for bad in [
+            "localhost:5432",
+            "mysql://u:secret@h/db",
+            "postgres://u:secret@h:notaport/db",
+            "postgres://u:secret@h:5432",
+        ] {
+            let err = validate_database_url("database_url", bad).expect_err(bad);
+            assert!(err.contains("database_url") && !err.contains("secret"), "{err}");
+        }
+    }
+}

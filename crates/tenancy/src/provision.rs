@@ -1,0 +1,273 @@
+//! Preparing and removing a tenant's storage, and migrating every tenant.
+//!
+//! Every step is idempotent (`IF NOT EXISTS`, migrations that skip what is applied), so a
+//! provisioning that failed half way is finished by running it again, and `migrate` can
+//! run any number of times.
+//!
+//! Runs as the owner role of the default server (`BOROUGH_PROVISIONER_DATABASE_URL`: it
+//! creates schemas and databases), or, for a database the operator gave by URL, as that
+//! URL's role.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection};
+
+use crate::migrate::{self, MigrateError, Scope, is_safe_identifier};
+use crate::placement::{self, Route, Storage};
+
+/// How long provisioning waits to connect before calling a server unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The messages below are shown to the platform operator: they never include a URL.
+    #[error("could not connect to the tenant's database server: {0}")]
+    Connect(String),
+    #[error("schema and database tenants need BOROUGH_PROVISIONER_DATABASE_URL (an owner role of the default server)")]
+    NotConfigured,
+    #[error("{0}")]
+    Migrate(#[from] MigrateError),
+    #[error("preparing the tenant's storage failed: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Short, URL-free description of a connection failure.
+fn describe(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Io(io) => io.kind().to_string(),
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::Tls(_) => "TLS failed".to_owned(),
+        sqlx::Error::Configuration(_) => "the URL is not usable".to_owned(),
+        _ => "connection failed".to_owned(),
+    }
+}
+
+async fn connect(options: &PgConnectOptions) -> Result<PgConnection, ProvisionError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(ProvisionError::Connect(describe(&e))),
+        Err(_) => Err(ProvisionError::Connect("timed out".to_owned())),
+    }
+}
+
+/// Prepares and removes tenants' storage.
+#[derive(Clone)]
+pub struct Provisioner {
+    /// The owner role on the default server's Borough database.
+    admin: Option<PgConnectOptions>,
+}
+
+impl std::fmt::Debug for Provisioner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioner")
+            .field("configured", &self.admin.is_some())
+            .finish()
+    }
+}
+
+impl Provisioner {
+    /// `admin_url`: an owner role on the default server's Borough database; `None` allows
+    /// only shared tenants and databases given by URL.
+    pub fn new(admin_url: Option<&str>) -> Result<Self, sqlx::Error> {
+        let admin = admin_url
+            .map(|url| url.parse::<PgConnectOptions>())
+            .transpose()?;
+        Ok(Provisioner { admin })
+    }
+
+    fn admin(&self) -> Result<&PgConnectOptions, ProvisionError> {
+        self.admin.as_ref().ok_or(ProvisionError::NotConfigured)
+    }
+
+    /// Whether this placement can be provisioned here.
+    pub fn check(&self, route: &Route) -> Result<(), ProvisionError> {
+        match (&route.storage, route.placement) {
+            (Storage::External { .. }, _) | (_, placement::Placement::Shared) => Ok(()),
+            _ => self.admin().map(|_| ()),
+        }
+    }
+
+    /// Creates and migrates the tenant's schema or database; nothing for shared tenants
+    /// (their tables are the shared ones, migrated with the service). Idempotent.
+    pub async fn prepare(&self, route: &Route) -> Result<Option<migrate::Report>, ProvisionError> {
+        if !is_safe_identifier(&route.schema) {
+            return Err(MigrateError::BadSchema(route.schema.clone()).into());
+        }
+        match &route.storage {
+            Storage::Default if route.schema == placement::SHARED_SCHEMA => Ok(None),
+            Storage::Default => {
+                let mut conn = connect(self.admin()?).await?;
+                Ok(Some(migrate::run(&mut conn, Scope::Tenant, &route.schema).await?))
+            }
+            Storage::OwnDatabase { name } => {
+                let admin = self.admin()?;
+                let mut conn = connect(admin).await?;
+                create_database(&mut conn, name).await?;
+                let mut conn = connect(&admin.clone().database(name)).await?;
+                Ok(Some(migrate::run(&mut conn, Scope::Tenant, &route.schema).await?))
+            }
+            Storage::External { url, .. } => {
+                let options: PgConnectOptions = url
+                    .parse()
+                    .map_err(|_| ProvisionError::Connect("the URL is not usable".to_owned()))?;
+                let mut conn = connect(&options).await?;
+                Ok(Some(migrate::run(&mut conn, Scope::Tenant, &route.schema).await?))
+            }
+        }
+    }
+
+    /// Removes the tenant's data: its rows from the shared tables, its schema, its
+    /// database (or, in a database Borough did not create, its schema there). Idempotent.
+    pub async fn purge(&self, route: &Route) -> Result<(), ProvisionError> {
+        if !is_safe_identifier(&route.schema) {
+            return Err(MigrateError::BadSchema(route.schema.clone()).into());
+        }
+        match &route.storage {
+            Storage::Default if route.schema == placement::SHARED_SCHEMA => {
+                let mut conn = connect(self.admin()?).await?;
+                delete_shared_rows(&mut conn, route).await?;
+            }
+            Storage::Default => {
+                let mut conn = connect(self.admin()?).await?;
+                drop_schema(&mut conn, &route.schema).await?;
+            }
+            Storage::OwnDatabase { name } => {
+                let mut conn = connect(self.admin()?).await?;
+                // `name` passed is_safe_identifier in create_database's caller (t_<hex>).
+                if !is_safe_identifier(name) {
+                    return Err(MigrateError::BadSchema(name.clone()).into());
+                }
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await?;
+            }
+            Storage::External { url, .. } => {
+                let options: PgConnectOptions = url
+                    .parse()
+                    .map_err(|_| ProvisionError::Connect("the URL is not usable".to_owned()))?;
+                let mut conn = connect(&options).await?;
+                drop_schema(&mut conn, &route.schema).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn create_database(conn: &mut PgConnection, name: &str) -> Result<(), ProvisionError> {
+    if !is_safe_identifier(name) {
+        return Err(MigrateError::BadSchema(name.to_owned()).into());
+    }
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !exists {
+        // CREATE DATABASE cannot run in a transaction; a concurrent creator is excluded by
+        // the tenant's `provisioning` claim in the control database.
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut *conn)
+            .await?;
+        tracing::info!(database = name, "tenant database created");
+    }
+    Ok(())
+}
+
+async fn drop_schema(conn: &mut PgConnection, schema: &str) -> Result<(), ProvisionError> {
+    let mut tx = conn.begin().await?;
+    // `schema` passed is_safe_identifier in the callers.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    let has_meta: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = 'borough_meta' AND tablename = 'migrations')",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if has_meta {
+        sqlx::query("DELETE FROM borough_meta.migrations WHERE scope = 'tenant' AND target = $1")
+            .bind(schema)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes the tenant's rows from every shared table with a `tenant_id` column.
+async fn delete_shared_rows(conn: &mut PgConnection, route: &Route) -> Result<(), ProvisionError> {
+    let mut tx = conn.begin().await?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.table_name::text FROM information_schema.columns c
+           JOIN information_schema.tables t USING (table_schema, table_name)
+          WHERE c.table_schema = $1 AND c.column_name = 'tenant_id' AND t.table_type = 'BASE TABLE'
+          ORDER BY 1",
+    )
+    .bind(placement::SHARED_SCHEMA)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query("SELECT set_config('borough.tenant_id', $1, true)")
+        .bind(route.tenant_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    for table in tables.iter().filter(|t| is_safe_identifier(t)) {
+        let deleted = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {}.\"{table}\" WHERE tenant_id = $1",
+            placement::SHARED_SCHEMA
+        )))
+        .bind(route.tenant_id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+        tracing::info!(tenant = %route.tenant_id, table, rows = deleted.rows_affected(), "tenant rows deleted");
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One tenant's outcome in [`migrate_tenants`].
+#[derive(Debug)]
+pub struct TenantMigration {
+    pub tenant: String,
+    pub placement: String,
+    pub outcome: Result<Option<migrate::Report>, String>,
+}
+
+/// Brings every provisioned (active or suspended) schema and database tenant to the latest
+/// tenant migration. A tenant that fails is reported and does not stop the others.
+pub async fn migrate_tenants(
+    control: &mut PgConnection,
+    provisioner: &Provisioner,
+) -> Result<Vec<TenantMigration>, sqlx::Error> {
+    let mut out = Vec::new();
+    for route in placement::load_all_routes(control).await? {
+        let route = match route {
+            Ok(route) => route,
+            Err(e) => {
+                out.push(TenantMigration {
+                    tenant: "?".to_owned(),
+                    placement: "?".to_owned(),
+                    outcome: Err(e.to_string()),
+                });
+                continue;
+            }
+        };
+        if !matches!(
+            route.status,
+            placement::Status::Active | placement::Status::Suspended
+        ) {
+            continue;
+        }
+        let outcome = provisioner.prepare(&route).await.map_err(|e| e.to_string());
+        out.push(TenantMigration {
+            tenant: route.tenant_id.to_string(),
+            placement: route.placement.to_string(),
+            outcome,
+        });
+    }
+    Ok(out)
+}
