@@ -3,6 +3,7 @@
 
 mod errors;
 mod isolation;
+mod placement;
 mod shutdown;
 mod support;
 mod walkthrough;

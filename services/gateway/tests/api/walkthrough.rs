@@ -16,20 +16,45 @@ async fn hello_answers_the_seed_greeting() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn the_curl_walkthrough_creates_reads_lists_updates_and_deletes_a_user() -> anyhow::Result<()>
+async fn the_curl_walkthrough_works_for_a_shared_tenant() -> anyhow::Result<()> {
+    walkthrough(Some("shared")).await
+}
+
+#[tokio::test]
+async fn the_curl_walkthrough_works_for_a_schema_tenant() -> anyhow::Result<()> {
+    walkthrough(Some("schema")).await
+}
+
+#[tokio::test]
+async fn the_curl_walkthrough_works_for_a_database_tenant() -> anyhow::Result<()> {
+    walkthrough(Some("database")).await
+}
+
+#[tokio::test]
+async fn the_curl_walkthrough_works_for_a_tenant_created_without_a_placement() -> anyhow::Result<()>
 {
+    walkthrough(None).await
+}
+
+/// The README's walk-through: create a tenant (in `placement`; the default when `None`),
+/// then create, read, list, update and delete users as it.
+async fn walkthrough(placement: Option<&str>) -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let http = &stack.http;
 
     // The admin creates a tenant and receives its API key once.
-    let created: Value = http
+    let mut body = json!({ "name": "acme" });
+    if let Some(placement) = placement {
+        body["placement"] = json!(placement);
+    }
+    let response = http
         .post(stack.url("/admin/v1/tenants"))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "name": "acme" }))
+        .json(&body)
         .send()
-        .await?
-        .json()
         .await?;
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await?;
     let tenant_id = created["tenant"]["id"]
         .as_str()
         .unwrap_or_default()
@@ -39,7 +64,13 @@ async fn the_curl_walkthrough_creates_reads_lists_updates_and_deletes_a_user() -
         .unwrap_or_default()
         .to_owned();
     assert_eq!(created["tenant"]["name"], "acme");
-    assert_eq!(created["tenant"]["placement"], "shared");
+    assert_eq!(created["tenant"]["placement"], placement.unwrap_or("shared"));
+    let expected_schema = match placement {
+        Some("schema") => format!("t_{}", uuid::Uuid::parse_str(&tenant_id)?.simple()),
+        Some("database") => "borough".to_owned(),
+        _ => "public".to_owned(),
+    };
+    assert_eq!(created["tenant"]["schema"], expected_schema.as_str());
     assert_eq!(created["tenant"]["status"], "active");
     assert!(key.starts_with("bk_"), "{created}");
 

@@ -20,17 +20,23 @@ pub struct Stack {
     pub http: reqwest::Client,
 }
 
-fn service_env(db: &TestDatabase) -> Env {
-    Env::from_pairs([
+fn service_env(db: &TestDatabase, extra: &[(&str, &str)]) -> Env {
+    // Later pairs win: `extra` overrides the defaults.
+    let pairs: Vec<(String, String)> = [
         ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
         ("BOROUGH_PROVISIONER_DATABASE_URL", db.admin_url.as_str()),
         ("BOROUGH_SHUTDOWN_GRACE", "0s"),
         ("BOROUGH_PROBE_INTERVAL", "100ms"),
-    ])
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    Env::from_pairs(pairs)
 }
 
 pub async fn spawn_user(db: &TestDatabase) -> Result<Spawned> {
-    spawn_user_with(borough_user::Settings::from_env(&service_env(db))?).await
+    spawn_user_with(borough_user::Settings::from_env(&service_env(db, &[]))?).await
 }
 
 pub async fn spawn_user_with(settings: borough_user::Settings) -> Result<Spawned> {
@@ -47,7 +53,10 @@ pub async fn spawn_user_with(settings: borough_user::Settings) -> Result<Spawned
 }
 
 pub async fn spawn_query(db: &TestDatabase) -> Result<Spawned> {
-    let settings = borough_query::Settings::from_env(&service_env(db))?;
+    spawn_query_with(borough_query::Settings::from_env(&service_env(db, &[]))?).await
+}
+
+pub async fn spawn_query_with(settings: borough_query::Settings) -> Result<Spawned> {
     spawn(2, move |mut l, shutdown| {
         let admin = l.remove(1);
         let grpc = l.remove(0);
@@ -97,10 +106,20 @@ impl Stack {
     }
 
     pub async fn start_with(gateway_settings: &[(&str, &str)]) -> Result<Stack> {
+        Self::start_configured(&[], gateway_settings).await
+    }
+
+    /// A stack whose user and query services get `service_settings` on top of the test
+    /// defaults, and whose gateway gets `gateway_settings`.
+    pub async fn start_configured(
+        service_settings: &[(&str, &str)],
+        gateway_settings: &[(&str, &str)],
+    ) -> Result<Stack> {
         borough_telemetry::logging::init_test_logging();
         let db = TestDatabase::create().await?;
-        let user = spawn_user(&db).await?;
-        let query = spawn_query(&db).await?;
+        let env = service_env(&db, service_settings);
+        let user = spawn_user_with(borough_user::Settings::from_env(&env)?).await?;
+        let query = spawn_query_with(borough_query::Settings::from_env(&env)?).await?;
         let gateway = spawn_gateway(&user.url(0), &query.url(0), gateway_settings).await?;
         let stack = Stack {
             db,
@@ -127,19 +146,41 @@ impl Stack {
         format!("{}{path}", self.gateway.url(1))
     }
 
+    /// The value of an unlabelled-but-`service` metric on a service's admin port.
+    pub async fn metric(&self, service: &Spawned, name: &str) -> Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", service.url(1)))
+            .send()
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{name} not in /metrics"))
+    }
+
     /// Creates a tenant through the admin API: (tenant id, API key).
     pub async fn create_tenant(&self, name: &str) -> Result<(String, String)> {
+        self.create_tenant_in(name, "shared").await
+    }
+
+    /// Creates a tenant with a placement: (tenant id, API key).
+    pub async fn create_tenant_in(&self, name: &str, placement: &str) -> Result<(String, String)> {
         let response = self
             .http
             .post(self.url("/admin/v1/tenants"))
             .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({ "name": name }))
+            .json(&json!({ "name": name, "placement": placement }))
             .send()
             .await?;
         anyhow::ensure!(
             response.status() == 201,
-            "create tenant: {}",
-            response.status()
+            "create tenant: {} {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
         );
         let body: Value = response.json().await?;
         Ok((
