@@ -243,9 +243,10 @@ pub fn to_status<E: ServiceError + ?Sized>(err: &E) -> tonic::Status {
     }
     if let Some(after) = err.retry_after() {
         let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-        status
-            .metadata_mut()
-            .insert(RETRY_AFTER_METADATA, tonic::metadata::MetadataValue::from(seconds.max(1)));
+        status.metadata_mut().insert(
+            RETRY_AFTER_METADATA,
+            tonic::metadata::MetadataValue::from(seconds.max(1)),
+        );
     }
     status
 }
@@ -298,8 +299,7 @@ impl Problem {
         let kind = ErrorKind::from_grpc_code(status.code());
         let metadata = status.metadata();
         let public = metadata.contains_key(PUBLIC_DETAIL_METADATA);
-        let mut problem = if (kind.is_server_fault() && !public) || status.code() == Code::Unknown
-        {
+        let mut problem = if (kind.is_server_fault() && !public) || status.code() == Code::Unknown {
             tracing::warn!(code = ?status.code(), message = status.message(), "backend call failed");
             Problem::new(kind, kind.title())
         } else {

@@ -239,10 +239,10 @@ pub fn validate_database_url(field: &str, raw: &str) -> Result<(), String> {
     let options: Result<sqlx::postgres::PgConnectOptions, _> = raw.parse();
     let scheme_ok = raw.starts_with("postgres://") || raw.starts_with("postgresql://");
     match options {
-        Ok(options) if scheme_ok && options.get_database().is_some_and(|d| !d.is_empty()) => {
-            Ok(())
-        }
-        Ok(_) if scheme_ok => Err(format!("{field} must name a database (postgres://user:password@host:port/database)")),
+        Ok(options) if scheme_ok && options.get_database().is_some_and(|d| !d.is_empty()) => Ok(()),
+        Ok(_) if scheme_ok => Err(format!(
+            "{field} must name a database (postgres://user:password@host:port/database)"
+        )),
         _ => Err(format!(
             "{field} is not a valid PostgreSQL URL (postgres://user:password@host:port/database)"
         )),
@@ -273,13 +273,21 @@ mod tests {
     fn new_routes_put_each_placement_where_the_table_says() {
         let id = TenantId::new_v7();
         let shared = new_route(id, Placement::Shared, None, None);
-        assert_eq!((shared.schema.as_str(), &shared.storage), ("public", &Storage::Default));
+        assert_eq!(
+            (shared.schema.as_str(), &shared.storage),
+            ("public", &Storage::Default)
+        );
         let schema = new_route(id, Placement::Schema, None, None);
         assert_eq!(schema.schema, storage_name(id));
         assert_eq!(schema.storage, Storage::Default);
         let own = new_route(id, Placement::Database, None, None);
         assert_eq!(own.schema, DEDICATED_SCHEMA);
-        assert_eq!(own.storage, Storage::OwnDatabase { name: storage_name(id) });
+        assert_eq!(
+            own.storage,
+            Storage::OwnDatabase {
+                name: storage_name(id)
+            }
+        );
     }
 
     #[test]
@@ -301,7 +309,10 @@ mod tests {
             "postgres://u:secret@h:5432",
         ] {
             let err = validate_database_url("database_url", bad).expect_err(bad);
-            assert!(err.contains("database_url") && !err.contains("secret"), "{err}");
+            assert!(
+                err.contains("database_url") && !err.contains("secret"),
+                "{err}"
+            );
         }
     }
 }

@@ -24,7 +24,9 @@ pub enum ProvisionError {
     /// The messages below are shown to the platform operator: they never include a URL.
     #[error("could not connect to the tenant's database server: {0}")]
     Connect(String),
-    #[error("schema and database tenants need BOROUGH_PROVISIONER_DATABASE_URL (an owner role of the default server)")]
+    #[error(
+        "schema and database tenants need BOROUGH_PROVISIONER_DATABASE_URL (an owner role of the default server)"
+    )]
     NotConfigured,
     #[error("{0}")]
     Migrate(#[from] MigrateError),
@@ -98,21 +100,27 @@ impl Provisioner {
             Storage::Default if route.schema == placement::SHARED_SCHEMA => Ok(None),
             Storage::Default => {
                 let mut conn = connect(self.admin()?).await?;
-                Ok(Some(migrate::run(&mut conn, Scope::Tenant, &route.schema).await?))
+                Ok(Some(
+                    migrate::run(&mut conn, Scope::Tenant, &route.schema).await?,
+                ))
             }
             Storage::OwnDatabase { name } => {
                 let admin = self.admin()?;
                 let mut conn = connect(admin).await?;
                 create_database(&mut conn, name).await?;
                 let mut conn = connect(&admin.clone().database(name)).await?;
-                Ok(Some(migrate::run(&mut conn, Scope::Tenant, &route.schema).await?))
+                Ok(Some(
+                    migrate::run(&mut conn, Scope::Tenant, &route.schema).await?,
+                ))
             }
             Storage::External { url, .. } => {
                 let options: PgConnectOptions = url
                     .parse()
                     .map_err(|_| ProvisionError::Connect("the URL is not usable".to_owned()))?;
                 let mut conn = connect(&options).await?;
-                Ok(Some(migrate::run(&mut conn, Scope::Tenant, &route.schema).await?))
+                Ok(Some(
+                    migrate::run(&mut conn, Scope::Tenant, &route.schema).await?,
+                ))
             }
         }
     }

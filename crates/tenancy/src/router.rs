@@ -85,15 +85,11 @@ impl RouterSettings {
                 max_connections: env.parse("BOROUGH_TENANT_POOL_MAX_CONNECTIONS", 4)?,
                 acquire_timeout: default_pool.acquire_timeout,
             },
-            pool_idle_timeout: env.duration(
-                "BOROUGH_TENANT_POOL_IDLE_TIMEOUT",
-                Duration::from_secs(300),
-            )?,
+            pool_idle_timeout: env
+                .duration("BOROUGH_TENANT_POOL_IDLE_TIMEOUT", Duration::from_secs(300))?,
             tenant_max_connections,
-            tenant_acquire_timeout: env.duration(
-                "BOROUGH_TENANT_ACQUIRE_TIMEOUT",
-                Duration::from_millis(250),
-            )?,
+            tenant_acquire_timeout: env
+                .duration("BOROUGH_TENANT_ACQUIRE_TIMEOUT", Duration::from_millis(250))?,
             route_ttl: env.duration("BOROUGH_TENANT_ROUTE_TTL", Duration::from_secs(60))?,
         })
     }
@@ -122,9 +118,7 @@ pub enum RouteError {
     UnknownTenant(TenantId),
     #[error("tenant {tenant} is {}", status.as_str())]
     Inactive { tenant: TenantId, status: Status },
-    #[error(
-        "tenant {tenant} is using all of its {cap} database connections; retry shortly"
-    )]
+    #[error("tenant {tenant} is using all of its {cap} database connections; retry shortly")]
     Busy {
         tenant: TenantId,
         cap: u32,
@@ -626,8 +620,9 @@ async fn reap(inner: Weak<Inner>) {
         }
         drop(pools);
         let cap = inner.settings.tenant_max_connections as usize;
-        lock(&inner.caps)
-            .retain(|_, semaphore| Arc::strong_count(semaphore) > 1 || semaphore.available_permits() < cap);
+        lock(&inner.caps).retain(|_, semaphore| {
+            Arc::strong_count(semaphore) > 1 || semaphore.available_permits() < cap
+        });
     }
 }
 
@@ -644,12 +639,13 @@ mod tests {
     #[test]
     fn router_settings_reject_zero_bounds_naming_the_variable() {
         let pool = PoolSettings::default();
-        let defaults = RouterSettings::from_env(&Env::from_pairs([("", "")]), &pool).expect("defaults");
+        let defaults =
+            RouterSettings::from_env(&Env::from_pairs([("", "")]), &pool).expect("defaults");
         assert_eq!(defaults.max_tenant_pools, 32);
         assert_eq!(defaults.tenant_max_connections, 5);
         for name in ["BOROUGH_MAX_TENANT_POOLS", "BOROUGH_TENANT_MAX_CONNECTIONS"] {
-            let err = RouterSettings::from_env(&Env::from_pairs([(name, "0")]), &pool)
-                .expect_err(name);
+            let err =
+                RouterSettings::from_env(&Env::from_pairs([(name, "0")]), &pool).expect_err(name);
             assert!(err.to_string().contains(name), "{err}");
         }
     }

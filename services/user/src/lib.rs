@@ -67,17 +67,16 @@ pub async fn serve(
         .database
         .router(&metrics)
         .map_err(ServeError::DatabaseUrl)?;
-    let provisioner = Provisioner::new(settings.provisioner_url.as_deref())
-        .map_err(ServeError::DatabaseUrl)?;
+    let provisioner =
+        Provisioner::new(settings.provisioner_url.as_deref()).map_err(ServeError::DatabaseUrl)?;
     let pool = router.shared_pool().clone();
-    let routes = tonic::service::Routes::new(UserServiceServer::new(users::Users::new(
-        router.clone(),
-    )))
-    .add_service(TenantAdminServiceServer::new(tenants::Tenants::new(
-        router,
-        provisioner,
-        &metrics,
-    )));
+    let routes =
+        tonic::service::Routes::new(UserServiceServer::new(users::Users::new(router.clone())))
+            .add_service(TenantAdminServiceServer::new(tenants::Tenants::new(
+                router,
+                provisioner,
+                &metrics,
+            )));
     borough_net::serve_grpc(
         SERVICE,
         &settings.server,

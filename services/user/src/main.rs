@@ -82,11 +82,11 @@ async fn migrate(env: &Env) -> anyhow::Result<()> {
             ),
         }
     }
-    tracing::info!(
-        tenants = results.len(),
-        failed,
-        "tenant migrations done"
+    tracing::info!(tenants = results.len(), failed, "tenant migrations done");
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} tenants failed to migrate",
+        results.len()
     );
-    anyhow::ensure!(failed == 0, "{failed} of {} tenants failed to migrate", results.len());
     Ok(())
 }

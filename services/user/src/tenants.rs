@@ -5,10 +5,10 @@ use borough_proto::page;
 use borough_proto::time::to_timestamp;
 use borough_proto::user::v1::{
     ApiKey, AuthenticateApiKeyRequest, AuthenticateApiKeyResponse, CreateTenantRequest,
-    CreateTenantResponse, DeleteTenantRequest, DeleteTenantResponse, GetTenantRequest, GetTenantResponse, IssueApiKeyRequest,
-    IssueApiKeyResponse, IssuedApiKey, ListTenantsRequest, ListTenantsResponse, Placement,
-    RevokeApiKeyRequest, RevokeApiKeyResponse, Tenant, TenantStatus,
-    tenant_admin_service_server::TenantAdminService,
+    CreateTenantResponse, DeleteTenantRequest, DeleteTenantResponse, GetTenantRequest,
+    GetTenantResponse, IssueApiKeyRequest, IssueApiKeyResponse, IssuedApiKey, ListTenantsRequest,
+    ListTenantsResponse, Placement, RevokeApiKeyRequest, RevokeApiKeyResponse, Tenant,
+    TenantStatus, tenant_admin_service_server::TenantAdminService,
 };
 use borough_telemetry::Metrics;
 use borough_tenancy::directory::{self, AuthError};
@@ -299,13 +299,14 @@ impl Tenants {
         read_url: Option<String>,
     ) -> Result<Route, TenantError> {
         let mut tx = self.control.begin().await?;
-        let existing: Option<(Uuid, String, String, bool)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT id, placement, status, status_changed_at < now() - interval '{STALE_CLAIM}'
+        let existing: Option<(Uuid, String, String, bool)> =
+            sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT id, placement, status, status_changed_at < now() - interval '{STALE_CLAIM}'
                FROM control.tenants WHERE name = $1 FOR UPDATE"
-        )))
-        .bind(&req.name)
-        .fetch_optional(&mut *tx)
-        .await?;
+            )))
+            .bind(&req.name)
+            .fetch_optional(&mut *tx)
+            .await?;
         let id = match existing {
             None => TenantId::new_v7(),
             Some((id, stored, status, stale)) => {
@@ -454,13 +455,14 @@ impl Tenants {
         let route = placement::load_route(&self.control, TenantId(id))
             .await?
             .ok_or(TenantError::NotFound(id))?;
-        self.provisioner.purge(&route).await.map_err(|e| {
-            TenantError::ProvisioningFailed {
+        self.provisioner
+            .purge(&route)
+            .await
+            .map_err(|e| TenantError::ProvisioningFailed {
                 id,
                 placement: route.placement.as_str(),
                 reason: format!("purging its data: {e}"),
-            }
-        })?;
+            })?;
         sqlx::query("DELETE FROM control.tenants WHERE id = $1")
             .bind(id)
             .execute(&self.control)

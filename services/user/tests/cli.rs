@@ -66,3 +66,85 @@ fn an_unknown_command_is_refused() -> anyhow::Result<()> {
     assert!(String::from_utf8_lossy(&output.stderr).contains("frobnicate"));
     Ok(())
 }
+
+#[tokio::test]
+async fn migrate_brings_every_tenant_up_to_date_and_a_failing_tenant_does_not_stop_the_others()
+-> anyhow::Result<()> {
+    use borough_tenancy::Placement;
+    use sqlx::Connection;
+
+    let db = TestDatabase::create().await?;
+    let admin = db.admin_pool().await?;
+    // First (ids are time-ordered, so migrated first): a tenant whose database is gone.
+    let broken = uuid::Uuid::now_v7();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    sqlx::query(
+        "INSERT INTO control.tenants (id, name, placement, status, schema_name, database_url)
+         VALUES ($1, 'broken', 'database', 'active', 'borough', $2)",
+    )
+    .bind(broken)
+    .bind(format!("postgres://nobody:secret@127.0.0.1:{closed}/gone"))
+    .execute(&admin)
+    .await?;
+    let schema_tenant = db.provision_tenant(Placement::Schema).await?;
+    let database_tenant = db.provision_tenant(Placement::Database).await?;
+
+    // Put both behind: their tenant migrations undone.
+    let schema = format!("t_{}", schema_tenant.as_uuid().simple());
+    let database = format!("t_{}", database_tenant.as_uuid().simple());
+    let cluster = borough_testkit::cluster()?;
+    let mut own = sqlx::PgConnection::connect(&cluster.superuser_url(&database)).await?;
+    for (conn, target) in [
+        (&mut *admin.acquire().await?, schema.as_str()),
+        (&mut own, "borough"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE \"{target}\".users;
+             DELETE FROM borough_meta.migrations WHERE scope = 'tenant' AND target = '{target}'"
+        )))
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let output = Command::new(BIN)
+        .arg("migrate")
+        .env("BOROUGH_MIGRATION_DATABASE_URL", &db.admin_url)
+        .env("BOROUGH_LOG_FORMAT", "json")
+        .output()?;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !output.status.success(),
+        "a failed tenant must fail the run: {log}"
+    );
+    assert!(
+        log.contains("tenant migration failed") && log.contains(&broken.to_string()),
+        "{log}"
+    );
+    assert!(log.contains("1 of 3 tenants failed"), "{log}");
+    assert!(
+        !log.contains("secret"),
+        "the tenant's URL leaked into the log: {log}"
+    );
+
+    // The tenants after the broken one were migrated all the same.
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'users'",
+    )
+    .bind(&schema)
+    .fetch_one(&admin)
+    .await?;
+    assert_eq!(tables, 1, "the schema tenant was not migrated");
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'borough' AND tablename = 'users'",
+    )
+    .fetch_one(&mut own)
+    .await?;
+    assert_eq!(tables, 1, "the database tenant was not migrated");
+    Ok(())
+}

@@ -5,8 +5,8 @@ use axum::response::{IntoResponse, Response};
 use borough_error::{ErrorKind, Problem};
 use borough_proto::time::to_rfc3339;
 use borough_proto::user::v1::{
-    ApiKey, CreateTenantRequest, DeleteTenantRequest, GetTenantRequest, IssueApiKeyRequest, IssuedApiKey,
-    ListTenantsRequest, Placement, RevokeApiKeyRequest, Tenant, TenantStatus,
+    ApiKey, CreateTenantRequest, DeleteTenantRequest, GetTenantRequest, IssueApiKeyRequest,
+    IssuedApiKey, ListTenantsRequest, Placement, RevokeApiKeyRequest, Tenant, TenantStatus,
 };
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};

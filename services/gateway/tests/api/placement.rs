@@ -99,15 +99,14 @@ async fn schema_and_database_tenants_rows_live_only_in_their_own_schema_or_datab
 
     // The superuser sees past RLS: the shared tables hold neither tenant's rows.
     let mut main = PgConnection::connect(&stack.db.admin_url).await?;
-    let in_shared: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM public.users WHERE tenant_id = ANY($1::uuid[])",
-    )
-    .bind(vec![
-        uuid::Uuid::parse_str(&schema_id)?,
-        uuid::Uuid::parse_str(&db_id)?,
-    ])
-    .fetch_one(&mut main)
-    .await?;
+    let in_shared: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM public.users WHERE tenant_id = ANY($1::uuid[])")
+            .bind(vec![
+                uuid::Uuid::parse_str(&schema_id)?,
+                uuid::Uuid::parse_str(&db_id)?,
+            ])
+            .fetch_one(&mut main)
+            .await?;
     assert_eq!(in_shared, 0);
     let all_shared: i64 = sqlx::query_scalar("SELECT count(*) FROM public.users")
         .fetch_one(&mut main)
@@ -121,15 +120,17 @@ async fn schema_and_database_tenants_rows_live_only_in_their_own_schema_or_datab
     )))
     .fetch_all(&mut main)
     .await?;
-    assert_eq!(rows, vec![(schema_id.clone(), "sam@example.com".to_owned())]);
+    assert_eq!(
+        rows,
+        vec![(schema_id.clone(), "sam@example.com".to_owned())]
+    );
 
     // The database tenant has no schema on the main database; its row is in its database.
     let database = format!("t_{}", simple(&db_id)?);
-    let schemas: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
-            .bind(&database)
-            .fetch_one(&mut main)
-            .await?;
+    let schemas: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname = $1")
+        .bind(&database)
+        .fetch_one(&mut main)
+        .await?;
     assert_eq!(schemas, 0);
     let cluster = borough_testkit::cluster()?;
     let mut own = PgConnection::connect(&cluster.superuser_url(&database)).await?;
@@ -143,7 +144,10 @@ async fn schema_and_database_tenants_rows_live_only_in_their_own_schema_or_datab
     )
     .fetch_one(&mut own)
     .await?;
-    assert_eq!(public_tables, 0, "the dedicated database has no shared tables");
+    assert_eq!(
+        public_tables, 0,
+        "the dedicated database has no shared tables"
+    );
     Ok(())
 }
 
@@ -153,7 +157,9 @@ async fn with_two_tenant_pools_allowed_three_database_tenants_in_turn_all_succee
     let stack = Stack::start_configured(&[("BOROUGH_MAX_TENANT_POOLS", "2")], &[]).await?;
     let mut tenants = Vec::new();
     for i in 0..3 {
-        let (_, key) = stack.create_tenant_in(&format!("db-{i}"), "database").await?;
+        let (_, key) = stack
+            .create_tenant_in(&format!("db-{i}"), "database")
+            .await?;
         tenants.push(key);
     }
     let mut max_seen = 0.0_f64;
@@ -163,7 +169,12 @@ async fn with_two_tenant_pools_allowed_three_database_tenants_in_turn_all_succee
                 .create_user(key, "Pat", &format!("pat{round}@{i}.example"))
                 .await?;
             let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap_or_default());
-            let response = stack.http.get(stack.url(&path)).bearer_auth(key).send().await?;
+            let response = stack
+                .http
+                .get(stack.url(&path))
+                .bearer_auth(key)
+                .send()
+                .await?;
             assert_eq!(response.status(), 200, "round {round}, tenant {i}");
             let list = stack.http.get(stack.url("/api/v1/users")).bearer_auth(key);
             assert_eq!(list.send().await?.status(), 200);
@@ -226,22 +237,37 @@ async fn a_tenant_at_its_connection_cap_gets_503_while_another_tenant_is_unaffec
         if waiting > 0 {
             break;
         }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the update never blocked");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the update never blocked"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // The hot tenant's next call on the same service waits 200ms for its cap, then gets
     // 503 + Retry-After.
-    let response = stack.http.get(stack.url("/api/v1/users")).bearer_auth(&hot).send().await?;
+    let response = stack
+        .http
+        .get(stack.url("/api/v1/users"))
+        .bearer_auth(&hot)
+        .send()
+        .await?;
     assert!(response.headers().contains_key("retry-after"));
     let problem = assert_problem(response, 503).await?;
     assert!(
-        problem["detail"].as_str().is_some_and(|d| d.contains("connections")),
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("connections")),
         "{problem}"
     );
     // Caps are per service replica (each has its own pools): the query service, where
     // the hot tenant holds nothing, still serves it.
-    let response = stack.http.get(stack.url(&path)).bearer_auth(&hot).send().await?;
+    let response = stack
+        .http
+        .get(stack.url(&path))
+        .bearer_auth(&hot)
+        .send()
+        .await?;
     assert_eq!(response.status(), 200);
 
     // Meanwhile the calm tenant's error rate is zero.
@@ -254,14 +280,22 @@ async fn a_tenant_at_its_connection_cap_gets_503_while_another_tenant_is_unaffec
             .send()
             .await?;
         assert_eq!(created.status(), 201, "calm request {i}");
-        let list = stack.http.get(stack.url("/api/v1/users")).bearer_auth(&calm);
+        let list = stack
+            .http
+            .get(stack.url("/api/v1/users"))
+            .bearer_auth(&calm);
         assert_eq!(list.send().await?.status(), 200, "calm list {i}");
     }
 
     // Release the row: the held update completes, and the hot tenant is served again.
     tx.rollback().await?;
     assert_eq!(blocked.await??, 200);
-    let response = stack.http.get(stack.url(&path)).bearer_auth(&hot).send().await?;
+    let response = stack
+        .http
+        .get(stack.url(&path))
+        .bearer_auth(&hot)
+        .send()
+        .await?;
     assert_eq!(response.status(), 200);
     let rejections = stack
         .metric(&stack.user, "borough_tenant_connection_rejections_total")
@@ -310,7 +344,11 @@ async fn an_unreachable_database_url_leaves_the_tenant_provisioning_failed_and_a
     let tenant = &listed["items"][0];
     assert_eq!(tenant["name"], "remote");
     assert_eq!(tenant["status"], "provisioning_failed");
-    assert!(tenant["failure_reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(
+        tenant["failure_reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
     assert!(!listed.to_string().contains(PASSWORD));
     let id = tenant["id"].as_str().unwrap_or_default().to_owned();
 
@@ -343,7 +381,11 @@ async fn an_unreachable_database_url_leaves_the_tenant_provisioning_failed_and_a
         .await?;
     assert_eq!(response.status(), 201);
     let created: Value = response.json().await?;
-    assert_eq!(created["tenant"]["id"], id.as_str(), "the same tenant, finished");
+    assert_eq!(
+        created["tenant"]["id"],
+        id.as_str(),
+        "the same tenant, finished"
+    );
     assert_eq!(created["tenant"]["status"], "active");
     assert_eq!(created["tenant"]["external_database"], true);
     assert_eq!(created["tenant"]["read_replica"], true);
@@ -353,7 +395,12 @@ async fn an_unreachable_database_url_leaves_the_tenant_provisioning_failed_and_a
     // It works, and its rows are in the database it was given.
     let user = stack.create_user(key, "Rem", "rem@example.com").await?;
     let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap_or_default());
-    let response = stack.http.get(stack.url(&path)).bearer_auth(key).send().await?;
+    let response = stack
+        .http
+        .get(stack.url(&path))
+        .bearer_auth(key)
+        .send()
+        .await?;
     assert_eq!(response.status(), 200);
     let mut own = PgConnection::connect(&cluster.superuser_url(&database)).await?;
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM borough.users")
@@ -375,8 +422,17 @@ async fn bad_placements_urls_and_duplicate_names_are_rejected_with_problems() ->
             .json(&body)
             .send()
     };
-    let problem = assert_problem(create(json!({ "name": "x", "placement": "rls" })).await?, 400).await?;
-    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("rls")), "{problem}");
+    let problem = assert_problem(
+        create(json!({ "name": "x", "placement": "rls" })).await?,
+        400,
+    )
+    .await?;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("rls")),
+        "{problem}"
+    );
     for (body, needle) in [
         (
             json!({ "name": "x", "placement": "database", "database_url": "localhost:5432" }),
@@ -401,7 +457,9 @@ async fn bad_placements_urls_and_duplicate_names_are_rejected_with_problems() ->
         assert!(!problem.to_string().contains("hunter2"), "{problem}");
     }
     for placement in PLACEMENTS {
-        stack.create_tenant_in(&format!("dup-{placement}"), placement).await?;
+        stack
+            .create_tenant_in(&format!("dup-{placement}"), placement)
+            .await?;
         for again in PLACEMENTS {
             let body = json!({ "name": format!("dup-{placement}"), "placement": again });
             assert_problem(create(body).await?, 409).await?;
@@ -426,7 +484,9 @@ async fn deleting_a_tenant_suspends_it_and_purging_removes_its_schema_or_databas
     let stack = Stack::start().await?;
     let mut main = PgConnection::connect(&stack.db.admin_url).await?;
     for placement in PLACEMENTS {
-        let (id, key) = stack.create_tenant_in(&format!("gone-{placement}"), placement).await?;
+        let (id, key) = stack
+            .create_tenant_in(&format!("gone-{placement}"), placement)
+            .await?;
         stack.create_user(&key, "Del", "del@example.com").await?;
         let tenant_path = format!("/admin/v1/tenants/{id}");
 
@@ -440,7 +500,12 @@ async fn deleting_a_tenant_suspends_it_and_purging_removes_its_schema_or_databas
         assert_eq!(response.status(), 200, "{placement}");
         let body: Value = response.json().await?;
         assert_eq!(body["status"], "suspended");
-        let response = stack.http.get(stack.url("/api/v1/users")).bearer_auth(&key).send().await?;
+        let response = stack
+            .http
+            .get(stack.url("/api/v1/users"))
+            .bearer_auth(&key)
+            .send()
+            .await?;
         assert_problem(response, 401).await?;
 
         // Purge: 204, then the tenant, its rows, its schema or database are gone.

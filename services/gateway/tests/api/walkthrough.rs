@@ -64,7 +64,10 @@ async fn walkthrough(placement: Option<&str>) -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_owned();
     assert_eq!(created["tenant"]["name"], "acme");
-    assert_eq!(created["tenant"]["placement"], placement.unwrap_or("shared"));
+    assert_eq!(
+        created["tenant"]["placement"],
+        placement.unwrap_or("shared")
+    );
     let expected_schema = match placement {
         Some("schema") => format!("t_{}", uuid::Uuid::parse_str(&tenant_id)?.simple()),
         Some("database") => "borough".to_owned(),

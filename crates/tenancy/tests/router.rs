@@ -1,0 +1,176 @@
+//! The pool router against a real server: placement routing, the pool bound, per-tenant
+//! caps, and route invalidation by LISTEN/NOTIFY.
+
+use std::time::{Duration, Instant};
+
+use borough_telemetry::Metrics;
+use borough_tenancy::db::PoolSettings;
+use borough_tenancy::{Placement, PoolRouter, RouteError, RouterSettings, TenantContext, TenantId};
+use borough_testkit::TestDatabase;
+
+type TestResult = anyhow::Result<()>;
+
+fn router(db: &TestDatabase, settings: RouterSettings) -> anyhow::Result<PoolRouter> {
+    let pool = borough_tenancy::db::lazy_pool(&db.service_url, &PoolSettings::default())?;
+    Ok(PoolRouter::new(
+        pool,
+        db.service_url.parse()?,
+        settings,
+        &Metrics::new("test"),
+    ))
+}
+
+/// `current_schema()` and `current_database()` inside a tenant's transaction.
+async fn whereabouts(router: &PoolRouter, tenant: TenantId) -> anyhow::Result<(String, String)> {
+    let mut tx = router.begin(&TenantContext::new(tenant)).await?;
+    let here: (String, String) =
+        sqlx::query_as("SELECT current_schema()::text, current_database()::text")
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(here)
+}
+
+#[tokio::test]
+async fn each_placement_is_routed_to_its_schema_and_database() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let router = router(&db, RouterSettings::default())?;
+    let shared = db.provision_tenant(Placement::Shared).await?;
+    let schema = db.provision_tenant(Placement::Schema).await?;
+    let database = db.provision_tenant(Placement::Database).await?;
+    let storage = |t: TenantId| format!("t_{}", t.as_uuid().simple());
+    assert_eq!(
+        whereabouts(&router, shared).await?,
+        ("public".to_owned(), db.name.clone())
+    );
+    assert_eq!(
+        whereabouts(&router, schema).await?,
+        (storage(schema), db.name.clone())
+    );
+    assert_eq!(
+        whereabouts(&router, database).await?,
+        ("borough".to_owned(), storage(database))
+    );
+    assert_eq!(router.dedicated_pools_open(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn never_more_dedicated_pools_than_the_bound_and_every_tenant_is_served() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let router = router(
+        &db,
+        RouterSettings {
+            max_tenant_pools: 2,
+            ..RouterSettings::default()
+        },
+    )?;
+    let mut tenants = Vec::new();
+    for _ in 0..3 {
+        tenants.push(db.provision_tenant(Placement::Database).await?);
+    }
+    for _round in 0..3 {
+        for tenant in &tenants {
+            let (_, database) = whereabouts(&router, *tenant).await?;
+            assert_eq!(database, format!("t_{}", tenant.as_uuid().simple()));
+            assert!(router.dedicated_pools_open() <= 2);
+        }
+    }
+    assert_eq!(router.dedicated_pools_open(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_cap_is_refused_after_the_wait_and_others_are_not() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let wait = Duration::from_millis(150);
+    let router = router(
+        &db,
+        RouterSettings {
+            tenant_max_connections: 2,
+            tenant_acquire_timeout: wait,
+            ..RouterSettings::default()
+        },
+    )?;
+    let hot = TenantContext::new(db.provision_tenant(Placement::Shared).await?);
+    let calm = TenantContext::new(db.provision_tenant(Placement::Schema).await?);
+    let held = (router.begin(&hot).await?, router.begin_read(&hot).await?);
+
+    let started = Instant::now();
+    let refused = router.begin(&hot).await.err();
+    assert!(started.elapsed() >= wait, "refused without waiting");
+    assert!(
+        matches!(refused, Some(RouteError::Busy { cap: 2, .. })),
+        "{refused:?}"
+    );
+
+    // Another tenant, many at once: not one error.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let router = router.clone();
+        calls.spawn(async move {
+            let tx = router.begin(&calm).await?;
+            tx.commit().await?;
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(result) = calls.join_next().await {
+        result??;
+    }
+
+    // A permit freed is a permit available.
+    drop(held);
+    router.begin(&hot).await?.commit().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tenant_suspended_in_the_control_database_is_refused_at_once_despite_the_cache()
+-> TestResult {
+    let db = TestDatabase::create().await?;
+    // A route TTL far beyond the test: only the notification can explain a refusal.
+    let router = router(
+        &db,
+        RouterSettings {
+            route_ttl: Duration::from_secs(3600),
+            ..RouterSettings::default()
+        },
+    )?;
+    let tenant = db.provision_tenant(Placement::Shared).await?;
+    let ctx = TenantContext::new(tenant);
+    // Let the listener subscribe, then cache the route.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    router.begin(&ctx).await?.commit().await?;
+
+    let admin = db.admin_pool().await?;
+    sqlx::query("UPDATE control.tenants SET status = 'suspended' WHERE id = $1")
+        .bind(tenant.as_uuid())
+        .execute(&admin)
+        .await?;
+    let started = Instant::now();
+    loop {
+        match router.begin(&ctx).await {
+            Err(RouteError::Inactive { .. }) => break,
+            Ok(tx) => tx.commit().await?,
+            Err(e) => return Err(e.into()),
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "the cached route outlived the change"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unknown_tenant_is_refused() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let router = router(&db, RouterSettings::default())?;
+    let err = router
+        .begin(&TenantContext::new(TenantId::new_v7()))
+        .await
+        .err();
+    assert!(matches!(err, Some(RouteError::UnknownTenant(_))), "{err:?}");
+    Ok(())
+}
