@@ -519,65 +519,61 @@ fn quote_ident(name: &str) -> String {
 
 /// Flushes cached routes as `control.tenants` changes. Reconnects forever; every
 /// (re)connection flushes everything, as notifications may have been missed meanwhile.
+/// Ends when the router is dropped (checked at least every 5 seconds).
 async fn listen_for_changes(inner: Weak<Inner>) {
     let Some(options) = inner.upgrade().map(|i| i.default_options.clone()) else {
         return;
     };
+    // A pool of one connection of its own, so listening never takes a pooled connection.
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
         .connect_lazy_with(options);
+    let flush = |inner: &Inner| lock(&inner.routes).clear();
     loop {
-        let listener = async {
+        let subscribed = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.listen(TENANT_CHANNEL).await?;
             Ok::<_, sqlx::Error>(listener)
         }
         .await;
-        let Some(router) = inner.upgrade() else {
-            return;
-        };
-        lock(&router.routes).clear();
-        drop(router);
-        match listener {
-            Ok(mut listener) => {
-                tracing::debug!("listening for tenant changes");
-                loop {
-                    let next = tokio::time::timeout(Duration::from_secs(5), listener.try_recv());
-                    let Some(router) = inner.upgrade() else {
-                        return;
-                    };
-                    drop(router);
-                    match next.await {
-                        Err(_) => continue, // Only a chance to notice the router is gone.
-                        Ok(Ok(Some(notification))) => {
-                            let Some(router) = inner.upgrade() else {
-                                return;
-                            };
-                            match notification.payload().parse::<TenantId>() {
-                                Ok(tenant) => {
-                                    lock(&router.routes).remove(&tenant);
-                                }
-                                Err(_) => lock(&router.routes).clear(),
+        // Subscribed (or not): what was cached before may have changed unannounced.
+        match inner.upgrade() {
+            Some(router) => flush(&router),
+            None => return,
+        }
+        match subscribed {
+            Ok(mut listener) => loop {
+                let next = tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
+                let Some(router) = inner.upgrade() else {
+                    return;
+                };
+                match next {
+                    Err(_) => {} // Nothing in 5 s: only a chance to notice a dropped router.
+                    Ok(Ok(Some(notification))) => {
+                        match notification.payload().parse::<TenantId>() {
+                            Ok(tenant) => {
+                                lock(&router.routes).remove(&tenant);
                             }
-                        }
-                        Ok(Ok(None)) => {
-                            // Reconnected: whatever was announced meanwhile is lost.
-                            if let Some(router) = inner.upgrade() {
-                                lock(&router.routes).clear();
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "tenant change listener lost");
-                            break;
+                            Err(_) => flush(&router),
                         }
                     }
+                    // Reconnected: whatever was announced meanwhile is lost.
+                    Ok(Ok(None)) => flush(&router),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "tenant change listener lost");
+                        flush(&router);
+                        break;
+                    }
                 }
-            }
+            },
             Err(e) => tracing::debug!(error = %e, "tenant change listener cannot connect"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if inner.upgrade().is_none() {
+            return;
+        }
     }
 }
 
