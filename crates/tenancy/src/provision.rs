@@ -37,7 +37,8 @@ pub enum ProvisionError {
 /// Short, URL-free description of a connection failure.
 fn describe(err: &sqlx::Error) -> String {
     match err {
-        sqlx::Error::Io(io) => io.kind().to_string(),
+        // std's I/O messages name no host or URL ("Connection refused (os error 111)").
+        sqlx::Error::Io(io) => io.to_string(),
         sqlx::Error::Database(db) => db.message().to_owned(),
         sqlx::Error::Tls(_) => "TLS failed".to_owned(),
         sqlx::Error::Configuration(_) => "the URL is not usable".to_owned(),
