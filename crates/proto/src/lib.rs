@@ -11,6 +11,11 @@ pub mod query {
     pub mod v1 {
         tonic::include_proto!("borough.query.v1");
     }
+
+    /// Response metadata of `GetUserInfo` when it served a stale copy because the tenant's
+    /// database was unreachable: `true`, and the copy's age in whole seconds.
+    pub const STALE_METADATA: &str = "borough-stale";
+    pub const STALE_AGE_METADATA: &str = "borough-stale-age";
 }
 
 /// Conversions between protobuf timestamps and `chrono`.

@@ -126,6 +126,29 @@ impl DatabaseSettings {
             metrics,
         ))
     }
+
+    /// As [`DatabaseSettings::router`], following `channel` on every routed database.
+    pub fn router_with_feed(
+        &self,
+        metrics: &borough_telemetry::Metrics,
+        channel: &'static str,
+    ) -> Result<
+        (
+            crate::PoolRouter,
+            tokio::sync::mpsc::UnboundedReceiver<crate::router::FeedEvent>,
+        ),
+        sqlx::Error,
+    > {
+        let options: PgConnectOptions = self.url.parse()?;
+        let pool = lazy_pool(&self.url, &self.pool)?;
+        Ok(crate::PoolRouter::with_feed(
+            pool,
+            options,
+            self.router.clone(),
+            metrics,
+            channel,
+        ))
+    }
 }
 
 /// A pool that connects lazily, so a service starts (and reports not-ready) while its

@@ -53,11 +53,18 @@ const CONTROL: &[Migration] = &[
     },
 ];
 
-const TENANT: &[Migration] = &[Migration {
-    version: 1,
-    name: "users",
-    sql: include_str!("../../../migrations/tenant/0001_users.sql"),
-}];
+const TENANT: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "users",
+        sql: include_str!("../../../migrations/tenant/0001_users.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "search_and_changes",
+        sql: include_str!("../../../migrations/tenant/0002_search_and_changes.sql"),
+    },
+];
 
 /// The role services connect as (through a LOGIN member of it). It owns nothing and
 /// cannot bypass row-level security.

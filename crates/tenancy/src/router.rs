@@ -124,8 +124,21 @@ pub enum RouteError {
         cap: u32,
         retry_after: Duration,
     },
+    #[error("the tenant's database could not be reached a moment ago; retry shortly")]
+    Unreachable { retry_after: Duration },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+impl RouteError {
+    /// The database could not be reached (as opposed to a refusal or a failed statement).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            RouteError::Unreachable { .. } => true,
+            RouteError::Database(e) => db::classify(e) == ErrorKind::Unavailable,
+            _ => false,
+        }
+    }
 }
 
 impl ServiceError for RouteError {
@@ -134,7 +147,7 @@ impl ServiceError for RouteError {
             RouteError::UnknownTenant(_) | RouteError::Inactive { .. } => {
                 ErrorKind::PermissionDenied
             }
-            RouteError::Busy { .. } => ErrorKind::Unavailable,
+            RouteError::Busy { .. } | RouteError::Unreachable { .. } => ErrorKind::Unavailable,
             RouteError::Database(e) => db::classify(e),
         }
     }
@@ -142,7 +155,7 @@ impl ServiceError for RouteError {
     fn public_detail(&self) -> String {
         match self {
             // The caller's own tenant: safe and useful to say.
-            RouteError::Busy { .. } => self.to_string(),
+            RouteError::Busy { .. } | RouteError::Unreachable { .. } => self.to_string(),
             _ if self.kind().is_server_fault() => self.kind().title().to_owned(),
             _ => self.to_string(),
         }
@@ -150,7 +163,12 @@ impl ServiceError for RouteError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            RouteError::Busy { retry_after, .. } => Some(*retry_after),
+            RouteError::Busy { retry_after, .. } | RouteError::Unreachable { retry_after } => {
+                Some(*retry_after)
+            }
+            RouteError::Database(e) if db::classify(e) == ErrorKind::Unavailable => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -267,6 +285,40 @@ struct Dedicated {
     /// What the pool connects to; a route that moved gets a new pool.
     target: Storage,
     last_used: Instant,
+    /// The change-feed listener on the tenant's primary database, if there is a feed.
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Where a [`FeedEvent`] comes from: the default server's database (shared and schema
+/// tenants), or one database tenant's own database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedSource {
+    Default,
+    Tenant(TenantId),
+}
+
+/// What a change feed ([`PoolRouter::with_feed`]) reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// A notification's payload, from any database the router follows.
+    Notification(String),
+    /// The source is (again) followed: anything announced before now may have been missed.
+    Subscribed(FeedSource),
+    /// The source is no longer followed (its pool closed, or its listener failed): what is
+    /// derived from it can no longer be kept current.
+    Lost(FeedSource),
+}
+
+struct Feed {
+    channel: &'static str,
+    events: tokio::sync::mpsc::UnboundedSender<FeedEvent>,
+}
+
+impl Feed {
+    fn send(&self, event: FeedEvent) {
+        // The receiver gone means the service is shutting down: nothing to tell.
+        let _ = self.events.send(event);
+    }
 }
 
 struct Inner {
@@ -276,8 +328,15 @@ struct Inner {
     routes: Mutex<HashMap<TenantId, (Arc<Route>, Instant)>>,
     pools: Mutex<HashMap<PoolKey, Dedicated>>,
     caps: Mutex<HashMap<TenantId, Arc<Semaphore>>>,
+    /// Databases (`None`: the default one) that recently could not be reached, and until when
+    /// callers fail fast.
+    unreachable: Mutex<HashMap<Option<TenantId>, Instant>>,
     metrics: RouterMetrics,
+    feed: Option<Feed>,
 }
+
+/// How long callers fail fast after a database could not be reached.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
 
 /// Routes a tenant to the pool holding its data. Cheap to clone.
 #[derive(Clone)]
@@ -307,6 +366,32 @@ impl PoolRouter {
         settings: RouterSettings,
         metrics: &Metrics,
     ) -> Self {
+        Self::build(default, default_options, settings, metrics, None)
+    }
+
+    /// As [`PoolRouter::new`], also following `LISTEN channel` on every database it routes
+    /// to: the default database always, and each database tenant's own database while its
+    /// pool is open (so at most `max_tenant_pools` of those).
+    pub fn with_feed(
+        default: PgPool,
+        default_options: PgConnectOptions,
+        settings: RouterSettings,
+        metrics: &Metrics,
+        channel: &'static str,
+    ) -> (Self, tokio::sync::mpsc::UnboundedReceiver<FeedEvent>) {
+        let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let feed = Feed { channel, events };
+        let router = Self::build(default, default_options, settings, metrics, Some(feed));
+        (router, receiver)
+    }
+
+    fn build(
+        default: PgPool,
+        default_options: PgConnectOptions,
+        settings: RouterSettings,
+        metrics: &Metrics,
+        feed: Option<Feed>,
+    ) -> Self {
         let inner = Arc::new(Inner {
             default,
             default_options,
@@ -314,7 +399,9 @@ impl PoolRouter {
             routes: Mutex::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
             caps: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
             metrics: RouterMetrics::register(metrics),
+            feed,
         });
         tokio::spawn(listen_for_changes(Arc::downgrade(&inner)));
         tokio::spawn(reap(Arc::downgrade(&inner)));
@@ -359,25 +446,74 @@ impl PoolRouter {
     }
 
     async fn open(&self, ctx: &TenantContext, read: bool) -> Result<TenantTx, RouteError> {
-        let route = self.route(ctx.tenant_id).await?;
+        self.check_reachable(None)?;
+        let route = self.route(ctx.tenant_id).await.inspect_err(|e| {
+            if let RouteError::Database(e) = e {
+                self.note_failure(None, &self.inner.default, e);
+            }
+        })?;
+        let db = match route.storage {
+            Storage::Default => None,
+            _ => Some(route.tenant_id),
+        };
+        self.check_reachable(db)?;
         let permit = self.admit(ctx.tenant_id).await?;
         let pool = self.pool_for(&route, read);
-        let mut tx = if read {
-            pool.begin_with("BEGIN READ ONLY").await?
-        } else {
-            pool.begin().await?
+        let begun = async {
+            let mut tx = if read {
+                pool.begin_with("BEGIN READ ONLY").await?
+            } else {
+                pool.begin().await?
+            };
+            sqlx::query(
+                "SELECT set_config('borough.tenant_id', $1, true), set_config('search_path', $2, true)",
+            )
+            .bind(ctx.tenant_id.to_string())
+            .bind(quote_ident(&route.schema))
+            .execute(&mut *tx)
+            .await?;
+            Ok::<_, sqlx::Error>(tx)
+        }
+        .await;
+        match begun {
+            Ok(tx) => Ok(TenantTx {
+                tx,
+                _permit: permit,
+            }),
+            Err(e) => {
+                self.note_failure(db, &pool, &e);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Fails fast while a database recently could not be reached, instead of making every
+    /// caller wait out the pool's acquire timeout.
+    fn check_reachable(&self, db: Option<TenantId>) -> Result<(), RouteError> {
+        let down = lock(&self.inner.unreachable).get(&db).copied();
+        match down {
+            Some(until) if Instant::now() < until => Err(RouteError::Unreachable {
+                retry_after: Duration::from_secs(1),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Marks a database unreachable for `UNREACHABLE_FOR` after a failure to reach it (not
+    /// after a busy pool or a failed statement).
+    fn note_failure(&self, db: Option<TenantId>, pool: &PgPool, err: &sqlx::Error) {
+        let unreachable = match err {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+            sqlx::Error::PoolTimedOut => pool.size() == 0,
+            e => matches!(
+                db::sqlstate(e).as_deref(),
+                Some(db::sqlstate::ADMIN_SHUTDOWN | db::sqlstate::CANNOT_CONNECT_NOW)
+            ),
         };
-        sqlx::query(
-            "SELECT set_config('borough.tenant_id', $1, true), set_config('search_path', $2, true)",
-        )
-        .bind(ctx.tenant_id.to_string())
-        .bind(quote_ident(&route.schema))
-        .execute(&mut *tx)
-        .await?;
-        Ok(TenantTx {
-            tx,
-            _permit: permit,
-        })
+        if unreachable {
+            tracing::warn!(database = ?db.map(|t| t.to_string()), "database unreachable: failing fast for a moment");
+            lock(&self.inner.unreachable).insert(db, Instant::now() + UNREACHABLE_FOR);
+        }
     }
 
     async fn route(&self, tenant: TenantId) -> Result<Arc<Route>, RouteError> {
@@ -477,12 +613,20 @@ impl PoolRouter {
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(Some(self.inner.settings.pool_idle_timeout))
             .connect_lazy_with(options);
+        let listener = self.inner.feed.as_ref().map(|_| {
+            tokio::spawn(follow_tenant_database(
+                Arc::downgrade(&self.inner),
+                route.tenant_id,
+                primary_options(&self.inner.default_options, &route.storage),
+            ))
+        });
         pools.insert(
             key,
             Dedicated {
                 pool: pool.clone(),
                 target: route.storage.clone(),
                 last_used: Instant::now(),
+                listener,
             },
         );
         self.inner.metrics.pools_open.set(pools.len() as i64);
@@ -508,8 +652,91 @@ fn close_pool(inner: &Inner, key: PoolKey, entry: Dedicated, reason: &'static st
             state,
         });
     }
+    if let Some(listener) = &entry.listener {
+        listener.abort();
+        if let Some(feed) = &inner.feed {
+            feed.send(FeedEvent::Lost(FeedSource::Tenant(key.tenant)));
+        }
+    }
     // Transactions already running on it finish; close() waits for them.
     tokio::spawn(async move { entry.pool.close().await });
+}
+
+/// The connect options of a tenant's primary database (notifications are sent there).
+fn primary_options(default: &PgConnectOptions, storage: &Storage) -> Option<PgConnectOptions> {
+    match storage {
+        Storage::Default => Some(default.clone()),
+        Storage::OwnDatabase { name } => Some(default.clone().database(name)),
+        Storage::External { url, .. } => url.parse().ok(),
+    }
+}
+
+/// A listener of one connection of its own, subscribed to `channels`.
+async fn subscribe(pool: &PgPool, channels: &[&str]) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen_all(channels.iter().copied()).await?;
+    Ok(listener)
+}
+
+fn listener_pool(options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with(options)
+}
+
+/// Follows the feed channel on one database tenant's own database, until aborted (its
+/// pool closed) or the router is dropped.
+async fn follow_tenant_database(
+    inner: Weak<Inner>,
+    tenant: TenantId,
+    options: Option<PgConnectOptions>,
+) {
+    let Some(options) = options else { return };
+    let pool = listener_pool(options);
+    let source = FeedSource::Tenant(tenant);
+    loop {
+        let Some(channel) = inner
+            .upgrade()
+            .and_then(|i| i.feed.as_ref().map(|f| f.channel))
+        else {
+            return;
+        };
+        match subscribe(&pool, &[channel]).await {
+            Ok(mut listener) => {
+                if let Some(router) = inner.upgrade()
+                    && let Some(feed) = &router.feed
+                {
+                    feed.send(FeedEvent::Subscribed(source));
+                }
+                loop {
+                    let next =
+                        tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
+                    let Some(router) = inner.upgrade() else {
+                        return;
+                    };
+                    let Some(feed) = &router.feed else { return };
+                    match next {
+                        Err(_) => {}
+                        Ok(Ok(Some(n))) => {
+                            feed.send(FeedEvent::Notification(n.payload().to_owned()))
+                        }
+                        Ok(Ok(None)) => feed.send(FeedEvent::Subscribed(source)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(tenant = %tenant, error = %e, "tenant database listener lost");
+                            feed.send(FeedEvent::Lost(source));
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(tenant = %tenant, error = %e, "tenant database listener cannot connect")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// `"name"`, with embedded quotes doubled.
@@ -521,59 +748,75 @@ fn quote_ident(name: &str) -> String {
 /// (re)connection flushes everything, as notifications may have been missed meanwhile.
 /// Ends when the router is dropped (checked at least every 5 seconds).
 async fn listen_for_changes(inner: Weak<Inner>) {
-    let Some(options) = inner.upgrade().map(|i| i.default_options.clone()) else {
+    let Some((options, feed_channel)) = inner.upgrade().map(|i| {
+        (
+            i.default_options.clone(),
+            i.feed.as_ref().map(|f| f.channel),
+        )
+    }) else {
         return;
     };
     // A pool of one connection of its own, so listening never takes a pooled connection.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_lazy_with(options);
-    let flush = |inner: &Inner| lock(&inner.routes).clear();
+    let pool = listener_pool(options);
+    let channels: Vec<&str> = std::iter::once(TENANT_CHANNEL)
+        .chain(feed_channel)
+        .collect();
+    let resubscribed = |inner: &Inner| {
+        // What was cached before may have changed unannounced.
+        lock(&inner.routes).clear();
+        if let Some(feed) = &inner.feed {
+            feed.send(FeedEvent::Subscribed(FeedSource::Default));
+        }
+    };
     loop {
-        let subscribed = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(TENANT_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        }
-        .await;
-        // Subscribed (or not): what was cached before may have changed unannounced.
-        match inner.upgrade() {
-            Some(router) => flush(&router),
-            None => return,
-        }
+        let subscribed = subscribe(&pool, &channels).await;
+        let Some(router) = inner.upgrade() else {
+            return;
+        };
         match subscribed {
-            Ok(mut listener) => loop {
-                let next = tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
-                let Some(router) = inner.upgrade() else {
-                    return;
-                };
-                match next {
-                    Err(_) => {} // Nothing in 5 s: only a chance to notice a dropped router.
-                    Ok(Ok(Some(notification))) => {
-                        match notification.payload().parse::<TenantId>() {
-                            Ok(tenant) => {
-                                lock(&router.routes).remove(&tenant);
+            Ok(mut listener) => {
+                resubscribed(&router);
+                drop(router);
+                loop {
+                    let next =
+                        tokio::time::timeout(Duration::from_secs(5), listener.try_recv()).await;
+                    let Some(router) = inner.upgrade() else {
+                        return;
+                    };
+                    match next {
+                        Err(_) => {} // Nothing in 5 s: only a chance to notice a dropped router.
+                        Ok(Ok(Some(n))) if n.channel() == TENANT_CHANNEL => {
+                            match n.payload().parse::<TenantId>() {
+                                Ok(tenant) => {
+                                    lock(&router.routes).remove(&tenant);
+                                }
+                                Err(_) => lock(&router.routes).clear(),
                             }
-                            Err(_) => flush(&router),
+                        }
+                        Ok(Ok(Some(n))) => {
+                            if let Some(feed) = &router.feed {
+                                feed.send(FeedEvent::Notification(n.payload().to_owned()));
+                            }
+                        }
+                        // Reconnected: whatever was announced meanwhile is lost.
+                        Ok(Ok(None)) => resubscribed(&router),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "change listener lost");
+                            lock(&router.routes).clear();
+                            if let Some(feed) = &router.feed {
+                                feed.send(FeedEvent::Lost(FeedSource::Default));
+                            }
+                            break;
                         }
                     }
-                    // Reconnected: whatever was announced meanwhile is lost.
-                    Ok(Ok(None)) => flush(&router),
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "tenant change listener lost");
-                        flush(&router);
-                        break;
-                    }
                 }
-            },
-            Err(e) => tracing::debug!(error = %e, "tenant change listener cannot connect"),
+            }
+            Err(e) => {
+                lock(&router.routes).clear();
+                tracing::debug!(error = %e, "change listener cannot connect");
+            }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if inner.upgrade().is_none() {
-            return;
-        }
     }
 }
 

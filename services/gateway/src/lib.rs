@@ -70,6 +70,11 @@ pub fn app_state(settings: &Settings) -> Result<(AppState, Channel, Channel), Se
             .as_ref()
             .map(|token| apikey::hash(token.expose_secret())),
         request_timeout: settings.request_timeout,
+        stream_timeout: settings.stream_timeout,
+        recent_writes: Arc::new(state::RecentWrites::new(
+            settings.read_your_writes_ttl,
+            100_000,
+        )),
     };
     Ok((state, user, query))
 }
@@ -77,12 +82,26 @@ pub fn app_state(settings: &Settings) -> Result<(AppState, Channel, Channel), Se
 /// The HTTP surface: routes and middleware.
 pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router {
     let http_metrics = borough_telemetry::metrics::HttpMetrics::register(metrics);
+    // Whole-tenant streams: their own deadline and body limit.
+    let streams = Router::new()
+        .route("/api/v1/users:export", get(routes::bulk::export))
+        .route("/api/v1/users:import", post(routes::bulk::import))
+        .layer(DefaultBodyLimit::max(settings.import_body_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    settings.stream_timeout,
+                ))
+                .layer(RequestBodyLimitLayer::new(settings.import_body_limit)),
+        );
     let api = Router::new()
         .route("/hello", get(routes::hello))
         .route(
             "/api/v1/users",
             post(routes::users::create).get(routes::users::list),
         )
+        .route("/api/v1/users:batchGet", post(routes::bulk::batch_get))
         .route(
             "/api/v1/users/{id}",
             get(routes::users::get)
@@ -107,6 +126,17 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
         )
         // Extractors see the same limit as the layer below.
         .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(
+            ServiceBuilder::new()
+                // A request that outlives its deadline gets 504.
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    settings.request_timeout,
+                ))
+                // Bodies over the limit are refused before they are read.
+                .layer(RequestBodyLimitLayer::new(settings.body_limit)),
+        )
+        .merge(streams)
         // RED metrics per route template (routed requests only: the template is known).
         .route_layer(axum::middleware::from_fn_with_state(
             http_metrics,
@@ -147,17 +177,10 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
     // 4. Framework errors (no route, timeout, too large) become problem+json too.
     let problems = axum::middleware::map_response(middleware::problem_for_bare_errors);
-    let inner = ServiceBuilder::new()
-        // 5. gzip / br for clients that accept them.
-        .layer(CompressionLayer::new().gzip(true).br(true))
-        // 6. A request that outlives its deadline gets 504.
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            settings.request_timeout,
-        ))
-        // 7. Bodies over the limit are refused before they are read.
-        .layer(RequestBodyLimitLayer::new(settings.body_limit));
-    // 8. CORS, innermost, only when origins are configured.
+    // 5. gzip / br for clients that accept them.
+    let inner = ServiceBuilder::new().layer(CompressionLayer::new().gzip(true).br(true));
+    // 6. Per route group (above): the deadline (504 past it) and the body limit (413).
+    // 7. CORS, innermost, only when origins are configured.
     let api = match cors {
         Some(cors) => api.layer(cors),
         None => api,

@@ -25,6 +25,14 @@ pub struct Settings {
     pub auth_cache_ttl: Duration,
     /// `BOROUGH_CORS_ORIGINS`: comma-separated origins allowed by CORS. Unset: CORS off.
     pub cors_origins: Vec<String>,
+    /// `BOROUGH_STREAM_TIMEOUT` (10m): the deadline of exports and imports, which move
+    /// whole tenants' data.
+    pub stream_timeout: Duration,
+    /// `BOROUGH_IMPORT_BODY_LIMIT` (256MiB): the largest import body.
+    pub import_body_limit: usize,
+    /// `BOROUGH_READ_YOUR_WRITES_TTL` (60s): how long this gateway remembers the versions
+    /// it wrote, so that its reads never return an older one from a cache.
+    pub read_your_writes_ttl: Duration,
 }
 
 impl Settings {
@@ -58,6 +66,10 @@ impl Settings {
             )?,
             admin_token: admin_token.map(SecretString::from),
             request_timeout: env.duration("BOROUGH_REQUEST_TIMEOUT", Duration::from_secs(10))?,
+            stream_timeout: env.duration("BOROUGH_STREAM_TIMEOUT", Duration::from_secs(600))?,
+            import_body_limit: env.bytes("BOROUGH_IMPORT_BODY_LIMIT", 256 * 1024 * 1024)?,
+            read_your_writes_ttl: env
+                .duration("BOROUGH_READ_YOUR_WRITES_TTL", Duration::from_secs(60))?,
             body_limit: env.bytes("BOROUGH_BODY_LIMIT", 1024 * 1024)?,
             auth_cache_ttl: env.duration("BOROUGH_AUTH_CACHE_TTL", Duration::from_secs(5))?,
             cors_origins: env

@@ -1,7 +1,10 @@
 //! What every handler shares.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use borough_tenancy::TenantId;
 
 use borough_proto::query::v1::query_service_client::QueryServiceClient;
 use borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClient;
@@ -18,4 +21,73 @@ pub struct AppState {
     /// SHA-256 of the admin token; `None`: the admin API is off.
     pub admin_token_hash: Option<[u8; 32]>,
     pub request_timeout: Duration,
+    /// The deadline of exports and imports.
+    pub stream_timeout: Duration,
+    pub recent_writes: Arc<RecentWrites>,
+}
+
+/// Read-your-writes: the version of each user this gateway wrote lately. Reads ask the
+/// query service for at least that version, so a cached older copy is never returned to
+/// the writer (`i64::MAX` after a delete: never a cached copy).
+pub struct RecentWrites {
+    ttl: Duration,
+    capacity: usize,
+    entries: Mutex<HashMap<(TenantId, String), (i64, Instant)>>,
+}
+
+impl RecentWrites {
+    pub fn new(ttl: Duration, capacity: usize) -> Self {
+        RecentWrites {
+            ttl,
+            capacity: capacity.max(1),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn record(&self, tenant: TenantId, user: &str, version: i64) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.capacity {
+            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            if entries.len() >= self.capacity {
+                // Full of live entries: forgetting them only costs cache hits, never
+                // correctness beyond the cache's own bound.
+                entries.clear();
+            }
+        }
+        entries.insert((tenant, user.to_owned()), (version, Instant::now()));
+    }
+
+    /// The least version a read of this user must see (0: any).
+    pub fn min_version(&self, tenant: TenantId, user: &str) -> i64 {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(&(tenant, user.to_owned()))
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map_or(0, |(version, _)| *version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_writes_remember_versions_for_their_ttl_within_capacity() {
+        let writes = RecentWrites::new(Duration::from_secs(60), 2);
+        let tenant = TenantId::new_v7();
+        writes.record(tenant, "a", 3);
+        assert_eq!(writes.min_version(tenant, "a"), 3);
+        assert_eq!(writes.min_version(tenant, "b"), 0);
+        assert_eq!(writes.min_version(TenantId::new_v7(), "a"), 0);
+        writes.record(tenant, "b", 1);
+        writes.record(tenant, "c", 1);
+        let len = writes.entries.lock().map(|e| e.len()).unwrap_or(0);
+        assert!(len <= 2);
+        let expired = RecentWrites::new(Duration::ZERO, 10);
+        expired.record(tenant, "a", 3);
+        assert_eq!(expired.min_version(tenant, "a"), 0);
+    }
 }

@@ -1,30 +1,62 @@
-//! The query service: the read side. Today `GetUserInfo`, read from the tenant's pool
-//! (its read replica where one is placed); search, export streams and the cache come next.
+//! The query service: the read side. Lookups through a per-replica cache (single-flight,
+//! invalidated by the change feed, stale copies served while the database is unreachable),
+//! search, export streams and batch lookups, all read from the tenant's pool (its read
+//! replica where it has one).
 //!
 //! [`serve`] runs it on listeners it is given; `main.rs` only reads settings and calls it.
 
+pub mod cache;
+pub mod feed;
+
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use borough_config_client::{Env, ServerSettings, SettingsError};
 use borough_error::{ErrorKind, ServiceError, to_status};
+use borough_proto::page;
+use borough_proto::query::v1::batch_get_error::Reason;
+use borough_proto::query::v1::batch_get_users_response::Result as BatchResult;
 use borough_proto::query::v1::query_service_server::{QueryService, QueryServiceServer};
-use borough_proto::query::v1::{GetUserInfoRequest, GetUserInfoResponse};
-use borough_proto::time::to_timestamp;
+use borough_proto::query::v1::{
+    BatchGetError, BatchGetUsersRequest, BatchGetUsersResponse, ExportUsersRequest,
+    GetUserInfoRequest, GetUserInfoResponse, SearchUsersRequest, SearchUsersResponse, UserInfo,
+};
+use borough_proto::time::{from_timestamp, to_timestamp};
 use borough_telemetry::Metrics;
 use borough_tenancy::db::DatabaseSettings;
 use borough_tenancy::{PoolRouter, RouteError, TenantContext, db};
 use chrono::{DateTime, Utc};
-use tonic::{Request, Response, Status};
+use futures_util::{Stream, StreamExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
+
+use crate::cache::{CacheSettings, UserCache};
 
 pub use borough_net::{Listeners, ServeError};
 
 pub const SERVICE: &str = "query";
 
+use borough_proto::query::{STALE_AGE_METADATA, STALE_METADATA};
+
+/// Rows per `FETCH` of an export.
+const EXPORT_BATCH: i64 = 500;
+/// Export rows buffered between the database and the client: the memory bound.
+const EXPORT_BUFFER: usize = 256;
+/// Batch lookups resolved at once per call.
+const BATCH_CONCURRENCY: usize = 16;
+/// The longest search prefix.
+const MAX_QUERY_LEN: usize = 200;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     #[error("{0:?} is not a valid user id")]
     InvalidId(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error("no user with id {0}")]
     NotFound(Uuid),
     #[error("database: {0}")]
@@ -33,65 +65,306 @@ pub enum QueryError {
     Route(#[from] RouteError),
 }
 
+impl QueryError {
+    /// The tenant's database could not be reached (a stale copy may be served).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            QueryError::Route(e) => e.is_unreachable(),
+            QueryError::Database(e) => db::classify(e) == ErrorKind::Unavailable,
+            _ => false,
+        }
+    }
+}
+
 impl ServiceError for QueryError {
     fn kind(&self) -> ErrorKind {
         match self {
-            QueryError::InvalidId(_) => ErrorKind::InvalidArgument,
+            QueryError::InvalidId(_) | QueryError::Invalid(_) => ErrorKind::InvalidArgument,
             QueryError::NotFound(_) => ErrorKind::NotFound,
             QueryError::Database(e) => db::classify(e),
             QueryError::Route(e) => e.kind(),
         }
     }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        self.is_unreachable()
+            .then_some(std::time::Duration::from_secs(1))
+    }
 }
 
 impl From<QueryError> for Status {
     fn from(err: QueryError) -> Status {
+        (&err).into()
+    }
+}
+
+impl From<&QueryError> for Status {
+    fn from(err: &QueryError) -> Status {
         match err {
             // Its own detail and retry hint.
-            QueryError::Route(e) => to_status(&e),
-            err => to_status(&err),
+            QueryError::Route(e) => to_status(e),
+            err => to_status(err),
         }
     }
 }
 
-/// name, email, version, created_at, updated_at
-type InfoRow = (String, String, i64, DateTime<Utc>, DateTime<Utc>);
+/// id, name, email, version, created_at, updated_at
+type UserRow = (Uuid, String, String, i64, DateTime<Utc>, DateTime<Utc>);
+
+const COLUMNS: &str = "id, name, email, version, created_at, updated_at";
+
+fn to_info((id, name, email, version, created_at, updated_at): UserRow) -> UserInfo {
+    UserInfo {
+        user_id: id.to_string(),
+        name,
+        email,
+        version,
+        created_at: Some(to_timestamp(created_at)),
+        updated_at: Some(to_timestamp(updated_at)),
+    }
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, QueryError> {
+    Uuid::parse_str(raw).map_err(|_| QueryError::InvalidId(raw.to_owned()))
+}
+
+/// `abc` -> `abc%` for LIKE, with `%`, `_` and `\` in the input matched literally.
+fn prefix_pattern(query: &str) -> String {
+    let mut pattern = String::with_capacity(query.len() + 1);
+    for c in query.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[derive(Clone, Default)]
+struct ExportMetrics {
+    active: Gauge,
+    rows: Counter,
+}
 
 #[derive(Clone)]
 pub struct Query {
     router: PoolRouter,
+    cache: UserCache,
+    exports: ExportMetrics,
 }
 
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
 impl Query {
-    pub fn new(router: PoolRouter) -> Self {
-        Query { router }
+    pub fn new(router: PoolRouter, cache: UserCache, metrics: &Metrics) -> Self {
+        let exports = ExportMetrics::default();
+        metrics.register(
+            "export_streams_active",
+            "Export streams being served right now",
+            exports.active.clone(),
+        );
+        metrics.register(
+            "export_rows",
+            "Rows sent by export streams",
+            exports.rows.clone(),
+        );
+        Query {
+            router,
+            cache,
+            exports,
+        }
     }
 
-    pub async fn user_info(
-        &self,
-        ctx: &TenantContext,
-        user_id: &str,
-    ) -> Result<GetUserInfoResponse, QueryError> {
-        let id = Uuid::parse_str(user_id).map_err(|_| QueryError::InvalidId(user_id.to_owned()))?;
-        let mut tx = self.router.begin_read(ctx).await?;
-        let row: Option<InfoRow> = sqlx::query_as(
-            "SELECT name, email, version, created_at, updated_at
-               FROM users WHERE tenant_id = $1 AND id = $2",
-        )
+    async fn load(&self, ctx: TenantContext, id: Uuid) -> Result<UserInfo, QueryError> {
+        let mut tx = self.router.begin_read(&ctx).await?;
+        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
+        )))
         .bind(ctx.tenant_id.as_uuid())
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        let (name, email, version, created_at, updated_at) = row.ok_or(QueryError::NotFound(id))?;
-        Ok(GetUserInfoResponse {
-            name,
-            email,
-            user_id: id.to_string(),
-            version,
-            created_at: Some(to_timestamp(created_at)),
-            updated_at: Some(to_timestamp(updated_at)),
+        row.map(to_info).ok_or(QueryError::NotFound(id))
+    }
+
+    /// One user, through the cache.
+    pub async fn user(
+        &self,
+        ctx: &TenantContext,
+        id: Uuid,
+        min_version: i64,
+    ) -> Result<cache::Found, Arc<QueryError>> {
+        self.cache
+            .get(
+                (ctx.tenant_id, id),
+                min_version,
+                self.load(*ctx, id),
+                QueryError::is_unreachable,
+            )
+            .await
+    }
+
+    pub async fn search(
+        &self,
+        ctx: &TenantContext,
+        req: &SearchUsersRequest,
+    ) -> Result<SearchUsersResponse, QueryError> {
+        let limit = page::page_size(req.page_size).map_err(QueryError::Invalid)?;
+        let after = page::decode_token(&req.page_token).map_err(QueryError::Invalid)?;
+        let query = req.query.trim();
+        if query.chars().count() > MAX_QUERY_LEN {
+            return Err(QueryError::Invalid(format!(
+                "the search text is longer than {MAX_QUERY_LEN} characters"
+            )));
+        }
+        let bound = |ts: &Option<prost_types::Timestamp>, what: &str| {
+            ts.as_ref()
+                .map(|t| {
+                    from_timestamp(t)
+                        .ok_or_else(|| QueryError::Invalid(format!("{what} is not a valid time")))
+                })
+                .transpose()
+        };
+        let created_after = bound(&req.created_after, "created_after")?;
+        let created_before = bound(&req.created_before, "created_before")?;
+        if let (Some(a), Some(b)) = (created_after, created_before)
+            && a >= b
+        {
+            return Err(QueryError::Invalid(
+                "created_after must be earlier than created_before".to_owned(),
+            ));
+        }
+        let mut tx = self.router.begin_read(ctx).await?;
+        let mut rows: Vec<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM users
+              WHERE tenant_id = $1
+                AND ($2 = '%' OR lower(name) LIKE $2 OR lower(email) LIKE $2)
+                AND ($3::timestamptz IS NULL OR created_at > $3)
+                AND ($4::timestamptz IS NULL OR created_at < $4)
+                AND ($5::uuid IS NULL OR id > $5)
+              ORDER BY id LIMIT $6"
+        )))
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(prefix_pattern(query))
+        .bind(created_after)
+        .bind(created_before)
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match rows.last() {
+            Some(last) if more => page::encode_token(last.0),
+            _ => String::new(),
+        };
+        Ok(SearchUsersResponse {
+            users: rows.into_iter().map(to_info).collect(),
+            next_page_token,
         })
+    }
+
+    /// Streams every user of the tenant from one snapshot (a cursor in a read-only
+    /// transaction), `EXPORT_BATCH` rows per fetch, through a buffer of `EXPORT_BUFFER`:
+    /// memory stays constant, and when the client goes away the next send fails, the
+    /// cursor is closed with the transaction, and the database stops.
+    pub async fn export(&self, ctx: TenantContext) -> Result<BoxStream<UserInfo>, QueryError> {
+        // Open before answering, so that an unreachable database is an error, not an
+        // empty stream.
+        let mut tx = self.router.begin_read(&ctx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DECLARE export NO SCROLL CURSOR FOR
+             SELECT {COLUMNS} FROM users WHERE tenant_id = $1 ORDER BY id"
+        )))
+        .bind(ctx.tenant_id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(EXPORT_BUFFER);
+        let metrics = self.exports.clone();
+        tokio::spawn(async move {
+            metrics.active.inc();
+            let fetch = format!("FETCH {EXPORT_BATCH} FROM export");
+            'batches: loop {
+                let rows: Vec<UserRow> = match sqlx::query_as(sqlx::AssertSqlSafe(fetch.as_str()))
+                    .fetch_all(&mut *tx)
+                    .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = sender
+                            .send(Err(Status::from(QueryError::Database(e))))
+                            .await;
+                        break;
+                    }
+                };
+                if rows.is_empty() {
+                    break;
+                }
+                for row in rows {
+                    if sender.send(Ok(to_info(row))).await.is_err() {
+                        tracing::info!(tenant = %ctx.tenant_id, "export stopped: the client went away");
+                        break 'batches;
+                    }
+                    metrics.rows.inc();
+                }
+            }
+            // Dropping the transaction rolls it back and closes the cursor.
+            drop(tx);
+            metrics.active.dec();
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
+    }
+
+    /// Resolves ids as they arrive, `BATCH_CONCURRENCY` at a time, each through the cache.
+    pub fn batch_get(
+        &self,
+        ctx: TenantContext,
+        requests: Streaming<BatchGetUsersRequest>,
+    ) -> BoxStream<BatchGetUsersResponse> {
+        let query = self.clone();
+        let resolved = requests
+            .enumerate()
+            .map(move |(index, request)| {
+                let query = query.clone();
+                async move {
+                    let request = request?;
+                    let index = u32::try_from(index).unwrap_or(u32::MAX);
+                    let result = match parse_id(&request.user_id) {
+                        Err(e) => BatchResult::Error(BatchGetError {
+                            reason: Reason::InvalidId as i32,
+                            message: e.to_string(),
+                        }),
+                        Ok(id) => match query.user(&ctx, id, 0).await {
+                            Ok(found) => BatchResult::User(found.user.info.clone()),
+                            Err(e) => match &*e {
+                                QueryError::NotFound(_) => BatchResult::Error(BatchGetError {
+                                    reason: Reason::NotFound as i32,
+                                    message: e.to_string(),
+                                }),
+                                e if e.kind() == ErrorKind::Unavailable => {
+                                    BatchResult::Error(BatchGetError {
+                                        reason: Reason::Unavailable as i32,
+                                        message: Status::from(e).message().to_owned(),
+                                    })
+                                }
+                                e => return Err(Status::from(e)),
+                            },
+                        },
+                    };
+                    Ok(BatchGetUsersResponse {
+                        index,
+                        user_id: request.user_id,
+                        result: Some(result),
+                    })
+                }
+            })
+            .buffer_unordered(BATCH_CONCURRENCY);
+        Box::pin(resolved)
     }
 }
 
@@ -102,8 +375,55 @@ impl QueryService for Query {
         request: Request<GetUserInfoRequest>,
     ) -> Result<Response<GetUserInfoResponse>, Status> {
         let ctx = TenantContext::from_metadata(request.metadata())?;
-        let info = self.user_info(&ctx, &request.get_ref().user_id).await?;
-        Ok(Response::new(info))
+        let req = request.get_ref();
+        let id = parse_id(&req.user_id)?;
+        let found = self
+            .user(&ctx, id, req.min_version)
+            .await
+            .map_err(|e| Status::from(&*e))?;
+        let info = &found.user.info;
+        let mut response = Response::new(GetUserInfoResponse {
+            name: info.name.clone(),
+            email: info.email.clone(),
+            user_id: info.user_id.clone(),
+            version: info.version,
+            created_at: info.created_at,
+            updated_at: info.updated_at,
+        });
+        if let Some(age) = found.stale_for {
+            let metadata = response.metadata_mut();
+            metadata.insert(STALE_METADATA, MetadataValue::from_static("true"));
+            metadata.insert(STALE_AGE_METADATA, MetadataValue::from(age.as_secs()));
+        }
+        Ok(response)
+    }
+
+    async fn search_users(
+        &self,
+        request: Request<SearchUsersRequest>,
+    ) -> Result<Response<SearchUsersResponse>, Status> {
+        let ctx = TenantContext::from_metadata(request.metadata())?;
+        Ok(Response::new(self.search(&ctx, request.get_ref()).await?))
+    }
+
+    type ExportUsersStream = BoxStream<UserInfo>;
+
+    async fn export_users(
+        &self,
+        request: Request<ExportUsersRequest>,
+    ) -> Result<Response<Self::ExportUsersStream>, Status> {
+        let ctx = TenantContext::from_metadata(request.metadata())?;
+        Ok(Response::new(self.export(ctx).await?))
+    }
+
+    type BatchGetUsersStream = BoxStream<BatchGetUsersResponse>;
+
+    async fn batch_get_users(
+        &self,
+        request: Request<Streaming<BatchGetUsersRequest>>,
+    ) -> Result<Response<Self::BatchGetUsersStream>, Status> {
+        let ctx = TenantContext::from_metadata(request.metadata())?;
+        Ok(Response::new(self.batch_get(ctx, request.into_inner())))
     }
 }
 
@@ -114,6 +434,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// `BOROUGH_DATABASE_URL` and the pool's limits.
     pub database: DatabaseSettings,
+    /// `BOROUGH_CACHE_*`.
+    pub cache: CacheSettings,
 }
 
 impl Settings {
@@ -126,6 +448,7 @@ impl Settings {
                 "127.0.0.1:9462",
             )?,
             database: DatabaseSettings::from_env(env)?,
+            cache: CacheSettings::from_env(env)?,
         })
     }
 }
@@ -138,12 +461,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let metrics = Metrics::new(SERVICE);
-    let router = settings
+    let (router, changes) = settings
         .database
-        .router(&metrics)
+        .router_with_feed(&metrics, feed::CHANNEL)
         .map_err(ServeError::DatabaseUrl)?;
+    let cache = UserCache::new(&settings.cache, &metrics);
+    tokio::spawn(feed::follow(changes, router.clone(), cache.clone()));
     let pool = router.shared_pool().clone();
-    let routes = tonic::service::Routes::new(QueryServiceServer::new(Query::new(router)));
+    let query = Query::new(router, cache, &metrics);
+    let routes = tonic::service::Routes::new(QueryServiceServer::new(query));
     borough_net::serve_grpc(
         SERVICE,
         &settings.server,

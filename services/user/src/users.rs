@@ -8,12 +8,13 @@ use borough_proto::page;
 use borough_proto::time::to_timestamp;
 use borough_proto::user::v1::{
     CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest,
-    GetUserResponse, ListUsersRequest, ListUsersResponse, UpdateUserRequest, UpdateUserResponse,
-    User, user_service_server::UserService,
+    GetUserResponse, ImportFailedChunk, ImportRejection, ImportUsersRequest, ImportUsersResponse,
+    ListUsersRequest, ListUsersResponse, UpdateUserRequest, UpdateUserResponse, User,
+    user_service_server::UserService,
 };
 use borough_tenancy::{PoolRouter, RouteError, TenantContext, TenantTx, db};
 use chrono::{DateTime, Utc};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::validate;
@@ -270,8 +271,129 @@ impl Users {
     }
 }
 
+/// Valid import rows committed per transaction.
+pub const IMPORT_CHUNK: usize = 500;
+
+/// A validated import row.
+struct ImportRow {
+    line: u64,
+    id: Uuid,
+    name: String,
+    email: String,
+}
+
+impl Users {
+    /// Creates users from a stream of rows: each validated alone, the valid ones inserted
+    /// `IMPORT_CHUNK` per transaction. A duplicate email (in the tenant or earlier in the
+    /// import) rejects its row; a chunk whose transaction fails is reported whole and
+    /// created nothing.
+    pub async fn import(
+        &self,
+        ctx: &TenantContext,
+        rows: &mut Streaming<ImportUsersRequest>,
+    ) -> Result<ImportUsersResponse, Status> {
+        let mut report = ImportUsersResponse::default();
+        let mut chunk: Vec<ImportRow> = Vec::with_capacity(IMPORT_CHUNK);
+        while let Some(row) = rows.message().await? {
+            report.received += 1;
+            let valid = validate::name(&row.name)
+                .and_then(|name| validate::email(&row.email).map(|email| (name, email)));
+            match valid {
+                Ok((name, email)) => chunk.push(ImportRow {
+                    line: row.line,
+                    id: Uuid::now_v7(),
+                    name,
+                    email,
+                }),
+                Err(reason) => report.rejected.push(ImportRejection {
+                    line: row.line,
+                    reason,
+                }),
+            }
+            if chunk.len() == IMPORT_CHUNK {
+                self.import_chunk(ctx, &mut chunk, &mut report).await;
+            }
+        }
+        if !chunk.is_empty() {
+            self.import_chunk(ctx, &mut chunk, &mut report).await;
+        }
+        report.rejected.sort_by_key(|r| r.line);
+        tracing::info!(
+            tenant = %ctx.tenant_id,
+            received = report.received,
+            created = report.created,
+            rejected = report.rejected.len(),
+            failed_chunks = report.failed_chunks.len(),
+            "users imported"
+        );
+        Ok(report)
+    }
+
+    async fn import_chunk(
+        &self,
+        ctx: &TenantContext,
+        chunk: &mut Vec<ImportRow>,
+        report: &mut ImportUsersResponse,
+    ) {
+        let rows = std::mem::take(chunk);
+        match self.insert_chunk(ctx, &rows).await {
+            Ok(created) => {
+                report.created += created.len() as u64;
+                for row in rows.iter().filter(|r| !created.contains(&r.id)) {
+                    report.rejected.push(ImportRejection {
+                        line: row.line,
+                        reason: format!("a user with email {:?} already exists", row.email),
+                    });
+                }
+            }
+            Err(e) => {
+                let status = Status::from(e);
+                report.failed_chunks.push(ImportFailedChunk {
+                    first_line: rows.first().map_or(0, |r| r.line),
+                    last_line: rows.last().map_or(0, |r| r.line),
+                    rows: rows.len() as u64,
+                    reason: status.message().to_owned(),
+                });
+            }
+        }
+    }
+
+    /// One transaction; the ids of the rows created (the others hit a unique email).
+    async fn insert_chunk(
+        &self,
+        ctx: &TenantContext,
+        rows: &[ImportRow],
+    ) -> Result<std::collections::HashSet<Uuid>, UserError> {
+        let mut tx = self.begin(ctx).await?;
+        let created: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO users (tenant_id, id, name, email)
+             SELECT $1, r.id, r.name, r.email
+               FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS r(id, name, email)
+             ON CONFLICT DO NOTHING
+             RETURNING id",
+        )
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.email.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(created.into_iter().collect())
+    }
+}
+
 #[tonic::async_trait]
 impl UserService for Users {
+    async fn import_users(
+        &self,
+        request: Request<Streaming<ImportUsersRequest>>,
+    ) -> Result<Response<ImportUsersResponse>, Status> {
+        let ctx = TenantContext::from_metadata(request.metadata())?;
+        let mut rows = request.into_inner();
+        Ok(Response::new(self.import(&ctx, &mut rows).await?))
+    }
+
     async fn create_user(
         &self,
         request: Request<CreateUserRequest>,

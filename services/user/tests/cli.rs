@@ -34,7 +34,8 @@ async fn migrate_brings_an_empty_database_to_the_latest_schema_and_is_idempotent
         vec![
             ("control".to_owned(), 1),
             ("control".to_owned(), 2),
-            ("tenant".to_owned(), 1)
+            ("tenant".to_owned(), 1),
+            ("tenant".to_owned(), 2)
         ]
     );
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
@@ -101,7 +102,7 @@ async fn migrate_brings_every_tenant_up_to_date_and_a_failing_tenant_does_not_st
         (&mut own, "borough"),
     ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP TABLE \"{target}\".users;
+            "DROP SCHEMA \"{target}\" CASCADE;
              DELETE FROM borough_meta.migrations WHERE scope = 'tenant' AND target = '{target}'"
         )))
         .execute(&mut *conn)

@@ -2,6 +2,7 @@
 //! (`/admin/v1`).
 
 pub mod admin;
+pub mod bulk;
 pub mod users;
 
 use axum::Json;

@@ -1,15 +1,18 @@
-//! `/api/v1/users`: a tenant's users. Writes go to the user service, single reads to the
-//! query service. Resources carry `version`: the `ETag` is `"<version>"`, and `If-Match`
-//! makes an update or delete conditional on it (412 when stale).
+//! `/api/v1/users`: a tenant's users. Writes go to the user service, reads to the query
+//! service. Resources carry `version`: the `ETag` is `"<version>"`, and `If-Match` makes an
+//! update or delete conditional on it (412 when stale).
+//!
+//! Read-your-writes: every write through this gateway records the version written, and a
+//! read asks the query service for at least that version, past its cache.
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use borough_error::{ErrorKind, Problem};
-use borough_proto::query::v1::{GetUserInfoRequest, GetUserInfoResponse};
-use borough_proto::time::to_rfc3339;
-use borough_proto::user::v1::{
-    CreateUserRequest, DeleteUserRequest, ListUsersRequest, UpdateUserRequest, User,
+use borough_proto::query::v1::{
+    GetUserInfoRequest, GetUserInfoResponse, SearchUsersRequest, UserInfo,
 };
+use borough_proto::time::to_rfc3339;
+use borough_proto::user::v1::{CreateUserRequest, DeleteUserRequest, UpdateUserRequest, User};
 use http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +41,19 @@ impl From<User> for UserDto {
             name: user.name,
             email: user.email,
             version: user.version,
+        }
+    }
+}
+
+impl From<UserInfo> for UserDto {
+    fn from(info: UserInfo) -> Self {
+        UserDto {
+            created_at: to_rfc3339(info.created_at.as_ref()),
+            updated_at: to_rfc3339(info.updated_at.as_ref()),
+            id: info.user_id,
+            name: info.name,
+            email: info.email,
+            version: info.version,
         }
     }
 }
@@ -130,12 +146,17 @@ pub async fn create(
         .user
         .ok_or_else(missing_user)?
         .into();
+    state
+        .recent_writes
+        .record(tenant.tenant_id, &user.id, user.version);
     let mut headers = user_headers(&user);
     headers.extend(location(&format!("/api/v1/users/{}", user.id)));
     Ok(with_headers(StatusCode::CREATED, headers, user))
 }
 
-/// `GET /api/v1/users/{id}` -> 200 with `ETag` (304 for a matching `If-None-Match`).
+/// `GET /api/v1/users/{id}` -> 200 with `ETag` (304 for a matching `If-None-Match`). When
+/// the tenant's database is unreachable and the query service holds a copy, that copy,
+/// with `Borough-Stale: true` and its `Age` in seconds.
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -143,41 +164,98 @@ pub async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let request = grpc::request(GetUserInfoRequest { user_id: id }, Some(&tenant), deadline);
-    let user: UserDto = state
-        .query
-        .clone()
-        .get_user_info(request)
-        .await?
-        .into_inner()
-        .into();
+    let min_version = state.recent_writes.min_version(tenant.tenant_id, &id);
+    let request = grpc::request(
+        GetUserInfoRequest {
+            user_id: id,
+            min_version,
+        },
+        Some(&tenant),
+        deadline,
+    );
+    let reply = state.query.clone().get_user_info(request).await?;
+    let stale_age = reply
+        .metadata()
+        .get(borough_proto::query::STALE_AGE_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|_| {
+            reply
+                .metadata()
+                .contains_key(borough_proto::query::STALE_METADATA)
+        });
+    let user: UserDto = reply.into_inner().into();
+    let mut response_headers = user_headers(&user);
+    if let Some(age) = stale_age {
+        response_headers.insert("borough-stale", http::HeaderValue::from_static("true"));
+        response_headers.insert(header::AGE, http::HeaderValue::from(age));
+    }
     let tag = etag(user.version);
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
     if not_modified {
-        return Ok((StatusCode::NOT_MODIFIED, user_headers(&user)).into_response());
+        return Ok((StatusCode::NOT_MODIFIED, response_headers).into_response());
     }
-    Ok(with_headers(StatusCode::OK, user_headers(&user), user))
+    Ok(with_headers(StatusCode::OK, response_headers, user))
 }
 
-/// `GET /api/v1/users?limit=&cursor=` -> one page, in creation order.
+/// `q`, `created_after`, `created_before` (RFC 3339), `limit`, `cursor`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    pub q: Option<String>,
+    pub created_after: Option<String>,
+    pub created_before: Option<String>,
+    pub limit: Option<i32>,
+    pub cursor: Option<String>,
+}
+
+fn time_param(name: &str, raw: Option<&str>) -> Result<Option<prost_types::Timestamp>, Problem> {
+    raw.map(|raw| {
+        chrono::DateTime::parse_from_rfc3339(raw)
+            .map(|t| borough_proto::time::to_timestamp(t.with_timezone(&chrono::Utc)))
+            .map_err(|_| {
+                Problem::new(
+                    ErrorKind::InvalidArgument,
+                    format!("{name} must be an RFC 3339 time, like 2026-01-31T12:00:00Z"),
+                )
+            })
+    })
+    .transpose()
+}
+
+/// `GET /api/v1/users?q=&created_after=&created_before=&limit=&cursor=` -> one page, in
+/// creation order: users whose name or email starts with `q` (any case), created in the
+/// range.
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     deadline: Deadline,
-    ApiQuery(query): ApiQuery<PageQuery>,
+    ApiQuery(query): ApiQuery<SearchQuery>,
 ) -> Result<Response, Problem> {
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor.clone(),
+    };
     let request = grpc::request(
-        ListUsersRequest {
-            page_size: query.page_size()?,
-            page_token: query.cursor.clone().unwrap_or_default(),
+        SearchUsersRequest {
+            query: query.q.clone().unwrap_or_default(),
+            created_after: time_param("created_after", query.created_after.as_deref())?,
+            created_before: time_param("created_before", query.created_before.as_deref())?,
+            page_size: page.page_size()?,
+            page_token: page.cursor.unwrap_or_default(),
         },
         Some(&tenant),
         deadline,
     );
-    let page = state.users.clone().list_users(request).await?.into_inner();
+    let page = state
+        .query
+        .clone()
+        .search_users(request)
+        .await?
+        .into_inner();
     let body = PageDto {
         items: page.users.into_iter().map(UserDto::from).collect(),
         next_cursor: Some(page.next_page_token).filter(|t| !t.is_empty()),
@@ -213,6 +291,9 @@ pub async fn update(
         .user
         .ok_or_else(missing_user)?
         .into();
+    state
+        .recent_writes
+        .record(tenant.tenant_id, &user.id, user.version);
     Ok(with_headers(StatusCode::OK, user_headers(&user), user))
 }
 
@@ -226,13 +307,15 @@ pub async fn delete(
 ) -> Result<Response, Problem> {
     let request = grpc::request(
         DeleteUserRequest {
-            id,
+            id: id.clone(),
             expected_version: if_match(&headers)?,
         },
         Some(&tenant),
         deadline,
     );
     state.users.clone().delete_user(request).await?;
+    // No version is new enough: reads go past any cached copy.
+    state.recent_writes.record(tenant.tenant_id, &id, i64::MAX);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -248,8 +248,9 @@ async fn a_tenant_at_its_connection_cap_gets_503_while_another_tenant_is_unaffec
     // 503 + Retry-After.
     let response = stack
         .http
-        .get(stack.url("/api/v1/users"))
+        .post(stack.url("/api/v1/users"))
         .bearer_auth(&hot)
+        .json(&json!({ "name": "Hot", "email": "hot2@example.com" }))
         .send()
         .await?;
     assert!(response.headers().contains_key("retry-after"));

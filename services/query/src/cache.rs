@@ -1,0 +1,417 @@
+//! The query service's user cache: per replica, keyed by (tenant, user id).
+//!
+//! - **Bounded** in entries and bytes at once: each entry weighs
+//!   `max(its size, max_bytes / max_entries)` against a capacity of `max_bytes`, so neither
+//!   bound can be exceeded (moka evicts by TinyLFU).
+//! - **Fresh for `ttl`**, then re-read. Invalidated sooner by the change feed
+//!   ([`crate::feed`]): NOTIFY on every write, the outbox after a reconnect.
+//! - **Single-flight**: concurrent misses for one key share one database read (moka's
+//!   `try_get_with`), and share its error too.
+//! - **Stale copies** of every entry are kept for `stale_ttl` (sharing the same `Arc`), used
+//!   only when the database cannot be reached; an invalidated entry loses its stale copy
+//!   too, so a known-changed or deleted user is never served.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use borough_config_client::{Env, SettingsError};
+use borough_proto::query::v1::UserInfo;
+use borough_telemetry::Metrics;
+use borough_tenancy::TenantId;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use uuid::Uuid;
+
+pub type Key = (TenantId, Uuid);
+
+/// A cached user and when it was read.
+#[derive(Debug)]
+pub struct Cached {
+    pub info: UserInfo,
+    pub read_at: Instant,
+}
+
+impl Cached {
+    fn weight(&self) -> usize {
+        // The strings' heap plus the struct: close enough to bound memory.
+        std::mem::size_of::<Self>()
+            + self.info.user_id.len()
+            + self.info.name.len()
+            + self.info.email.len()
+            + 64 // key, Arc and moka's own bookkeeping
+    }
+}
+
+/// `BOROUGH_CACHE_*`.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// `BOROUGH_CACHE_MAX_ENTRIES` (100000); 0 disables the cache.
+    pub max_entries: u64,
+    /// `BOROUGH_CACHE_MAX_BYTES` (64MiB).
+    pub max_bytes: u64,
+    /// `BOROUGH_CACHE_TTL` (60s): how long an entry is served without re-reading. Also the
+    /// bound on staleness should every invalidation be lost.
+    pub ttl: Duration,
+    /// `BOROUGH_CACHE_STALE_TTL` (1h): how long a copy may be served while the database
+    /// is unreachable.
+    pub stale_ttl: Duration,
+}
+
+impl CacheSettings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Ok(CacheSettings {
+            max_entries: env.parse("BOROUGH_CACHE_MAX_ENTRIES", 100_000)?,
+            max_bytes: env.bytes("BOROUGH_CACHE_MAX_BYTES", 64 * 1024 * 1024)? as u64,
+            ttl: env.duration("BOROUGH_CACHE_TTL", Duration::from_secs(60))?,
+            stale_ttl: env.duration("BOROUGH_CACHE_STALE_TTL", Duration::from_secs(3600))?,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+#[derive(Clone)]
+pub struct CacheMetrics {
+    lookups: Family<ResultLabels, Counter>,
+    removals: Family<CauseLabels, Counter>,
+    stale_serves: Counter,
+    pub invalidation_lag: Histogram,
+    pub invalidations: Counter,
+}
+
+impl CacheMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let m = CacheMetrics {
+            lookups: Family::default(),
+            removals: Family::default(),
+            stale_serves: Counter::default(),
+            invalidation_lag: Histogram::new(
+                [
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ]
+                .into_iter(),
+            ),
+            invalidations: Counter::default(),
+        };
+        metrics.register(
+            "cache_lookups",
+            "User cache lookups by result (hit, miss)",
+            m.lookups.clone(),
+        );
+        metrics.register(
+            "cache_evictions",
+            "Entries leaving the user cache, by cause (size, expired, invalidated)",
+            m.removals.clone(),
+        );
+        metrics.register(
+            "cache_stale_serves",
+            "Users served from a stale copy because the database was unreachable",
+            m.stale_serves.clone(),
+        );
+        metrics.register(
+            "cache_invalidation_lag_seconds",
+            "From a user's change (database clock) to its invalidation here",
+            m.invalidation_lag.clone(),
+        );
+        metrics.register(
+            "cache_invalidations",
+            "Change notifications applied to the user cache",
+            m.invalidations.clone(),
+        );
+        m
+    }
+}
+
+/// What a lookup found.
+pub struct Found {
+    pub user: Arc<Cached>,
+    /// Set when this is a stale copy served because the database was unreachable.
+    pub stale_for: Option<Duration>,
+}
+
+#[derive(Clone)]
+pub struct UserCache {
+    /// `None` when disabled.
+    fresh: Option<Cache<Key, Arc<Cached>>>,
+    stale: Option<Cache<Key, Arc<Cached>>>,
+    pub metrics: CacheMetrics,
+}
+
+fn bounded(
+    settings: &CacheSettings,
+    ttl: Duration,
+    metrics: Option<CacheMetrics>,
+) -> Cache<Key, Arc<Cached>> {
+    let floor = (settings.max_bytes / settings.max_entries.max(1)).max(1);
+    let mut builder = Cache::builder()
+        .max_capacity(settings.max_bytes)
+        .weigher(move |_, value: &Arc<Cached>| {
+            u32::try_from((value.weight() as u64).max(floor)).unwrap_or(u32::MAX)
+        })
+        .time_to_live(ttl)
+        .support_invalidation_closures();
+    if let Some(metrics) = metrics {
+        builder = builder.eviction_listener(move |_, _, cause| {
+            let cause = match cause {
+                RemovalCause::Size => "size",
+                RemovalCause::Expired => "expired",
+                RemovalCause::Explicit => "invalidated",
+                RemovalCause::Replaced => return,
+            };
+            metrics.removals.get_or_create(&CauseLabels { cause }).inc();
+        });
+    }
+    builder.build()
+}
+
+impl UserCache {
+    pub fn new(settings: &CacheSettings, metrics: &Metrics) -> Self {
+        let m = CacheMetrics::register(metrics);
+        let enabled = settings.max_entries > 0 && settings.max_bytes > 0;
+        UserCache {
+            fresh: enabled.then(|| bounded(settings, settings.ttl, Some(m.clone()))),
+            stale: enabled.then(|| bounded(settings, settings.stale_ttl.max(settings.ttl), None)),
+            metrics: m,
+        }
+    }
+
+    /// The user, from the cache when fresh (and at least `min_version`), else read by
+    /// `load` — once for all concurrent callers. When `load` fails because the database is
+    /// unreachable (`is_unreachable`), a stale copy is returned if there is one.
+    pub async fn get<E, F>(
+        &self,
+        key: Key,
+        min_version: i64,
+        load: F,
+        is_unreachable: impl Fn(&E) -> bool,
+    ) -> Result<Found, Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<UserInfo, E>>,
+    {
+        let (Some(fresh), Some(stale)) = (&self.fresh, &self.stale) else {
+            let info = load.await.map_err(Arc::new)?;
+            return Ok(Found {
+                user: Arc::new(Cached {
+                    info,
+                    read_at: Instant::now(),
+                }),
+                stale_for: None,
+            });
+        };
+        if let Some(user) = fresh.get(&key).await {
+            if user.info.version >= min_version {
+                self.count("hit");
+                return Ok(Found {
+                    user,
+                    stale_for: None,
+                });
+            }
+            // The caller has seen a newer version than this copy: read past it.
+            fresh.invalidate(&key).await;
+        }
+        self.count("miss");
+        let loaded = fresh
+            .try_get_with(key, async {
+                let info = load.await?;
+                let user = Arc::new(Cached {
+                    info,
+                    read_at: Instant::now(),
+                });
+                stale.insert(key, user.clone()).await;
+                Ok(user)
+            })
+            .await;
+        match loaded {
+            Ok(user) => Ok(Found {
+                user,
+                stale_for: None,
+            }),
+            Err(e) if is_unreachable(&e) => match stale.get(&key).await {
+                Some(user) if user.info.version >= min_version => {
+                    self.metrics.stale_serves.inc();
+                    Ok(Found {
+                        stale_for: Some(user.read_at.elapsed()),
+                        user,
+                    })
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .lookups
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Forgets one user (fresh and stale copies).
+    pub async fn invalidate(&self, key: &Key) {
+        if let (Some(fresh), Some(stale)) = (&self.fresh, &self.stale) {
+            fresh.invalidate(key).await;
+            stale.invalidate(key).await;
+        }
+    }
+
+    /// Forgets every user of a tenant (its changes can no longer be followed).
+    pub fn invalidate_tenant(&self, tenant: TenantId) {
+        for cache in [&self.fresh, &self.stale].into_iter().flatten() {
+            // Only fails when closures are not enabled, which `bounded` does.
+            let _ = cache.invalidate_entries_if(move |key, _| key.0 == tenant);
+        }
+    }
+
+    /// The tenants with users in the cache (fresh or stale).
+    pub fn tenants(&self) -> Vec<TenantId> {
+        let mut tenants: Vec<TenantId> = [&self.fresh, &self.stale]
+            .into_iter()
+            .flatten()
+            .flat_map(|cache| cache.iter().map(|(key, _)| key.0))
+            .collect();
+        tenants.sort();
+        tenants.dedup();
+        tenants
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn settings() -> CacheSettings {
+        CacheSettings {
+            max_entries: 100,
+            max_bytes: 1024 * 1024,
+            ttl: Duration::from_secs(60),
+            stale_ttl: Duration::from_secs(600),
+        }
+    }
+
+    fn info(version: i64) -> UserInfo {
+        UserInfo {
+            user_id: "u".into(),
+            name: "Ada".into(),
+            email: "ada@example.com".into(),
+            version,
+            created_at: None,
+            updated_at: None,
+        }
+    }
+
+    #[derive(Debug)]
+    struct Down;
+
+    #[tokio::test]
+    async fn concurrent_misses_for_one_key_load_once() {
+        let cache = UserCache::new(&settings(), &Metrics::new("test"));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let key = (TenantId::new_v7(), Uuid::now_v7());
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            calls.spawn(async move {
+                cache
+                    .get(
+                        key,
+                        0,
+                        async {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Ok::<_, Down>(info(1))
+                        },
+                        |_| false,
+                    )
+                    .await
+                    .is_ok()
+            });
+        }
+        while let Some(ok) = calls.join_next().await {
+            assert_eq!(ok.ok(), Some(true));
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stale_copy_is_served_only_when_the_database_is_unreachable_and_never_after_invalidation()
+     {
+        let cache = UserCache::new(
+            &CacheSettings {
+                ttl: Duration::from_millis(1),
+                ..settings()
+            },
+            &Metrics::new("test"),
+        );
+        let key = (TenantId::new_v7(), Uuid::now_v7());
+        let loaded = cache
+            .get(key, 0, async { Ok::<_, Down>(info(3)) }, |_| true)
+            .await;
+        assert!(loaded.is_ok_and(|f| f.stale_for.is_none()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let stale = cache
+            .get(key, 0, async { Err::<UserInfo, _>(Down) }, |_| true)
+            .await;
+        assert!(stale.is_ok_and(|f| f.stale_for.is_some() && f.user.info.version == 3));
+        // A version newer than the copy is required: no stale serve.
+        let newer = cache
+            .get(key, 4, async { Err::<UserInfo, _>(Down) }, |_| true)
+            .await;
+        assert!(newer.is_err());
+        cache.invalidate(&key).await;
+        let gone = cache
+            .get(key, 0, async { Err::<UserInfo, _>(Down) }, |_| true)
+            .await;
+        assert!(gone.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_copy_older_than_the_callers_version_is_read_again() {
+        let cache = UserCache::new(&settings(), &Metrics::new("test"));
+        let key = (TenantId::new_v7(), Uuid::now_v7());
+        let first = cache
+            .get(key, 0, async { Ok::<_, Down>(info(1)) }, |_| false)
+            .await;
+        assert!(first.is_ok());
+        let again = cache
+            .get(key, 2, async { Ok::<_, Down>(info(2)) }, |_| false)
+            .await;
+        assert!(again.is_ok_and(|f| f.user.info.version == 2));
+    }
+
+    #[tokio::test]
+    async fn entries_never_exceed_the_entry_bound() {
+        let cache = UserCache::new(
+            &CacheSettings {
+                max_entries: 10,
+                ..settings()
+            },
+            &Metrics::new("test"),
+        );
+        let tenant = TenantId::new_v7();
+        for _ in 0..200 {
+            let key = (tenant, Uuid::now_v7());
+            let _ = cache
+                .get(key, 0, async { Ok::<_, Down>(info(1)) }, |_| false)
+                .await;
+        }
+        let Some(fresh) = &cache.fresh else {
+            panic!("the cache is enabled");
+        };
+        fresh.run_pending_tasks().await;
+        assert!(fresh.entry_count() <= 10, "{}", fresh.entry_count());
+    }
+}
