@@ -41,8 +41,11 @@ BEGIN
     ELSE
         row_ := NEW;
     END IF;
-    INSERT INTO user_changes (tenant_id, user_id, version, op, changed_at)
-    VALUES (row_.tenant_id, row_.id, row_.version, lower(TG_OP), at);
+    -- The outbox beside the table, whatever the caller's search_path.
+    EXECUTE format(
+        'INSERT INTO %I.user_changes (tenant_id, user_id, version, op, changed_at)
+         VALUES ($1, $2, $3, $4, $5)', TG_TABLE_SCHEMA)
+    USING row_.tenant_id, row_.id, row_.version, lower(TG_OP), at;
     PERFORM pg_notify(
         'borough_user_changed',
         row_.tenant_id || ':' || row_.id || ':' || row_.version || ':'
@@ -50,8 +53,10 @@ BEGIN
     );
     -- Keep the outbox short: catch-up needs minutes, not days.
     IF random() < 0.001 THEN
-        DELETE FROM user_changes
-         WHERE tenant_id = row_.tenant_id AND changed_at < at - interval '1 day';
+        EXECUTE format(
+            'DELETE FROM %I.user_changes WHERE tenant_id = $1 AND changed_at < $2',
+            TG_TABLE_SCHEMA)
+        USING row_.tenant_id, at - interval '1 day';
     END IF;
     RETURN NULL;
 END $$;

@@ -36,6 +36,14 @@ pub fn cluster() -> Result<&'static Cluster> {
         .map_err(|e| anyhow!("the test PostgreSQL cluster failed to start: {e}"))
 }
 
+/// A cluster of the caller's own (not shared with the process's other tests), ready for
+/// [`TestDatabase::create_on`]: for tests that stop and start the server.
+pub fn own_cluster() -> Result<Cluster> {
+    let cluster = Cluster::start_temporary()?;
+    prepare_cluster(&cluster)?;
+    Ok(cluster)
+}
+
 /// Creates the service login role and its membership once per cluster (roles are
 /// cluster-wide).
 fn prepare_cluster(cluster: &Cluster) -> Result<()> {
@@ -93,7 +101,12 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates and migrates a new database on this process's cluster.
     pub async fn create() -> Result<TestDatabase> {
-        let db = Self::create_empty().await?;
+        Self::create_on(cluster()?).await
+    }
+
+    /// Creates and migrates a new database on `cluster`.
+    pub async fn create_on(cluster: &Cluster) -> Result<TestDatabase> {
+        let db = Self::create_empty_on(cluster).await?;
         let mut conn = PgConnection::connect(&db.admin_url).await?;
         borough_tenancy::migrate::run_all(&mut conn).await?;
         Ok(db)
@@ -101,7 +114,10 @@ impl TestDatabase {
 
     /// Creates a new database with no migrations applied.
     pub async fn create_empty() -> Result<TestDatabase> {
-        let cluster = cluster()?;
+        Self::create_empty_on(cluster()?).await
+    }
+
+    async fn create_empty_on(cluster: &Cluster) -> Result<TestDatabase> {
         let name = format!("test_{}", uuid::Uuid::now_v7().simple());
         let mut conn = PgConnection::connect(&cluster.superuser_url("postgres")).await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))

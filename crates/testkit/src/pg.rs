@@ -11,7 +11,7 @@
 //! No stray postgres survives `make test`.
 
 use std::io::Read;
-use std::net::TcpListener as StdListener;
+use std::net::{TcpListener as StdListener, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -104,6 +104,36 @@ impl Cluster {
         };
         cluster.wait_accepting(Duration::from_secs(60))?;
         Ok(cluster)
+    }
+
+    /// Pauses the server (fast shutdown; the data stays) until [`Cluster::resume`].
+    pub fn pause(&mut self) -> Result<()> {
+        self.tell("stop")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while StdTcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if Instant::now() > deadline {
+                bail!("PostgreSQL did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts a paused server again, on the same port and data.
+    pub fn resume(&mut self) -> Result<()> {
+        self.tell("start")?;
+        self.wait_accepting(Duration::from_secs(30))
+    }
+
+    fn tell(&mut self, command: &str) -> Result<()> {
+        use std::io::Write;
+        let (_, stdin) = self
+            .watchdog
+            .as_mut()
+            .ok_or_else(|| anyhow!("the cluster is stopped"))?;
+        writeln!(stdin, "{command}")?;
+        stdin.flush()?;
+        Ok(())
     }
 
     /// Stops the server (fast shutdown) and waits for it.
@@ -329,12 +359,22 @@ fn spawn_watched(
     } else {
         ""
     };
+    // Lines on stdin: `stop` and `start` pause and resume the server (for tests of a
+    // database outage); end of input stops it for good.
     let script = format!(
         r#"DATA="$1"
-"{postgres}" -D "$DATA" -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories= \
-  -c max_connections=300 -c shared_buffers=64MB {speed} >>"$DATA/postgres.log" 2>&1 &
-pid=$!
-read -r _ || true
+start() {{
+  "{postgres}" -D "$DATA" -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories= \
+    -c max_connections=300 -c shared_buffers=64MB {speed} >>"$DATA/postgres.log" 2>&1 &
+  pid=$!
+}}
+start
+while read -r command; do
+  case "$command" in
+    stop) kill -INT "$pid" 2>/dev/null; wait "$pid" ;;
+    start) start ;;
+  esac
+done
 kill -INT "$pid" 2>/dev/null
 wait "$pid"
 {cleanup}

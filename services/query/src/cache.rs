@@ -96,12 +96,9 @@ impl CacheMetrics {
             lookups: Family::default(),
             removals: Family::default(),
             stale_serves: Counter::default(),
-            invalidation_lag: Histogram::new(
-                [
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-                ]
-                .into_iter(),
-            ),
+            invalidation_lag: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
             invalidations: Counter::default(),
         };
         metrics.register(

@@ -142,41 +142,49 @@ fn prefix_pattern(query: &str) -> String {
 }
 
 #[derive(Clone, Default)]
-struct ExportMetrics {
+struct QueryMetrics {
     active: Gauge,
     rows: Counter,
+    /// Single-user reads that reached the database (cache misses after single-flight).
+    user_reads: Counter,
 }
 
 #[derive(Clone)]
 pub struct Query {
     router: PoolRouter,
     cache: UserCache,
-    exports: ExportMetrics,
+    metrics: QueryMetrics,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl Query {
     pub fn new(router: PoolRouter, cache: UserCache, metrics: &Metrics) -> Self {
-        let exports = ExportMetrics::default();
+        let counters = QueryMetrics::default();
         metrics.register(
             "export_streams_active",
             "Export streams being served right now",
-            exports.active.clone(),
+            counters.active.clone(),
         );
         metrics.register(
             "export_rows",
             "Rows sent by export streams",
-            exports.rows.clone(),
+            counters.rows.clone(),
+        );
+        metrics.register(
+            "user_reads",
+            "Single-user reads sent to the database (cache misses, after single-flight)",
+            counters.user_reads.clone(),
         );
         Query {
             router,
             cache,
-            exports,
+            metrics: counters,
         }
     }
 
     async fn load(&self, ctx: TenantContext, id: Uuid) -> Result<UserInfo, QueryError> {
+        self.metrics.user_reads.inc();
         let mut tx = self.router.begin_read(&ctx).await?;
         let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
@@ -283,7 +291,7 @@ impl Query {
         .execute(&mut *tx)
         .await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(EXPORT_BUFFER);
-        let metrics = self.exports.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             metrics.active.inc();
             let fetch = format!("FETCH {EXPORT_BATCH} FROM export");

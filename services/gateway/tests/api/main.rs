@@ -4,6 +4,7 @@
 mod errors;
 mod isolation;
 mod placement;
+mod reads;
 mod shutdown;
 mod support;
 mod walkthrough;

@@ -20,7 +20,7 @@ pub struct Stack {
     pub http: reqwest::Client,
 }
 
-fn service_env(db: &TestDatabase, extra: &[(&str, &str)]) -> Env {
+pub fn service_env(db: &TestDatabase, extra: &[(&str, &str)]) -> Env {
     // Later pairs win: `extra` overrides the defaults.
     let pairs: Vec<(String, String)> = [
         ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
@@ -115,8 +115,21 @@ impl Stack {
         service_settings: &[(&str, &str)],
         gateway_settings: &[(&str, &str)],
     ) -> Result<Stack> {
+        Self::start_on(
+            TestDatabase::create().await?,
+            service_settings,
+            gateway_settings,
+        )
+        .await
+    }
+
+    /// As [`Stack::start_configured`], on a database of the caller's.
+    pub async fn start_on(
+        db: TestDatabase,
+        service_settings: &[(&str, &str)],
+        gateway_settings: &[(&str, &str)],
+    ) -> Result<Stack> {
         borough_telemetry::logging::init_test_logging();
-        let db = TestDatabase::create().await?;
         let env = service_env(&db, service_settings);
         let user = spawn_user_with(borough_user::Settings::from_env(&env)?).await?;
         let query = spawn_query_with(borough_query::Settings::from_env(&env)?).await?;
@@ -144,6 +157,25 @@ impl Stack {
 
     pub fn gateway_admin(&self, path: &str) -> String {
         format!("{}{path}", self.gateway.url(1))
+    }
+
+    /// The value of the first series of `name` whose labels contain `labels` (e.g.
+    /// `result="miss"`) on a service's admin port; 0 when there is none yet.
+    pub async fn metric_with(&self, service: &Spawned, name: &str, labels: &str) -> Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", service.url(1)))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+            .find(|line| line.contains(labels))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0))
     }
 
     /// The value of an unlabelled-but-`service` metric on a service's admin port.
