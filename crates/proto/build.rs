@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "borough/user/v1/user.proto",
     "borough/user/v1/tenant_admin.proto",
     "borough/query/v1/query.proto",
+    "borough/config/v1/config.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -39,6 +39,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The request body has a media type we do not accept (HTTP only).
     UnsupportedMediaType,
+    /// Well-formed, but its content breaks a rule (e.g. a JSON Schema).
+    Unprocessable,
     /// The caller is over a limit or quota.
     RateLimited,
     /// The caller went away.
@@ -105,6 +107,7 @@ pub const TABLE: &[KindInfo] = &[
     row(ErrorKind::PreconditionFailed,   Code::FailedPrecondition, StatusCode::PRECONDITION_FAILED,    "precondition-failed",    "Precondition failed",      true,  true),
     row(ErrorKind::PayloadTooLarge,      Code::OutOfRange,         StatusCode::PAYLOAD_TOO_LARGE,      "payload-too-large",      "Payload too large",        false, true),
     row(ErrorKind::UnsupportedMediaType, Code::InvalidArgument,    StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type",   false, true),
+    row(ErrorKind::Unprocessable,        Code::InvalidArgument,    StatusCode::UNPROCESSABLE_ENTITY,   "unprocessable",          "Unprocessable content",    false, true),
     row(ErrorKind::RateLimited,          Code::ResourceExhausted,  StatusCode::TOO_MANY_REQUESTS,      "rate-limited",           "Too many requests",        true,  true),
     row(ErrorKind::Cancelled,            Code::Cancelled,          CLIENT_CLOSED_REQUEST,              "cancelled",              "Request cancelled",        true,  true),
     row(ErrorKind::DeadlineExceeded,     Code::DeadlineExceeded,   StatusCode::GATEWAY_TIMEOUT,        "deadline-exceeded",      "Deadline exceeded",        true,  true),
@@ -216,6 +219,10 @@ pub trait ServiceError: std::error::Error {
     }
 }
 
+/// gRPC metadata naming the error kind when its code maps back to another kind (e.g.
+/// `unprocessable`, sent as INVALID_ARGUMENT).
+pub const KIND_METADATA: &str = "x-borough-kind";
+
 /// gRPC metadata: seconds before a retry may succeed.
 pub const RETRY_AFTER_METADATA: &str = "retry-after";
 
@@ -240,6 +247,12 @@ pub fn to_status<E: ServiceError + ?Sized>(err: &E) -> tonic::Status {
             PUBLIC_DETAIL_METADATA,
             tonic::metadata::MetadataValue::from_static("1"),
         );
+    }
+    if !kind.info().canonical_for_code
+        && let Ok(slug) = tonic::metadata::MetadataValue::try_from(kind.slug())
+    {
+        // The code alone would map back to another kind: name this one.
+        status.metadata_mut().insert(KIND_METADATA, slug);
     }
     if let Some(after) = err.retry_after() {
         let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
@@ -296,8 +309,17 @@ impl Problem {
     /// Messages of server-side codes may carry transport or driver text: they are logged
     /// and replaced by the kind's title.
     pub fn from_status(status: &tonic::Status) -> Self {
-        let kind = ErrorKind::from_grpc_code(status.code());
         let metadata = status.metadata();
+        let named = metadata
+            .get(KIND_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|slug| {
+                TABLE
+                    .iter()
+                    .find(|row| row.slug == slug && row.code == status.code())
+            })
+            .map(|row| row.kind);
+        let kind = named.unwrap_or_else(|| ErrorKind::from_grpc_code(status.code()));
         let public = metadata.contains_key(PUBLIC_DETAIL_METADATA);
         let mut problem = if (kind.is_server_fault() && !public) || status.code() == Code::Unknown {
             tracing::warn!(code = ?status.code(), message = status.message(), "backend call failed");
@@ -386,7 +408,7 @@ mod tests {
         let kinds: Vec<_> = ErrorKind::all().collect();
         let unique: HashSet<_> = kinds.iter().collect();
         assert_eq!(kinds.len(), unique.len(), "a kind appears twice in TABLE");
-        assert_eq!(kinds.len(), 15, "a new kind needs a row in TABLE");
+        assert_eq!(kinds.len(), 16, "a new kind needs a row in TABLE");
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub mod query {
     pub const STALE_AGE_METADATA: &str = "borough-stale-age";
 }
 
+pub mod config {
+    pub mod v1 {
+        tonic::include_proto!("borough.config.v1");
+    }
+}
+
 /// Conversions between protobuf timestamps and `chrono`.
 pub mod time {
     use chrono::{DateTime, SecondsFormat, Utc};

@@ -51,6 +51,11 @@ const CONTROL: &[Migration] = &[
         name: "placement",
         sql: include_str!("../../../migrations/control/0002_placement.sql"),
     },
+    Migration {
+        version: 3,
+        name: "config",
+        sql: include_str!("../../../migrations/control/0003_config.sql"),
+    },
 ];
 
 const TENANT: &[Migration] = &[

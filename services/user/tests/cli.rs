@@ -34,6 +34,7 @@ async fn migrate_brings_an_empty_database_to_the_latest_schema_and_is_idempotent
         vec![
             ("control".to_owned(), 1),
             ("control".to_owned(), 2),
+            ("control".to_owned(), 3),
             ("tenant".to_owned(), 1),
             ("tenant".to_owned(), 2)
         ]

@@ -1,0 +1,356 @@
+//! The config service: Borough's configuration center on PostgreSQL alone.
+//!
+//! Entries `(namespace, key) -> JSON`, a global gap-free revision, full history, CAS,
+//! rollback, JSON Schemas per namespace, and `Watch` (replay, then live) fanned out across
+//! replicas by LISTEN/NOTIFY with catch-up from the history table ([`watch`]).
+//!
+//! Callers: the gateway (for tenants, with the tenant in the call's metadata: such a call
+//! reaches only `tenant/<its id>/…`; for the platform admin, without it), and Borough's own
+//! services through `borough-config-client`.
+
+pub mod store;
+pub mod watch;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use borough_config_client::{Env, ServerSettings, SettingsError};
+use borough_proto::config::v1::config_service_server::{ConfigService, ConfigServiceServer};
+use borough_proto::config::v1::{
+    DeleteRequest, DeleteResponse, Entry, GetRequest, GetSchemaRequest, HistoryRequest,
+    HistoryResponse, InstanceStatus, ListRequest, ListResponse, PutRequest, ReportAppliedRequest,
+    ReportAppliedResponse, RollbackRequest, SetSchemaRequest, SetSchemaResponse, StatusRequest,
+    StatusResponse, WatchEvent, WatchRequest,
+};
+use borough_proto::time::to_timestamp;
+use borough_telemetry::Metrics;
+use borough_tenancy::TenantContext;
+use borough_tenancy::context::TENANT_METADATA_KEY;
+use borough_tenancy::db::{self, DatabaseSettings};
+use futures_util::Stream;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use crate::store::{ConfigError, Store, check_key, check_namespace, parse_value};
+use crate::watch::Hub;
+
+pub use borough_net::{Listeners, ServeError};
+
+pub const SERVICE: &str = "config";
+
+/// gRPC metadata naming who makes a change (recorded in history); set by the gateway.
+pub const ACTOR_METADATA: &str = "x-borough-actor";
+
+/// The service's settings, from `BOROUGH_*` environment variables.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `BOROUGH_GRPC_ADDR` (127.0.0.1:50053), `BOROUGH_ADMIN_ADDR` (127.0.0.1:9463), shutdown.
+    pub server: ServerSettings,
+    /// `BOROUGH_DATABASE_URL` (the control database) and the pool's limits.
+    pub database: DatabaseSettings,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        Ok(Settings {
+            server: ServerSettings::from_env(
+                env,
+                "BOROUGH_GRPC_ADDR",
+                "127.0.0.1:50053",
+                "127.0.0.1:9463",
+            )?,
+            database: DatabaseSettings::from_env(env)?,
+        })
+    }
+}
+
+/// Who is calling: a tenant (its namespaces only) or the platform.
+struct Caller {
+    tenant: Option<TenantContext>,
+    actor: String,
+}
+
+impl Caller {
+    fn from_metadata(metadata: &MetadataMap) -> Result<Caller, Status> {
+        let tenant = match metadata.contains_key(TENANT_METADATA_KEY) {
+            true => Some(TenantContext::from_metadata(metadata)?),
+            false => None,
+        };
+        let actor = metadata
+            .get(ACTOR_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .map(|a| a.chars().take(200).collect::<String>())
+            .unwrap_or_else(|| match &tenant {
+                Some(t) => format!("tenant:{}", t.tenant_id),
+                None => "platform".to_owned(),
+            });
+        Ok(Caller { tenant, actor })
+    }
+
+    /// The namespace is well formed and this caller may use it.
+    fn check(&self, namespace: &str) -> Result<(), ConfigError> {
+        check_namespace(namespace)?;
+        match &self.tenant {
+            Some(t) if !namespace.starts_with(&format!("tenant/{}/", t.tenant_id)) => {
+                Err(ConfigError::Forbidden(namespace.to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Config {
+    store: Store,
+    hub: Hub,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
+
+/// Buffered events per watch stream.
+const WATCH_BUFFER: usize = 64;
+
+#[tonic::async_trait]
+impl ConfigService for Config {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<Entry>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let req = request.get_ref();
+        caller.check(&req.namespace)?;
+        check_key(&req.key)?;
+        Ok(Response::new(
+            self.store.get(&req.namespace, &req.key).await?,
+        ))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let req = request.get_ref();
+        caller.check(&req.namespace)?;
+        let (entries, revision) = self.store.list(&req.namespace, &req.prefix).await?;
+        Ok(Response::new(ListResponse { entries, revision }))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<Entry>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let req = request.get_ref();
+        caller.check(&req.namespace)?;
+        check_key(&req.key)?;
+        let value = parse_value(&req.value_json)?;
+        let entry = self
+            .store
+            .put(
+                &req.namespace,
+                &req.key,
+                value,
+                req.expected_revision,
+                &caller.actor,
+                "put",
+            )
+            .await?;
+        tracing::info!(namespace = %req.namespace, key = %req.key, revision = entry.revision, actor = %caller.actor, "config put");
+        Ok(Response::new(entry))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let req = request.get_ref();
+        caller.check(&req.namespace)?;
+        check_key(&req.key)?;
+        let revision = self
+            .store
+            .delete(
+                &req.namespace,
+                &req.key,
+                req.expected_revision,
+                &caller.actor,
+            )
+            .await?;
+        tracing::info!(namespace = %req.namespace, key = %req.key, revision, actor = %caller.actor, "config delete");
+        Ok(Response::new(DeleteResponse { revision }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let req = request.get_ref();
+        caller.check(&req.namespace)?;
+        check_key(&req.key)?;
+        let limit = match req.limit {
+            0 => 100,
+            n if (1..=1000).contains(&n) => i64::from(n),
+            _ => {
+                return Err(ConfigError::Invalid("limit must be between 1 and 1000".into()).into());
+            }
+        };
+        let changes = self.store.history(&req.namespace, &req.key, limit).await?;
+        Ok(Response::new(HistoryResponse { changes }))
+    }
+
+    async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<Entry>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let req = request.get_ref();
+        caller.check(&req.namespace)?;
+        check_key(&req.key)?;
+        let entry = self
+            .store
+            .rollback(&req.namespace, &req.key, req.revision, &caller.actor)
+            .await?;
+        tracing::info!(namespace = %req.namespace, key = %req.key, to = req.revision, revision = entry.revision, "config rollback");
+        Ok(Response::new(entry))
+    }
+
+    async fn set_schema(
+        &self,
+        request: Request<SetSchemaRequest>,
+    ) -> Result<Response<SetSchemaResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let req = request.get_ref();
+        caller.check(&req.namespace)?;
+        let schema = match req.schema_json.trim() {
+            "" => None,
+            text => Some(parse_value(text)?),
+        };
+        self.store.set_schema(&req.namespace, schema).await?;
+        Ok(Response::new(SetSchemaResponse {
+            namespace: req.namespace.clone(),
+            schema_json: req.schema_json.clone(),
+        }))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<GetSchemaRequest>,
+    ) -> Result<Response<SetSchemaResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let req = request.get_ref();
+        caller.check(&req.namespace)?;
+        let schema = self.store.schema(&req.namespace).await?;
+        Ok(Response::new(SetSchemaResponse {
+            namespace: req.namespace.clone(),
+            schema_json: schema.map(|s| s.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let req = request.into_inner();
+        if req.namespaces.is_empty() {
+            return Err(ConfigError::Invalid("watch at least one namespace".into()).into());
+        }
+        for namespace in &req.namespaces {
+            caller.check(namespace)?;
+        }
+        if req.from_revision < 0 {
+            return Err(ConfigError::Invalid("from_revision must not be negative".into()).into());
+        }
+        let (out, events) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(watch::serve_watch(
+            self.hub.clone(),
+            self.store.clone(),
+            req.namespaces,
+            req.from_revision,
+            out,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(events),
+        )))
+    }
+
+    async fn report_applied(
+        &self,
+        request: Request<ReportAppliedRequest>,
+    ) -> Result<Response<ReportAppliedResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        if caller.tenant.is_some() {
+            return Err(ConfigError::Forbidden("instance status".into()).into());
+        }
+        let req = request.get_ref();
+        if req.instance.is_empty()
+            || req.instance.len() > 200
+            || req.service.is_empty()
+            || req.service.len() > 63
+        {
+            return Err(ConfigError::Invalid(
+                "instance (1-200) and service (1-63) are required".into(),
+            )
+            .into());
+        }
+        self.store
+            .report_applied(&req.instance, &req.service, req.revision)
+            .await?;
+        Ok(Response::new(ReportAppliedResponse {}))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        if caller.tenant.is_some() {
+            return Err(ConfigError::Forbidden("instance status".into()).into());
+        }
+        let revision = self.store.revision().await?;
+        let instances = self
+            .store
+            .instances()
+            .await?
+            .into_iter()
+            .map(|(instance, service, applied, last_seen)| InstanceStatus {
+                instance,
+                service,
+                applied_revision: applied,
+                lag: (revision - applied).max(0),
+                last_seen: Some(to_timestamp(last_seen)),
+            })
+            .collect();
+        Ok(Response::new(StatusResponse {
+            revision,
+            instances,
+        }))
+    }
+}
+
+/// Serves until `shutdown` resolves, then fails readiness, waits the grace period, drains
+/// in-flight calls and returns.
+pub async fn serve(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let pool = db::lazy_pool(&settings.database.url, &settings.database.pool)
+        .map_err(ServeError::DatabaseUrl)?;
+    let options = settings
+        .database
+        .url
+        .parse()
+        .map_err(ServeError::DatabaseUrl)?;
+    let store = Store::new(pool.clone());
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let hub = Hub::start(store.clone(), options, stopping);
+    let shutdown = async move {
+        shutdown.await;
+        // Watch streams never end on their own: end them, or draining would wait forever.
+        let _ = stop.send(true);
+    };
+    let routes = tonic::service::Routes::new(ConfigServiceServer::new(Config { store, hub }));
+    borough_net::serve_grpc(
+        SERVICE,
+        &settings.server,
+        listeners,
+        routes,
+        pool,
+        Metrics::new(SERVICE),
+        shutdown,
+    )
+    .await
+}

@@ -1,0 +1,25 @@
+//! `borough-query`: the configuration center.
+
+use borough_config_client::Env;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    borough_telemetry::init_logging(borough_config::SERVICE);
+    let env = Env::process();
+    match std::env::args().nth(1).as_deref() {
+        None | Some("serve") => serve(&env).await,
+        Some(other) => anyhow::bail!("unknown command {other:?}; expected `serve`"),
+    }
+}
+
+async fn serve(env: &Env) -> anyhow::Result<()> {
+    let settings = borough_config::Settings::from_env(env)?;
+    let listeners = borough_config::Listeners::bind(&settings.server).await?;
+    borough_config::serve(
+        settings,
+        listeners,
+        borough_telemetry::lifecycle::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
