@@ -136,7 +136,9 @@ pub async fn serve_watch(
     while hub.published.load(Ordering::Acquire) < 0 {
         if started.elapsed() > Duration::from_secs(10) {
             let _ = out
-                .send(Err(Status::unavailable("the config store is not reachable yet")))
+                .send(Err(Status::unavailable(
+                    "the config store is not reachable yet",
+                )))
                 .await;
             return;
         }

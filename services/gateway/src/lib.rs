@@ -19,6 +19,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
+use borough_proto::config::v1::config_service_client::ConfigServiceClient;
 use borough_proto::query::v1::query_service_client::QueryServiceClient;
 use borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClient;
 use borough_proto::user::v1::user_service_client::UserServiceClient;
@@ -60,10 +61,12 @@ fn channel(name: &'static str, url: &str) -> Result<Channel, ServeError> {
 pub fn app_state(settings: &Settings) -> Result<(AppState, Channel, Channel), ServeError> {
     let user = channel("BOROUGH_USER_URL", &settings.user_url)?;
     let query = channel("BOROUGH_QUERY_URL", &settings.query_url)?;
+    let config = channel("BOROUGH_CONFIG_URL", &settings.config_url)?;
     let state = AppState {
         users: UserServiceClient::new(user.clone()),
         tenants: TenantAdminServiceClient::new(user.clone()),
         query: QueryServiceClient::new(query.clone()),
+        config: ConfigServiceClient::new(config),
         keys: Arc::new(KeyCache::new(settings.auth_cache_ttl, 10_000)),
         admin_token_hash: settings
             .admin_token
@@ -102,6 +105,37 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
             post(routes::users::create).get(routes::users::list),
         )
         .route("/api/v1/users:batchGet", post(routes::bulk::batch_get))
+        .route(
+            "/api/v1/config/{name}",
+            get(routes::config::tenant_namespace).put(routes::config::tenant_schema),
+        )
+        .route(
+            "/api/v1/config/{name}/{key}",
+            get(routes::config::tenant_get)
+                .put(routes::config::tenant_put)
+                .delete(routes::config::tenant_delete)
+                .post(routes::config::tenant_rollback),
+        )
+        .route(
+            "/api/v1/config/{name}/{key}/history",
+            get(routes::config::tenant_history),
+        )
+        .route("/admin/v1/config/status", get(routes::config::status))
+        .route(
+            "/admin/v1/config/platform/{name}",
+            get(routes::config::platform_namespace).put(routes::config::platform_schema),
+        )
+        .route(
+            "/admin/v1/config/platform/{name}/{key}",
+            get(routes::config::platform_get)
+                .put(routes::config::platform_put)
+                .delete(routes::config::platform_delete)
+                .post(routes::config::platform_rollback),
+        )
+        .route(
+            "/admin/v1/config/platform/{name}/{key}/history",
+            get(routes::config::platform_history),
+        )
         .route(
             "/api/v1/users/{id}",
             get(routes::users::get)

@@ -14,6 +14,8 @@ pub struct Settings {
     pub user_url: String,
     /// `BOROUGH_QUERY_URL`, default `http://127.0.0.1:50052`.
     pub query_url: String,
+    /// `BOROUGH_CONFIG_URL`, default `http://127.0.0.1:50053`.
+    pub config_url: String,
     /// `BOROUGH_ADMIN_TOKEN`: bearer token of the platform admin API. Unset: admin API off.
     pub admin_token: Option<SecretString>,
     /// `BOROUGH_REQUEST_TIMEOUT` (10s): every request's deadline, passed on to services.
@@ -62,6 +64,11 @@ impl Settings {
             query_url: env.url(
                 "BOROUGH_QUERY_URL",
                 "http://127.0.0.1:50052",
+                &["http", "https"],
+            )?,
+            config_url: env.url(
+                "BOROUGH_CONFIG_URL",
+                "http://127.0.0.1:50053",
                 &["http", "https"],
             )?,
             admin_token: admin_token.map(SecretString::from),

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use borough_tenancy::TenantId;
 
+use borough_proto::config::v1::config_service_client::ConfigServiceClient;
 use borough_proto::query::v1::query_service_client::QueryServiceClient;
 use borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClient;
 use borough_proto::user::v1::user_service_client::UserServiceClient;
@@ -17,6 +18,7 @@ pub struct AppState {
     pub users: UserServiceClient<Channel>,
     pub tenants: TenantAdminServiceClient<Channel>,
     pub query: QueryServiceClient<Channel>,
+    pub config: ConfigServiceClient<Channel>,
     pub keys: Arc<KeyCache>,
     /// SHA-256 of the admin token; `None`: the admin API is off.
     pub admin_token_hash: Option<[u8; 32]>,

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod bulk;
+pub mod config;
 pub mod users;
 
 use axum::Json;

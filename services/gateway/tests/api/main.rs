@@ -1,6 +1,7 @@
 //! The gateway's REST API end to end: real HTTP into the gateway, real gRPC to the user
 //! and query services, real PostgreSQL behind them.
 
+mod config;
 mod errors;
 mod isolation;
 mod placement;

@@ -16,6 +16,7 @@ pub struct Stack {
     pub db: TestDatabase,
     pub user: Spawned,
     pub query: Spawned,
+    pub config: Spawned,
     pub gateway: Spawned,
     pub http: reqwest::Client,
 }
@@ -63,6 +64,20 @@ pub async fn spawn_query_with(settings: borough_query::Settings) -> Result<Spawn
         borough_query::serve(
             settings,
             borough_query::Listeners { api: grpc, admin },
+            shutdown,
+        )
+    })
+    .await
+}
+
+pub async fn spawn_config(db: &TestDatabase) -> Result<Spawned> {
+    let settings = borough_config::Settings::from_env(&service_env(db, &[]))?;
+    spawn(2, move |mut l, shutdown| {
+        let admin = l.remove(1);
+        let grpc = l.remove(0);
+        borough_config::serve(
+            settings,
+            borough_config::Listeners { api: grpc, admin },
             shutdown,
         )
     })
@@ -133,11 +148,17 @@ impl Stack {
         let env = service_env(&db, service_settings);
         let user = spawn_user_with(borough_user::Settings::from_env(&env)?).await?;
         let query = spawn_query_with(borough_query::Settings::from_env(&env)?).await?;
+        let config = spawn_config(&db).await?;
+        let config_url = config.url(0);
+        let mut gateway_settings = gateway_settings.to_vec();
+        gateway_settings.insert(0, ("BOROUGH_CONFIG_URL", config_url.as_str()));
+        let gateway_settings = gateway_settings.as_slice();
         let gateway = spawn_gateway(&user.url(0), &query.url(0), gateway_settings).await?;
         let stack = Stack {
             db,
             user,
             query,
+            config,
             gateway,
             http: reqwest::Client::new(),
         };

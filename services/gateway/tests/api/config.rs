@@ -1,0 +1,289 @@
+//! Configuration through the gateway: a tenant's own namespaces with its API key, the
+//! platform's with the admin token, Server-Sent Events for watching.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::support::{ADMIN_TOKEN, Stack, assert_problem};
+
+#[tokio::test]
+async fn a_tenant_puts_reads_cas_updates_rolls_back_lists_and_deletes_its_config()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (_, key) = stack.create_tenant("cfg").await?;
+    let http = &stack.http;
+    let url = |path: &str| stack.url(&format!("/api/v1/config{path}"));
+
+    let response = http
+        .put(url("/app/theme"))
+        .bearer_auth(&key)
+        .json(&json!({"mode": "dark"}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let first = response.headers()["etag"].to_str()?.to_owned();
+    let entry: Value = response.json().await?;
+    assert_eq!(entry["value"], json!({"mode": "dark"}));
+
+    // A stale If-Match: 412, nothing changes; the current one: a new revision.
+    let response = http
+        .put(url("/app/theme"))
+        .bearer_auth(&key)
+        .header("if-match", "\"1000000\"")
+        .json(&json!({"mode": "light"}))
+        .send()
+        .await?;
+    assert_problem(response, 412).await?;
+    let response = http
+        .put(url("/app/theme"))
+        .bearer_auth(&key)
+        .header("if-match", &first)
+        .json(&json!({"mode": "light"}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_ne!(response.headers()["etag"].to_str()?, first);
+    // Create-only on an existing key: 412.
+    let response = http
+        .put(url("/app/theme"))
+        .bearer_auth(&key)
+        .header("if-none-match", "*")
+        .json(&json!({}))
+        .send()
+        .await?;
+    assert_problem(response, 412).await?;
+
+    let response = http.get(url("/app/theme")).bearer_auth(&key).send().await?;
+    assert_eq!(response.status(), 200);
+    let current: Value = response.json().await?;
+    assert_eq!(current["value"], json!({"mode": "light"}));
+
+    // History, newest first; roll back to the first revision.
+    let history: Value = http
+        .get(url("/app/theme/history"))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let revisions: Vec<i64> = history["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["revision"].as_i64())
+        .collect();
+    assert_eq!(revisions.len(), 2, "{history}");
+    let response = http
+        .post(url("/app/theme:rollback"))
+        .bearer_auth(&key)
+        .json(&json!({"revision": revisions[1]}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let rolled: Value = response.json().await?;
+    assert_eq!(rolled["value"], json!({"mode": "dark"}));
+
+    // List (and by prefix), then delete.
+    http.put(url("/app/limits"))
+        .bearer_auth(&key)
+        .json(&json!(10))
+        .send()
+        .await?;
+    let listed: Value = http
+        .get(url("/app"))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let keys: Vec<&str> = listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["key"].as_str())
+        .collect();
+    assert_eq!(keys, ["limits", "theme"]);
+    let listed: Value = http
+        .get(url("/app?prefix=th"))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1));
+    let response = http
+        .delete(url("/app/theme"))
+        .bearer_auth(&key)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 204);
+    let response = http.get(url("/app/theme")).bearer_auth(&key).send().await?;
+    assert_problem(response, 404).await?;
+
+    // A schema: a value breaking it is 422 with the errors, and not stored.
+    let response = http
+        .put(url("/app:schema"))
+        .bearer_auth(&key)
+        .json(&json!({"type": "object", "properties": {"port": {"type": "integer"}}, "required": ["port"]}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let response = http
+        .put(url("/app/listen"))
+        .bearer_auth(&key)
+        .json(&json!({"port": "http"}))
+        .send()
+        .await?;
+    let problem = assert_problem(response, 422).await?;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("/port")),
+        "{problem}"
+    );
+    let response = http
+        .get(url("/app/listen"))
+        .bearer_auth(&key)
+        .send()
+        .await?;
+    assert_problem(response, 404).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_reach_another_tenants_or_the_platforms_config() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (_, key_a) = stack.create_tenant("cfg-a").await?;
+    let (_, key_b) = stack.create_tenant("cfg-b").await?;
+    let http = &stack.http;
+    http.put(stack.url("/api/v1/config/app/secret"))
+        .bearer_auth(&key_b)
+        .json(&json!("b-only"))
+        .send()
+        .await?;
+    // The same path as A is A's own namespace: B's value is not there.
+    let response = http
+        .get(stack.url("/api/v1/config/app/secret"))
+        .bearer_auth(&key_a)
+        .send()
+        .await?;
+    assert_problem(response, 404).await?;
+    let listed: Value = http
+        .get(stack.url("/api/v1/config/app"))
+        .bearer_auth(&key_a)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed["items"], json!([]));
+    // Platform config needs the admin token.
+    for request in [
+        http.get(stack.url("/admin/v1/config/platform/gateway")),
+        http.put(stack.url("/admin/v1/config/platform/gateway/x"))
+            .json(&json!(1)),
+        http.get(stack.url("/admin/v1/config/platform/gateway:watch")),
+    ] {
+        assert_problem(request.bearer_auth(&key_a).send().await?, 401).await?;
+    }
+    // B's value is intact.
+    let theirs: Value = http
+        .get(stack.url("/api/v1/config/app/secret"))
+        .bearer_auth(&key_b)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(theirs["value"], "b-only");
+    Ok(())
+}
+
+/// Reads SSE events (id, event name) until `count` change events have arrived.
+async fn sse_changes(
+    body: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buffer: &mut String,
+    count: usize,
+) -> anyhow::Result<Vec<(i64, Value)>> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        while let Some(at) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..at + 2).collect();
+            let mut id = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<i64>().ok();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = serde_json::from_str::<Value>(v.trim()).ok();
+                }
+            }
+            if let (Some(id), Some(data)) = (id, data) {
+                out.push((id, data["new_value"].clone()));
+            }
+        }
+        if out.len() >= count {
+            break;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the event stream ended"))??;
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn the_platform_config_is_watched_as_server_sent_events_and_resumed_by_last_event_id()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let http = &stack.http;
+    let url = |path: &str| stack.url(&format!("/admin/v1/config/platform/gateway{path}"));
+    let put = |value: i64| {
+        http.put(url("/request_timeout_ms"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!(value))
+            .send()
+    };
+    assert_eq!(put(1000).await?.status(), 200);
+
+    let response = http
+        .get(url(":watch"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/event-stream")
+    );
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let replayed = sse_changes(&mut body, &mut buffer, 1).await?;
+    assert_eq!(replayed[0].1, json!(1000));
+    let last = replayed[0].0;
+    drop(body);
+
+    // Missed while away; resumed with Last-Event-ID: exactly those, in order.
+    for value in [2000, 3000, 4000] {
+        put(value).await?;
+    }
+    let response = http
+        .get(url(":watch"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("last-event-id", last.to_string())
+        .send()
+        .await?;
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let resumed = sse_changes(&mut body, &mut buffer, 3).await?;
+    let values: Vec<Value> = resumed.iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(values, [json!(2000), json!(3000), json!(4000)]);
+    assert!(resumed.windows(2).all(|w| w[0].0 < w[1].0));
+    // Live.
+    put(5000).await?;
+    let live = sse_changes(&mut body, &mut buffer, 1).await?;
+    assert_eq!(live[0].1, json!(5000));
+    Ok(())
+}
