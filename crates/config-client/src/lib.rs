@@ -1,9 +1,11 @@
 //! Typed settings for Borough services.
 //!
-//! Today settings come from `BOROUGH_*` environment variables with defaults that work for
-//! `make run`; the config service's watch client joins here later as a second layer.
+//! Settings come from `BOROUGH_*` environment variables with defaults that work for
+//! `make run`; [`remote`] layers the config service's values over them, hot.
 //! Every parse error names the variable and the value it could not use, so a bad
 //! deployment fails at start-up with a message an operator can act on.
+
+pub mod remote;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -197,7 +199,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn parse_duration(value: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(value: &str) -> Option<Duration> {
     let value = value.trim();
     let split = value
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -217,7 +219,7 @@ fn parse_duration(value: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(seconds).ok()
 }
 
-fn parse_bytes(value: &str) -> Option<usize> {
+pub(crate) fn parse_bytes(value: &str) -> Option<usize> {
     let value = value.trim();
     let split = value
         .find(|c: char| !c.is_ascii_digit())

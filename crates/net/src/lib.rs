@@ -4,6 +4,7 @@
 //! health, readiness, the admin port and graceful drain ([`server`]). Client-side
 //! discovery, balancing, retries and circuit breaking join here with the resilience work.
 
+pub mod config;
 pub mod server;
 
 pub use server::{Listeners, ServeError, serve_grpc};

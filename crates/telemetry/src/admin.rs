@@ -28,6 +28,9 @@ pub struct Readiness {
 struct ReadinessState {
     /// check name -> None when passing, Some(reason) when failing.
     checks: BTreeMap<&'static str, Option<String>>,
+    /// Things an operator should know that do not make the service unready (e.g. running
+    /// on a configuration snapshot): shown on `/readyz`.
+    notes: BTreeMap<&'static str, String>,
     shutting_down: bool,
 }
 
@@ -49,6 +52,24 @@ impl Readiness {
 
     pub fn set_failing(&self, name: &'static str, reason: impl Into<String>) {
         self.write().checks.insert(name, Some(reason.into()));
+    }
+
+    /// Shows `note` under `name` on `/readyz` without failing readiness (`None` clears it).
+    pub fn set_note(&self, name: &'static str, note: Option<String>) {
+        let mut state = self.write();
+        match note {
+            Some(note) => state.notes.insert(name, note),
+            None => state.notes.remove(name),
+        };
+    }
+
+    /// The notes, as `name: note`.
+    pub fn notes(&self) -> Vec<String> {
+        self.read()
+            .notes
+            .iter()
+            .map(|(name, note)| format!("{name}: {note}"))
+            .collect()
     }
 
     /// From now on the service reports not-ready, whatever its checks say.
@@ -153,15 +174,19 @@ async fn healthz(State(state): State<AdminState>) -> Response {
 
 async fn readyz(State(state): State<AdminState>) -> Response {
     match state.readiness.status() {
-        Ok(()) => {
-            Json(serde_json::json!({ "status": "ready", "service": state.service })).into_response()
-        }
+        Ok(()) => Json(serde_json::json!({
+            "status": "ready",
+            "service": state.service,
+            "notes": state.readiness.notes(),
+        }))
+        .into_response(),
         Err(reasons) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({
                 "status": "not_ready",
                 "service": state.service,
                 "reasons": reasons,
+                "notes": state.readiness.notes(),
             })),
         )
             .into_response(),

@@ -6,12 +6,39 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+use std::sync::OnceLock;
+
+use tracing_subscriber::{
+    EnvFilter, Registry, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
+};
+
+/// The filter of the installed subscriber, for [`set_filter`].
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// The filter when `RUST_LOG` is unset.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,h2=warn,hyper=warn,tower=warn";
+
+/// Whether `directives` is a valid filter.
+pub fn check_filter(directives: &str) -> Result<(), String> {
+    EnvFilter::try_new(directives)
+        .map(|_| ())
+        .map_err(|e| format!("{directives:?} is not a valid log filter: {e}"))
+}
+
+/// Replaces the log filter at run time (`RUST_LOG` syntax, e.g. `debug,sqlx=warn`).
+pub fn set_filter(directives: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(directives).map_err(|e| format!("{directives:?}: {e}"))?;
+    let handle = FILTER
+        .get()
+        .ok_or_else(|| "logging is not initialised".to_owned())?;
+    handle.reload(filter).map_err(|e| e.to_string())
+}
 
 /// Installs the global subscriber. Calling it again (as tests do) is harmless.
 pub fn init_logging(service: &'static str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,hyper=warn,tower=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let (filter, handle) = reload::Layer::new(filter);
     let json = match std::env::var("BOROUGH_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("pretty") => false,
@@ -32,6 +59,7 @@ pub fn init_logging(service: &'static str) {
         registry.with(fmt::layer()).try_init()
     };
     if result.is_ok() {
+        let _ = FILTER.set(handle);
         tracing::debug!(service, json, "logging initialised");
     }
 }

@@ -73,6 +73,7 @@ pub fn app_state(settings: &Settings) -> Result<(AppState, Channel, Channel), Se
             .as_ref()
             .map(|token| apikey::hash(token.expose_secret())),
         request_timeout: settings.request_timeout,
+        limits: tokio::sync::watch::channel(settings.limits()).1,
         stream_timeout: settings.stream_timeout,
         recent_writes: Arc::new(state::RecentWrites::new(
             settings.read_your_writes_ttl,
@@ -158,18 +159,13 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
             "/admin/v1/tenants/{id}/api-keys/{key_id}",
             delete(routes::admin::revoke_key),
         )
-        // Extractors see the same limit as the layer below.
-        .layer(DefaultBodyLimit::max(settings.body_limit))
-        .layer(
-            ServiceBuilder::new()
-                // A request that outlives its deadline gets 504.
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    settings.request_timeout,
-                ))
-                // Bodies over the limit are refused before they are read.
-                .layer(RequestBodyLimitLayer::new(settings.body_limit)),
-        )
+        // The deadline (504 past it) and the body limit (413), as configured now: our
+        // middleware enforces both, so the extractors' own limit is off.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.limits.clone(),
+            middleware::limits,
+        ))
         .merge(streams)
         // RED metrics per route template (routed requests only: the template is known).
         .route_layer(axum::middleware::from_fn_with_state(
@@ -272,8 +268,16 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (state, user, query) = app_state(&settings)?;
+    let (mut state, user, query) = app_state(&settings)?;
     let readiness = Readiness::new();
+    if settings.remote.url.is_some() {
+        let remote = borough_net::config::follow_platform_config(
+            SERVICE,
+            settings.remote.clone(),
+            &readiness,
+        );
+        state.limits = remote.typed(settings.limits(), settings::parse_limits);
+    }
     let probe = tokio::spawn(probe_backends(
         vec![("user", user), ("query", query)],
         readiness.clone(),

@@ -124,3 +124,40 @@ pub async fn record_metrics(
     );
     response
 }
+
+/// The API routes' deadline and body limit, read from their current configuration: a body
+/// declared or grown past the limit is 413, a request past the deadline is 504.
+pub async fn limits(
+    State(limits): State<tokio::sync::watch::Receiver<crate::state::Limits>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let crate::state::Limits {
+        request_timeout,
+        body_limit,
+    } = *limits.borrow();
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > body_limit) {
+        return borough_error::Problem::new(
+            borough_error::ErrorKind::PayloadTooLarge,
+            format!("the body is larger than {body_limit} bytes"),
+        )
+        .into_response();
+    }
+    request
+        .extensions_mut()
+        .insert(Deadline(Instant::now() + request_timeout));
+    let request = request.map(|body| Body::new(http_body_util::Limited::new(body, body_limit)));
+    match tokio::time::timeout(request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => borough_error::Problem::new(
+            borough_error::ErrorKind::DeadlineExceeded,
+            format!("the request took longer than {request_timeout:?}"),
+        )
+        .into_response(),
+    }
+}

@@ -23,9 +23,18 @@ pub struct AppState {
     /// SHA-256 of the admin token; `None`: the admin API is off.
     pub admin_token_hash: Option<[u8; 32]>,
     pub request_timeout: Duration,
+    /// The request deadline and body limit of the API routes, hot-reloaded from
+    /// `platform/gateway` (`http.request_timeout`, `http.body_limit`).
+    pub limits: tokio::sync::watch::Receiver<Limits>,
     /// The deadline of exports and imports.
     pub stream_timeout: Duration,
     pub recent_writes: Arc<RecentWrites>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub body_limit: usize,
 }
 
 /// Read-your-writes: the version of each user this gateway wrote lately. Reads ask the

@@ -1,0 +1,364 @@
+//! The config service's client: a service's `platform/<service>` namespace, kept current.
+//!
+//! At start it loads the last snapshot from a local file (so a service whose config service
+//! is down starts with the last values it had, and says so), then lists the namespace and
+//! watches it from that revision, forever, reconnecting with its last revision (the watch
+//! replays what was missed). Every applied revision is written back to the snapshot file and
+//! reported to the config service (`GET /admin/v1/config/status`).
+//!
+//! Readers get a [`tokio::sync::watch::Receiver`]: the current value without locks.
+//! [`RemoteConfig::typed`] turns the raw snapshot into typed settings, refusing (and
+//! logging) values that do not parse while keeping the previous ones.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use borough_proto::config::v1::config_service_client::ConfigServiceClient;
+use borough_proto::config::v1::watch_event::Event;
+use borough_proto::config::v1::{ListRequest, ReportAppliedRequest, WatchRequest};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::{Env, SettingsError};
+
+/// `BOROUGH_CONFIG_*` of a service that follows its platform namespace.
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    /// `BOROUGH_CONFIG_URL`; unset: no remote configuration (environment only).
+    pub url: Option<String>,
+    /// `BOROUGH_CONFIG_SNAPSHOT` (`<temp dir>/borough-config-<service>.json`).
+    pub snapshot: PathBuf,
+    /// `BOROUGH_INSTANCE` (`<hostname>-<pid>`): this process in the status report.
+    pub instance: String,
+}
+
+impl RemoteSettings {
+    pub fn from_env(env: &Env, service: &str) -> Result<Self, SettingsError> {
+        let url = match env.optional("BOROUGH_CONFIG_URL") {
+            Some(_) => Some(env.url("BOROUGH_CONFIG_URL", "", &["http", "https"])?),
+            None => None,
+        };
+        let snapshot = env
+            .optional("BOROUGH_CONFIG_SNAPSHOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("borough-config-{service}.json")));
+        let instance = env.optional("BOROUGH_INSTANCE").unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".to_owned());
+            format!("{host}-{}", std::process::id())
+        });
+        Ok(RemoteSettings {
+            url,
+            snapshot,
+            instance,
+        })
+    }
+}
+
+/// The namespace's values at a revision.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub values: BTreeMap<String, Value>,
+}
+
+/// Where the current values come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Nothing from the config service yet: environment defaults.
+    Defaults,
+    /// The snapshot file, because the config service has not been reached.
+    Snapshot { revision: i64 },
+    /// Following the config service.
+    Live { revision: i64 },
+}
+
+impl Source {
+    /// A note for `/readyz` when not live.
+    pub fn note(&self) -> Option<String> {
+        match self {
+            Source::Live { .. } => None,
+            Source::Defaults => {
+                Some("config service not reached yet: running on defaults".to_owned())
+            }
+            Source::Snapshot { revision } => Some(format!(
+                "config service unreachable: running on the snapshot at revision {revision}"
+            )),
+        }
+    }
+}
+
+/// A followed namespace.
+#[derive(Clone)]
+pub struct RemoteConfig {
+    pub snapshot: watch::Receiver<Snapshot>,
+    pub source: watch::Receiver<Source>,
+}
+
+impl RemoteConfig {
+    /// Follows `platform/<service>` as `settings` say. Without a URL, the values stay
+    /// empty (every typed setting keeps its environment value).
+    pub fn start(service: &'static str, settings: RemoteSettings) -> RemoteConfig {
+        let loaded = load(&settings.snapshot);
+        let source = match &loaded {
+            Some(snapshot) => {
+                tracing::info!(revision = snapshot.revision, file = %settings.snapshot.display(), "loaded the config snapshot");
+                Source::Snapshot {
+                    revision: snapshot.revision,
+                }
+            }
+            None => Source::Defaults,
+        };
+        let (snapshot_tx, snapshot) = watch::channel(loaded.unwrap_or_default());
+        let (source_tx, source_rx) = watch::channel(source);
+        if let Some(url) = settings.url.clone() {
+            tokio::spawn(follow(service, url, settings, snapshot_tx, source_tx));
+        }
+        RemoteConfig {
+            snapshot,
+            source: source_rx,
+        }
+    }
+
+    /// Typed settings from the snapshot: `parse` builds them from the current values and the
+    /// previous settings; a snapshot it refuses is logged and the previous settings kept.
+    pub fn typed<T>(
+        &self,
+        initial: T,
+        parse: impl Fn(&Snapshot, &T) -> Result<T, String> + Send + 'static,
+    ) -> watch::Receiver<T>
+    where
+        T: Clone + PartialEq + Send + Sync + std::fmt::Debug + 'static,
+    {
+        let first = match parse(&self.snapshot.borrow(), &initial) {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid configuration in the snapshot: keeping the defaults");
+                initial
+            }
+        };
+        let (tx, rx) = watch::channel(first);
+        let mut snapshots = self.snapshot.clone();
+        tokio::spawn(async move {
+            while snapshots.changed().await.is_ok() {
+                let snapshot = snapshots.borrow_and_update().clone();
+                let current = tx.borrow().clone();
+                match parse(&snapshot, &current) {
+                    Ok(next) if next != current => {
+                        tracing::info!(revision = snapshot.revision, settings = ?next, "configuration reloaded");
+                        if tx.send(next).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(
+                        revision = snapshot.revision,
+                        error = %e,
+                        "invalid configuration refused: keeping the previous value"
+                    ),
+                }
+            }
+        });
+        rx
+    }
+}
+
+fn load(path: &PathBuf) -> Option<Snapshot> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(snapshot) => Some(snapshot),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "the config snapshot is unreadable: ignored");
+            None
+        }
+    }
+}
+
+/// Writes the snapshot beside its final name, then renames: never half a file.
+fn save(path: &PathBuf, snapshot: &Snapshot) {
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(snapshot)?)?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(file = %path.display(), error = %e, "could not save the config snapshot");
+    }
+}
+
+async fn follow(
+    service: &'static str,
+    url: String,
+    settings: RemoteSettings,
+    snapshot_tx: watch::Sender<Snapshot>,
+    source_tx: watch::Sender<Source>,
+) {
+    let namespace = format!("platform/{service}");
+    let mut listed = false;
+    let mut warned = false;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let result = async {
+            let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+                .connect_timeout(Duration::from_secs(2))
+                .connect()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut client = ConfigServiceClient::new(channel);
+            if !listed {
+                // The whole namespace once; from then on, only changes.
+                let list = client
+                    .list(ListRequest {
+                        namespace: namespace.clone(),
+                        prefix: String::new(),
+                    })
+                    .await?
+                    .into_inner();
+                let mut values = BTreeMap::new();
+                for entry in list.entries {
+                    if let Ok(value) = serde_json::from_str(&entry.value_json) {
+                        values.insert(entry.key, value);
+                    }
+                }
+                let snapshot = Snapshot {
+                    revision: list.revision,
+                    values,
+                };
+                save(&settings.snapshot, &snapshot);
+                snapshot_tx.send_replace(snapshot);
+                listed = true;
+            }
+            let from = snapshot_tx.borrow().revision;
+            let mut events = client
+                .watch(WatchRequest {
+                    namespaces: vec![namespace.clone()],
+                    from_revision: from,
+                })
+                .await?
+                .into_inner();
+            while let Some(event) = events.message().await? {
+                match event.event {
+                    Some(Event::Change(change)) => {
+                        let mut snapshot = snapshot_tx.borrow().clone();
+                        snapshot.revision = change.revision;
+                        match change
+                            .new_value_json
+                            .as_deref()
+                            .and_then(|v| serde_json::from_str(v).ok())
+                        {
+                            Some(value) => snapshot.values.insert(change.key, value),
+                            None => snapshot.values.remove(&change.key),
+                        };
+                        save(&settings.snapshot, &snapshot);
+                        snapshot_tx.send_replace(snapshot);
+                    }
+                    Some(Event::Synced(_)) | None => {}
+                }
+                let revision = snapshot_tx.borrow().revision;
+                source_tx.send_replace(Source::Live { revision });
+                let report = ReportAppliedRequest {
+                    instance: settings.instance.clone(),
+                    service: service.to_owned(),
+                    revision,
+                };
+                if let Err(e) = client.report_applied(report).await {
+                    tracing::debug!(error = %e, "could not report the applied config revision");
+                }
+            }
+            Ok::<(), tonic::Status>(())
+        }
+        .await;
+        if let Err(status) = result {
+            if !warned {
+                let revision = snapshot_tx.borrow().revision;
+                tracing::warn!(code = ?status.code(), message = status.message(), revision, "config service unreachable: keeping the current configuration");
+                warned = true;
+            }
+            let current = source_tx.borrow().clone();
+            if let Source::Live { revision } = current {
+                source_tx.send_replace(Source::Snapshot { revision });
+            }
+        } else {
+            warned = false;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A duration from a config value: `"5s"`, `"250ms"`, or a number of milliseconds.
+pub fn duration_value(value: &Value) -> Result<Duration, String> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .map(Duration::from_millis)
+            .ok_or_else(|| format!("{n} is not a whole number of milliseconds")),
+        Value::String(s) => {
+            crate::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration"))
+        }
+        other => Err(format!("{other} is not a duration")),
+    }
+}
+
+/// A byte size from a config value: a number, or `"64KiB"`, `"1MiB"`.
+pub fn bytes_value(value: &Value) -> Result<usize, String> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("{n} is not a byte size")),
+        Value::String(s) => {
+            crate::parse_bytes(s).ok_or_else(|| format!("{s:?} is not a byte size"))
+        }
+        other => Err(format!("{other} is not a byte size")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse_from_numbers_and_strings_only() {
+        assert_eq!(
+            duration_value(&Value::from(250)),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(
+            duration_value(&Value::from("5s")),
+            Ok(Duration::from_secs(5))
+        );
+        assert!(duration_value(&Value::from("soon")).is_err());
+        assert!(duration_value(&Value::from(-1)).is_err());
+        assert_eq!(bytes_value(&Value::from("1MiB")), Ok(1024 * 1024));
+        assert!(bytes_value(&Value::Bool(true)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_file_is_the_starting_point_when_the_service_is_unreachable() {
+        let path =
+            std::env::temp_dir().join(format!("borough-snapshot-test-{}.json", std::process::id()));
+        let snapshot = Snapshot {
+            revision: 7,
+            values: BTreeMap::from([("k".to_owned(), Value::from(1))]),
+        };
+        save(&path, &snapshot);
+        let remote = RemoteConfig::start(
+            "test",
+            RemoteSettings {
+                url: None,
+                snapshot: path.clone(),
+                instance: "i".into(),
+            },
+        );
+        assert_eq!(*remote.snapshot.borrow(), snapshot);
+        assert_eq!(*remote.source.borrow(), Source::Snapshot { revision: 7 });
+        let _ = std::fs::remove_file(path);
+    }
+}
