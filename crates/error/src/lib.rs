@@ -319,7 +319,14 @@ impl Problem {
                     .find(|row| row.slug == slug && row.code == status.code())
             })
             .map(|row| row.kind);
-        let kind = named.unwrap_or_else(|| ErrorKind::from_grpc_code(status.code()));
+        let kind = named.unwrap_or_else(|| match status.code() {
+            // tonic's server answers a spent `grpc-timeout` with CANCELLED "Timeout
+            // expired": for the edge that is the deadline, not a caller who left.
+            Code::Cancelled if status.message().contains("Timeout expired") => {
+                ErrorKind::DeadlineExceeded
+            }
+            code => ErrorKind::from_grpc_code(code),
+        });
         let public = metadata.contains_key(PUBLIC_DETAIL_METADATA);
         let mut problem = if (kind.is_server_fault() && !public) || status.code() == Code::Unknown {
             tracing::warn!(code = ?status.code(), message = status.message(), "backend call failed");
@@ -563,6 +570,14 @@ mod tests {
         assert_eq!(problem.kind, ErrorKind::Unavailable);
         assert_eq!(problem.detail, "Service unavailable");
         assert_eq!(problem.retry_after, Some(1));
+    }
+
+    #[test]
+    fn a_grpc_deadline_spent_on_the_server_is_a_deadline_at_the_edge() {
+        let status = tonic::Status::cancelled("Timeout expired");
+        assert_eq!(Problem::from_status(&status).kind, ErrorKind::DeadlineExceeded);
+        let left = tonic::Status::cancelled("the client went away");
+        assert_eq!(Problem::from_status(&left).kind, ErrorKind::Cancelled);
     }
 
     #[test]

@@ -287,3 +287,124 @@ async fn the_platform_config_is_watched_as_server_sent_events_and_resumed_by_las
     assert_eq!(live[0].1, json!(5000));
     Ok(())
 }
+
+/// Puts a platform/gateway value through the admin API; waits until this gateway has
+/// applied that revision (its report in `/admin/v1/config/status`).
+async fn set_gateway_config(stack: &Stack, key: &str, value: Value) -> anyhow::Result<()> {
+    let response = stack
+        .http
+        .put(stack.url(&format!("/admin/v1/config/platform/gateway/{key}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&value)
+        .send()
+        .await?;
+    anyhow::ensure!(response.status() == 200, "put {key}: {}", response.status());
+    let entry: Value = response.json().await?;
+    let revision = entry["revision"].as_i64().unwrap_or_default();
+    let started = std::time::Instant::now();
+    loop {
+        let status: Value = stack
+            .http
+            .get(stack.url("/admin/v1/config/status"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let applied = status["instances"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["service"] == "gateway")
+            .filter_map(|i| i["applied_revision"].as_i64())
+            .max()
+            .unwrap_or_default();
+        if applied >= revision {
+            // The typed settings follow the snapshot at once; give the watch a beat.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "never applied: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_gateways_request_timeout_and_body_limit_hot_reload_from_the_config_service()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (_, key) = stack.create_tenant("hot").await?;
+    let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
+    let id = user["id"].as_str().unwrap_or_default().to_owned();
+    let path = format!("/api/v1/users/{id}");
+
+    // A request held on a row lock for ~600ms: within the default 10s deadline it succeeds.
+    let slow_patch = |release_after: Duration| {
+        let stack_url = stack.url(&path);
+        let http = stack.http.clone();
+        let key = key.clone();
+        let admin_url = stack.db.admin_url.clone();
+        let id = id.clone();
+        async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
+            let mut tx = conn.begin().await?;
+            sqlx::query("SELECT 1 FROM users WHERE id = $1::uuid FOR UPDATE")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            let request = http
+                .patch(stack_url)
+                .bearer_auth(&key)
+                .json(&json!({ "name": "Slow" }))
+                .send();
+            let release = async {
+                tokio::time::sleep(release_after).await;
+                tx.rollback().await
+            };
+            let (response, released) = tokio::join!(request, release);
+            released?;
+            Ok::<u16, anyhow::Error>(response?.status().as_u16())
+        }
+    };
+    assert_eq!(slow_patch(Duration::from_millis(600)).await?, 200);
+
+    // 300ms deadline, hot: the same request is cut off with 504, without a restart.
+    set_gateway_config(&stack, "http.request_timeout", json!("300ms")).await?;
+    let started = std::time::Instant::now();
+    assert_eq!(slow_patch(Duration::from_millis(1500)).await?, 504);
+    assert!(started.elapsed() < Duration::from_millis(1500) + Duration::from_secs(1));
+
+    // An invalid value is refused and the previous one kept.
+    set_gateway_config(&stack, "http.request_timeout", json!("soon")).await?;
+    assert_eq!(slow_patch(Duration::from_millis(1500)).await?, 504);
+
+    // Back to 10s.
+    set_gateway_config(&stack, "http.request_timeout", json!("10s")).await?;
+    assert_eq!(slow_patch(Duration::from_millis(600)).await?, 200);
+
+    // Body limit: 100 bytes refuses a larger body with 413; lifted, it is accepted.
+    let big = json!({ "name": "N".repeat(150), "email": "big@example.com" });
+    set_gateway_config(&stack, "http.body_limit", json!(100)).await?;
+    let response = stack
+        .http
+        .post(stack.url("/api/v1/users"))
+        .bearer_auth(&key)
+        .json(&big)
+        .send()
+        .await?;
+    assert_problem(response, 413).await?;
+    set_gateway_config(&stack, "http.body_limit", json!("1MiB")).await?;
+    let response = stack
+        .http
+        .post(stack.url("/api/v1/users"))
+        .bearer_auth(&key)
+        .json(&big)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 201);
+    Ok(())
+}

@@ -150,8 +150,17 @@ impl Stack {
         let query = spawn_query_with(borough_query::Settings::from_env(&env)?).await?;
         let config = spawn_config(&db).await?;
         let config_url = config.url(0);
+        // Each gateway its own snapshot file: tests run side by side.
+        let snapshot = std::env::temp_dir()
+            .join(format!(
+                "borough-test-config-{}.json",
+                uuid::Uuid::now_v7().simple()
+            ))
+            .display()
+            .to_string();
         let mut gateway_settings = gateway_settings.to_vec();
         gateway_settings.insert(0, ("BOROUGH_CONFIG_URL", config_url.as_str()));
+        gateway_settings.insert(1, ("BOROUGH_CONFIG_SNAPSHOT", snapshot.as_str()));
         let gateway_settings = gateway_settings.as_slice();
         let gateway = spawn_gateway(&user.url(0), &query.url(0), gateway_settings).await?;
         let stack = Stack {
