@@ -7,7 +7,7 @@
 #   make clean-data forget the local cluster, tokens and demo tenant of `make run`
 
 CARGO ?= cargo
-SERVICE_BINS := --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
+SERVICE_BINS := --bin borough-config --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
 
 .PHONY: run test lint build fmt clean-data
 

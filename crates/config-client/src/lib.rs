@@ -165,16 +165,21 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// `BOROUGH_PROBE_INTERVAL` (2s): how often dependencies are checked for readiness.
     pub probe_interval: Duration,
+    /// `BOROUGH_CONFIG_URL` (follow `platform/<service>`), `BOROUGH_CONFIG_SNAPSHOT`,
+    /// `BOROUGH_INSTANCE`.
+    pub remote: remote::RemoteSettings,
 }
 
 impl ServerSettings {
     pub fn from_env(
         env: &Env,
+        service: &str,
         api_var: &'static str,
         api_default: &str,
         admin_default: &str,
     ) -> Result<Self, SettingsError> {
         Ok(ServerSettings {
+            remote: remote::RemoteSettings::from_env(env, service)?,
             api_addr: env.socket_addr(api_var, api_default)?,
             api_var,
             admin_addr: env.socket_addr("BOROUGH_ADMIN_ADDR", admin_default)?,
@@ -307,6 +312,7 @@ mod tests {
         let env = Env::from_pairs([("", "")]);
         let server = ServerSettings::from_env(
             &env,
+            "test",
             "BOROUGH_GRPC_ADDR",
             "127.0.0.1:50051",
             "127.0.0.1:9461",
@@ -316,8 +322,14 @@ mod tests {
         assert_eq!(server.admin_addr.port(), 9461);
         assert_eq!(server.shutdown_grace, Duration::from_secs(5));
         let env = Env::from_pairs([("BOROUGH_SHUTDOWN_GRACE", "a while")]);
-        let err = ServerSettings::from_env(&env, "BOROUGH_GRPC_ADDR", "127.0.0.1:1", "127.0.0.1:2")
-            .expect_err("bad duration");
+        let err = ServerSettings::from_env(
+            &env,
+            "test",
+            "BOROUGH_GRPC_ADDR",
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+        )
+        .expect_err("bad duration");
         assert!(err.to_string().contains("BOROUGH_SHUTDOWN_GRACE"), "{err}");
     }
 

@@ -575,7 +575,10 @@ mod tests {
     #[test]
     fn a_grpc_deadline_spent_on_the_server_is_a_deadline_at_the_edge() {
         let status = tonic::Status::cancelled("Timeout expired");
-        assert_eq!(Problem::from_status(&status).kind, ErrorKind::DeadlineExceeded);
+        assert_eq!(
+            Problem::from_status(&status).kind,
+            ErrorKind::DeadlineExceeded
+        );
         let left = tonic::Status::cancelled("the client went away");
         assert_eq!(Problem::from_status(&left).kind, ErrorKind::Cancelled);
     }

@@ -55,7 +55,8 @@ impl Listeners {
 
 /// Serves `routes` over gRPC (plus `grpc.health.v1`) until `shutdown` resolves.
 ///
-/// Readiness (`/readyz`, gRPC health) follows the database. On shutdown: readiness fails,
+/// Readiness (`/readyz`, gRPC health) follows the database. With `settings.remote.url`
+/// set, the service follows `platform/<service>` ([`crate::config`]). On shutdown: readiness fails,
 /// `shutdown_grace` passes, the listener closes and in-flight calls drain, then the admin
 /// port closes and the pool is closed.
 pub async fn serve_grpc(
@@ -68,6 +69,10 @@ pub async fn serve_grpc(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let readiness = Readiness::new();
+    if settings.remote.url.is_some() {
+        // Hot settings of every service (today: the log level).
+        crate::config::follow_platform_config(service, settings.remote.clone(), &readiness);
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     let probe = tokio::spawn(db::probe_readiness(
         pool.clone(),

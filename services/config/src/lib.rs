@@ -55,6 +55,7 @@ impl Settings {
         Ok(Settings {
             server: ServerSettings::from_env(
                 env,
+                SERVICE,
                 "BOROUGH_GRPC_ADDR",
                 "127.0.0.1:50053",
                 "127.0.0.1:9463",
@@ -305,13 +306,16 @@ impl ConfigService for Config {
             .instances()
             .await?
             .into_iter()
-            .map(|(instance, service, applied, last_seen)| InstanceStatus {
-                instance,
-                service,
-                applied_revision: applied,
-                lag: (revision - applied).max(0),
-                last_seen: Some(to_timestamp(last_seen)),
-            })
+            .map(
+                |(instance, service, applied, last_seen, wanted)| InstanceStatus {
+                    instance,
+                    service,
+                    applied_revision: applied,
+                    // Revisions of its own namespace it has not applied yet.
+                    lag: (wanted - applied).max(0),
+                    last_seen: Some(to_timestamp(last_seen)),
+                },
+            )
             .collect();
         Ok(Response::new(StatusResponse {
             revision,

@@ -452,13 +452,18 @@ impl Store {
         Ok(())
     }
 
-    /// Instances seen in the last 10 minutes: (instance, service, revision, last seen).
+    /// Instances seen in the last 10 minutes: (instance, service, applied revision, last
+    /// seen, the latest revision of their `platform/<service>` namespace).
     pub async fn instances(
         &self,
-    ) -> Result<Vec<(String, String, i64, DateTime<Utc>)>, ConfigError> {
+    ) -> Result<Vec<(String, String, i64, DateTime<Utc>, i64)>, ConfigError> {
         Ok(sqlx::query_as(
-            "SELECT instance, service, revision, last_seen FROM config.instances
-              WHERE last_seen > now() - interval '10 minutes' ORDER BY service, instance",
+            "SELECT i.instance, i.service, i.revision, i.last_seen,
+                    COALESCE((SELECT max(h.revision) FROM config.history h
+                               WHERE h.namespace = 'platform/' || i.service), 0)
+               FROM config.instances i
+              WHERE i.last_seen > now() - interval '10 minutes'
+              ORDER BY i.service, i.instance",
         )
         .fetch_all(&self.pool)
         .await?)

@@ -270,10 +270,10 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (mut state, user, query) = app_state(&settings)?;
     let readiness = Readiness::new();
-    if settings.remote.url.is_some() {
+    if settings.server.remote.url.is_some() {
         let remote = borough_net::config::follow_platform_config(
             SERVICE,
-            settings.remote.clone(),
+            settings.server.remote.clone(),
             &readiness,
         );
         state.limits = remote.typed(settings.limits(), settings::parse_limits);

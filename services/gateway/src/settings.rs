@@ -32,9 +32,6 @@ pub struct Settings {
     pub stream_timeout: Duration,
     /// `BOROUGH_IMPORT_BODY_LIMIT` (256MiB): the largest import body.
     pub import_body_limit: usize,
-    /// `BOROUGH_CONFIG_URL` (to follow `platform/gateway`), `BOROUGH_CONFIG_SNAPSHOT`,
-    /// `BOROUGH_INSTANCE`.
-    pub remote: borough_config_client::remote::RemoteSettings,
     /// `BOROUGH_READ_YOUR_WRITES_TTL` (60s): how long this gateway remembers the versions
     /// it wrote, so that its reads never return an older one from a cache.
     pub read_your_writes_ttl: Duration,
@@ -55,6 +52,7 @@ impl Settings {
         Ok(Settings {
             server: ServerSettings::from_env(
                 env,
+                "gateway",
                 "BOROUGH_HTTP_ADDR",
                 "127.0.0.1:8080",
                 "127.0.0.1:9460",
@@ -78,7 +76,6 @@ impl Settings {
             request_timeout: env.duration("BOROUGH_REQUEST_TIMEOUT", Duration::from_secs(10))?,
             stream_timeout: env.duration("BOROUGH_STREAM_TIMEOUT", Duration::from_secs(600))?,
             import_body_limit: env.bytes("BOROUGH_IMPORT_BODY_LIMIT", 256 * 1024 * 1024)?,
-            remote: borough_config_client::remote::RemoteSettings::from_env(env, "gateway")?,
             read_your_writes_ttl: env
                 .duration("BOROUGH_READ_YOUR_WRITES_TTL", Duration::from_secs(60))?,
             body_limit: env.bytes("BOROUGH_BODY_LIMIT", 1024 * 1024)?,
@@ -94,6 +91,40 @@ impl Settings {
                 .unwrap_or_default(),
         })
     }
+}
+
+impl Settings {
+    /// The API routes' limits as the environment sets them.
+    pub fn limits(&self) -> crate::state::Limits {
+        crate::state::Limits {
+            request_timeout: self.request_timeout,
+            body_limit: self.body_limit,
+        }
+    }
+}
+
+/// `http.request_timeout` and `http.body_limit` of `platform/gateway`, over `defaults`
+/// (absent keys keep them). Refused: zero or unparsable values.
+pub fn parse_limits(
+    snapshot: &borough_config_client::remote::Snapshot,
+    defaults: &crate::state::Limits,
+) -> Result<crate::state::Limits, String> {
+    use borough_config_client::remote::{bytes_value, duration_value};
+    let mut limits = *defaults;
+    if let Some(value) = snapshot.values.get("http.request_timeout") {
+        limits.request_timeout =
+            duration_value(value).map_err(|e| format!("http.request_timeout: {e}"))?;
+        if limits.request_timeout.is_zero() {
+            return Err("http.request_timeout must be more than zero".to_owned());
+        }
+    }
+    if let Some(value) = snapshot.values.get("http.body_limit") {
+        limits.body_limit = bytes_value(value).map_err(|e| format!("http.body_limit: {e}"))?;
+        if limits.body_limit == 0 {
+            return Err("http.body_limit must be more than zero".to_owned());
+        }
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]
@@ -132,38 +163,4 @@ mod tests {
             .expect_err("too short");
         assert!(!err.to_string().contains("s3cr3t"));
     }
-}
-
-impl Settings {
-    /// The API routes' limits as the environment sets them.
-    pub fn limits(&self) -> crate::state::Limits {
-        crate::state::Limits {
-            request_timeout: self.request_timeout,
-            body_limit: self.body_limit,
-        }
-    }
-}
-
-/// `http.request_timeout` and `http.body_limit` of `platform/gateway`, over `defaults`
-/// (absent keys keep them). Refused: zero or unparsable values.
-pub fn parse_limits(
-    snapshot: &borough_config_client::remote::Snapshot,
-    defaults: &crate::state::Limits,
-) -> Result<crate::state::Limits, String> {
-    use borough_config_client::remote::{bytes_value, duration_value};
-    let mut limits = *defaults;
-    if let Some(value) = snapshot.values.get("http.request_timeout") {
-        limits.request_timeout =
-            duration_value(value).map_err(|e| format!("http.request_timeout: {e}"))?;
-        if limits.request_timeout.is_zero() {
-            return Err("http.request_timeout must be more than zero".to_owned());
-        }
-    }
-    if let Some(value) = snapshot.values.get("http.body_limit") {
-        limits.body_limit = bytes_value(value).map_err(|e| format!("http.body_limit: {e}"))?;
-        if limits.body_limit == 0 {
-            return Err("http.body_limit must be more than zero".to_owned());
-        }
-    }
-    Ok(limits)
 }

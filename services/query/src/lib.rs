@@ -451,6 +451,7 @@ impl Settings {
         Ok(Settings {
             server: ServerSettings::from_env(
                 env,
+                SERVICE,
                 "BOROUGH_GRPC_ADDR",
                 "127.0.0.1:50052",
                 "127.0.0.1:9462",

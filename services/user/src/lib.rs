@@ -38,6 +38,7 @@ impl Settings {
         Ok(Settings {
             server: ServerSettings::from_env(
                 env,
+                SERVICE,
                 "BOROUGH_GRPC_ADDR",
                 "127.0.0.1:50051",
                 "127.0.0.1:9461",

@@ -148,14 +148,34 @@ async fn run() -> Result<()> {
     let gateway_url = format!("http://{}", env_or("BOROUGH_HTTP_ADDR", "127.0.0.1:8080"));
     let mut children = Vec::new();
     let result = async {
-        for (binary, grpc, admin) in [
-            ("borough-user", "127.0.0.1:50051", "127.0.0.1:9461"),
-            ("borough-query", "127.0.0.1:50052", "127.0.0.1:9462"),
+        let config_url = "http://127.0.0.1:50053";
+        let snapshot = |service: &str| {
+            data.join(format!("config-{service}.json"))
+                .display()
+                .to_string()
+        };
+        for (binary, service, grpc, admin) in [
+            (
+                "borough-config",
+                "config",
+                "127.0.0.1:50053",
+                "127.0.0.1:9463",
+            ),
+            ("borough-user", "user", "127.0.0.1:50051", "127.0.0.1:9461"),
+            (
+                "borough-query",
+                "query",
+                "127.0.0.1:50052",
+                "127.0.0.1:9462",
+            ),
         ] {
+            let snapshot = snapshot(service);
             let mut env = vec![
                 ("BOROUGH_GRPC_ADDR", grpc),
                 ("BOROUGH_ADMIN_ADDR", admin),
                 ("BOROUGH_DATABASE_URL", &database_url),
+                ("BOROUGH_CONFIG_URL", config_url),
+                ("BOROUGH_CONFIG_SNAPSHOT", &snapshot),
             ];
             if binary == "borough-user" {
                 // It creates schema and database tenants.
@@ -163,15 +183,25 @@ async fn run() -> Result<()> {
             }
             children.push((binary, spawn(&paths.bin, binary, &env)?));
         }
+        let gateway_snapshot = snapshot("gateway");
         children.push((
             "borough-gateway",
             spawn(
                 &paths.bin,
                 "borough-gateway",
-                &[("BOROUGH_ADMIN_TOKEN", &admin_token)],
+                &[
+                    ("BOROUGH_ADMIN_TOKEN", &admin_token),
+                    ("BOROUGH_CONFIG_URL", config_url),
+                    ("BOROUGH_CONFIG_SNAPSHOT", &gateway_snapshot),
+                ],
             )?,
         ));
-        for admin in ["127.0.0.1:9461", "127.0.0.1:9462", "127.0.0.1:9460"] {
+        for admin in [
+            "127.0.0.1:9463",
+            "127.0.0.1:9461",
+            "127.0.0.1:9462",
+            "127.0.0.1:9460",
+        ] {
             wait_ready(&format!("http://{admin}/readyz"), &mut children).await?;
         }
 
@@ -288,7 +318,7 @@ async fn demo_key(gateway: &str, admin_token: &str) -> Result<String> {
 fn print_walkthrough(gateway: &str, admin_token: &str, api_key: &str, took: Duration) {
     println!(
         r#"
-borough: ready in {took:.1?}. Gateway {gateway}, admin ports 9460 (gateway), 9461 (user), 9462 (query).
+borough: ready in {took:.1?}. Gateway {gateway}, admin ports 9460 (gateway), 9461 (user), 9462 (query), 9463 (config).
 
   export BOROUGH_ADMIN_TOKEN={admin_token}
   export BOROUGH_API_KEY={api_key}

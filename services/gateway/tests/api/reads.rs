@@ -290,12 +290,15 @@ async fn no_tenant_finds_another_tenants_users_by_search_export_or_batch_get() -
     Ok(())
 }
 
-/// Inserts `count` users for the tenant straight into its shared table.
+/// Inserts `count` users for the tenant straight into its shared table. Names are ~200
+/// characters, so an export (~20 MB at 50,000) is far more than the kernel's socket buffers
+/// can hold: a stalled client really holds the producer back.
 async fn seed(stack: &Stack, tenant: &str, count: i64) -> anyhow::Result<()> {
     let pool = stack.db.admin_pool().await?;
     sqlx::query(
         "INSERT INTO users (tenant_id, id, name, email)
-         SELECT $1::uuid, gen_random_uuid(), 'User ' || n, 'user' || n || '@example.com'
+         SELECT $1::uuid, gen_random_uuid(), 'User ' || n || ' ' || repeat('x', 180),
+                'user' || n || '@example.com'
            FROM generate_series(1, $2) AS n",
     )
     .bind(tenant)
@@ -331,6 +334,15 @@ async fn an_export_of_50000_users_streams_under_backpressure_and_stops_when_the_
     assert!(
         produced < (USERS / 2) as f64,
         "{produced} rows produced for a stalled client"
+    );
+    // And it stays there: the producer waits for the client.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = stack
+        .metric(&stack.query, "borough_export_rows_total")
+        .await?;
+    assert!(
+        later - produced < 1000.0,
+        "{produced} then {later}: not held back"
     );
     assert_eq!(
         stack

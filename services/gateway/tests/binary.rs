@@ -1,0 +1,160 @@
+//! The `borough-gateway` binary as an operator runs it, following its platform config:
+//! started from a snapshot while the config service is down, then catching up, with the
+//! log level changing live.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use borough_config_client::Env;
+use borough_proto::config::v1::PutRequest;
+use borough_proto::config::v1::config_service_client::ConfigServiceClient;
+use borough_testkit::TestDatabase;
+use tokio::io::AsyncBufReadExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_borough-gateway");
+
+async fn wait_for(
+    what: &str,
+    mut check: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !check().await? {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_gateway_starts_from_its_snapshot_catches_up_and_changes_log_level_live()
+-> anyhow::Result<()> {
+    borough_telemetry::logging::init_test_logging();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+    let (http, admin, config_addr) = (free()?, free()?, free()?);
+    let snapshot = std::env::temp_dir().join(format!(
+        "borough-bin-test-{}.json",
+        uuid::Uuid::now_v7().simple()
+    ));
+    // The last configuration this gateway had: warnings only.
+    std::fs::write(&snapshot, r#"{"revision":5,"values":{"log.level":"warn"}}"#)?;
+
+    let mut child = tokio::process::Command::new(BIN)
+        .env("BOROUGH_HTTP_ADDR", http.to_string())
+        .env("BOROUGH_ADMIN_ADDR", admin.to_string())
+        .env("BOROUGH_CONFIG_URL", format!("http://{config_addr}"))
+        .env("BOROUGH_CONFIG_SNAPSHOT", &snapshot)
+        .env("BOROUGH_USER_URL", "http://127.0.0.1:9")
+        .env("BOROUGH_QUERY_URL", "http://127.0.0.1:9")
+        .env("BOROUGH_LOG_FORMAT", "json")
+        .env("BOROUGH_SHUTDOWN_GRACE", "0s")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    tokio::spawn({
+        let lines = lines.clone();
+        async move {
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(mut lines) = lines.lock() {
+                    lines.push(line);
+                }
+            }
+        }
+    });
+    let logged = |needle: &'static str| {
+        let lines = lines.clone();
+        move || {
+            lines
+                .lock()
+                .map(|l| l.iter().filter(|x| x.contains(needle)).count())
+                .unwrap_or(0)
+        }
+    };
+    let hello_lines = logged("/hello");
+    let client = reqwest::Client::new();
+
+    // Up, on its snapshot (said on /readyz), logging warnings only: no access log line.
+    wait_for("the gateway", async || {
+        Ok(client
+            .get(format!("http://{http}/hello"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200))
+    })
+    .await?;
+    let readyz: serde_json::Value = client
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert!(
+        readyz["notes"]
+            .to_string()
+            .contains("snapshot at revision 5"),
+        "{readyz}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        hello_lines(),
+        0,
+        "an access log line at INFO despite the warn filter"
+    );
+
+    // The config service comes up on its address, with a newer log level: the gateway
+    // catches up (no restart) and logs requests at INFO again.
+    let db = TestDatabase::create().await?;
+    let settings = borough_config::Settings::from_env(&Env::from_pairs([
+        ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
+        ("BOROUGH_SHUTDOWN_GRACE", "0s"),
+    ]))?;
+    let listeners = borough_config::Listeners {
+        api: tokio::net::TcpListener::bind(config_addr).await?,
+        admin: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = tokio::spawn(borough_config::serve(settings, listeners, async {
+        let _ = stopped.await;
+    }));
+    let mut grpc = ConfigServiceClient::connect(format!("http://{config_addr}")).await?;
+    grpc.put(PutRequest {
+        namespace: "platform/gateway".into(),
+        key: "log.level".into(),
+        value_json: "\"info\"".into(),
+        expected_revision: None,
+    })
+    .await?;
+    wait_for("the new log level", async || {
+        let _ = client.get(format!("http://{http}/hello")).send().await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(hello_lines() > 0)
+    })
+    .await?;
+    let readyz: serde_json::Value = client
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(readyz["notes"], serde_json::json!([]), "{readyz}");
+    // The snapshot file now holds the live configuration.
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&snapshot)?)?;
+    assert_eq!(saved["values"]["log.level"], "info");
+
+    child.kill().await?;
+    let _ = stop.send(());
+    config.await??;
+    let _ = std::fs::remove_file(&snapshot);
+    Ok(())
+}
