@@ -105,43 +105,43 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
             "/api/v1/users",
             post(routes::users::create).get(routes::users::list),
         )
-        .route("/api/v1/users:batchGet", post(routes::bulk::batch_get))
-        .route(
-            "/api/v1/config/{name}",
-            get(routes::config::tenant_namespace).put(routes::config::tenant_schema),
-        )
-        .route(
-            "/api/v1/config/{name}/{key}",
-            get(routes::config::tenant_get)
-                .put(routes::config::tenant_put)
-                .delete(routes::config::tenant_delete)
-                .post(routes::config::tenant_rollback),
-        )
-        .route(
-            "/api/v1/config/{name}/{key}/history",
-            get(routes::config::tenant_history),
-        )
-        .route("/admin/v1/config/status", get(routes::config::status))
-        .route(
-            "/admin/v1/config/platform/{name}",
-            get(routes::config::platform_namespace).put(routes::config::platform_schema),
-        )
-        .route(
-            "/admin/v1/config/platform/{name}/{key}",
-            get(routes::config::platform_get)
-                .put(routes::config::platform_put)
-                .delete(routes::config::platform_delete)
-                .post(routes::config::platform_rollback),
-        )
-        .route(
-            "/admin/v1/config/platform/{name}/{key}/history",
-            get(routes::config::platform_history),
-        )
         .route(
             "/api/v1/users/{id}",
             get(routes::users::get)
                 .patch(routes::users::update)
                 .delete(routes::users::delete),
+        )
+        .route("/api/v1/users:batchGet", post(routes::bulk::batch_get))
+        .route(
+            "/api/v1/config/{name}",
+            get(routes::config::get_namespace).put(routes::config::put_namespace),
+        )
+        .route(
+            "/api/v1/config/{name}/{key}",
+            get(routes::config::get_key)
+                .put(routes::config::put_key)
+                .delete(routes::config::delete_key)
+                .post(routes::config::post_key),
+        )
+        .route(
+            "/api/v1/config/{name}/{key}/history",
+            get(routes::config::get_history),
+        )
+        .route("/admin/v1/config/status", get(routes::config::status))
+        .route(
+            "/admin/v1/config/platform/{name}",
+            get(routes::config::get_namespace).put(routes::config::put_namespace),
+        )
+        .route(
+            "/admin/v1/config/platform/{name}/{key}",
+            get(routes::config::get_key)
+                .put(routes::config::put_key)
+                .delete(routes::config::delete_key)
+                .post(routes::config::post_key),
+        )
+        .route(
+            "/admin/v1/config/platform/{name}/{key}/history",
+            get(routes::config::get_history),
         )
         .route(
             "/admin/v1/tenants",

@@ -31,7 +31,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{header_value, with_headers};
-use crate::auth::{Admin, Tenant};
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+
+use crate::auth::{Admin, Tenant, Unauthorized};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::grpc::{self, Deadline};
 use crate::state::AppState;
@@ -436,31 +439,57 @@ fn split_action<'a>(name: &'a str, action: &str) -> (&'a str, bool) {
     }
 }
 
-// Tenant routes: the namespace is always the caller's own.
+/// Whose namespaces a request addresses, from its route: `/admin/v1/config/platform/{name}…`
+/// needs the admin token and addresses `platform/{name}`; `/api/v1/config/{name}…` needs
+/// an API key and addresses the caller's own `tenant/<its id>/{name}`.
+pub enum Scope {
+    Platform,
+    Tenant(TenantContext),
+}
 
-pub async fn tenant_namespace(
+impl FromRequestParts<AppState> for Scope {
+    type Rejection = Unauthorized;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if parts.uri.path().starts_with("/admin/") {
+            Admin::from_request_parts(parts, state).await?;
+            Ok(Scope::Platform)
+        } else {
+            let Tenant(tenant) = Tenant::from_request_parts(parts, state).await?;
+            Ok(Scope::Tenant(tenant))
+        }
+    }
+}
+
+impl Scope {
+    fn target(self, name: &str) -> Target {
+        match self {
+            Scope::Platform => Target::platform(name),
+            Scope::Tenant(tenant) => Target::tenant(tenant, name),
+        }
+    }
+}
+
+/// `GET {ns}` (list) and `GET {ns}:watch` (SSE).
+pub async fn get_namespace(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    scope: Scope,
     deadline: Deadline,
     Path(name): Path<String>,
     ApiQuery(query): ApiQuery<NamespaceQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let (name, watch) = split_action(&name, ":watch");
-    namespace(
-        state,
-        Target::tenant(tenant, name),
-        watch,
-        deadline,
-        query,
-        headers,
-    )
-    .await
+    namespace(state, scope.target(name), watch, deadline, query, headers).await
 }
 
-pub async fn tenant_schema(
+/// `PUT {ns}:schema`.
+pub async fn put_namespace(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    scope: Scope,
     deadline: Deadline,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<Value>,
@@ -472,162 +501,58 @@ pub async fn tenant_schema(
             "PUT on a namespace is for {name}:schema only",
         ));
     }
-    schema(state, Target::tenant(tenant, name), deadline, body).await
+    schema(state, scope.target(name), deadline, body).await
 }
 
-pub async fn tenant_get(
+pub async fn get_key(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    scope: Scope,
     deadline: Deadline,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    get_entry(state, Target::tenant(tenant, &name), key, deadline).await
+    get_entry(state, scope.target(&name), key, deadline).await
 }
 
-pub async fn tenant_put(
+pub async fn put_key(
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    deadline: Deadline,
-    Path((name, key)): Path<(String, String)>,
-    headers: HeaderMap,
-    ApiJson(value): ApiJson<Value>,
-) -> Result<Response, Problem> {
-    put_entry(
-        state,
-        Target::tenant(tenant, &name),
-        key,
-        deadline,
-        headers,
-        value,
-    )
-    .await
-}
-
-pub async fn tenant_delete(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    deadline: Deadline,
-    Path((name, key)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Response, Problem> {
-    delete_entry(state, Target::tenant(tenant, &name), key, deadline, headers).await
-}
-
-pub async fn tenant_history(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    deadline: Deadline,
-    Path((name, key)): Path<(String, String)>,
-    ApiQuery(query): ApiQuery<HistoryQuery>,
-) -> Result<Response, Problem> {
-    history(state, Target::tenant(tenant, &name), key, deadline, query).await
-}
-
-pub async fn tenant_rollback(
-    State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    deadline: Deadline,
-    Path((name, key)): Path<(String, String)>,
-    ApiJson(body): ApiJson<RollbackBody>,
-) -> Result<Response, Problem> {
-    rollback(state, Target::tenant(tenant, &name), &key, deadline, body).await
-}
-
-// Platform routes (admin token): `platform/{service}`.
-
-pub async fn platform_namespace(
-    State(state): State<AppState>,
-    _: Admin,
-    deadline: Deadline,
-    Path(name): Path<String>,
-    ApiQuery(query): ApiQuery<NamespaceQuery>,
-    headers: HeaderMap,
-) -> Result<Response, Problem> {
-    let (name, watch) = split_action(&name, ":watch");
-    namespace(
-        state,
-        Target::platform(name),
-        watch,
-        deadline,
-        query,
-        headers,
-    )
-    .await
-}
-
-pub async fn platform_schema(
-    State(state): State<AppState>,
-    _: Admin,
-    deadline: Deadline,
-    Path(name): Path<String>,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<Response, Problem> {
-    let (name, is_schema) = split_action(&name, ":schema");
-    if !is_schema {
-        return Err(Problem::new(
-            ErrorKind::InvalidArgument,
-            "PUT on a namespace is for {service}:schema only",
-        ));
-    }
-    schema(state, Target::platform(name), deadline, body).await
-}
-
-pub async fn platform_get(
-    State(state): State<AppState>,
-    _: Admin,
-    deadline: Deadline,
-    Path((name, key)): Path<(String, String)>,
-) -> Result<Response, Problem> {
-    get_entry(state, Target::platform(&name), key, deadline).await
-}
-
-pub async fn platform_put(
-    State(state): State<AppState>,
-    _: Admin,
+    scope: Scope,
     deadline: Deadline,
     Path((name, key)): Path<(String, String)>,
     headers: HeaderMap,
     ApiJson(value): ApiJson<Value>,
 ) -> Result<Response, Problem> {
-    put_entry(
-        state,
-        Target::platform(&name),
-        key,
-        deadline,
-        headers,
-        value,
-    )
-    .await
+    put_entry(state, scope.target(&name), key, deadline, headers, value).await
 }
 
-pub async fn platform_delete(
+pub async fn delete_key(
     State(state): State<AppState>,
-    _: Admin,
+    scope: Scope,
     deadline: Deadline,
     Path((name, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    delete_entry(state, Target::platform(&name), key, deadline, headers).await
+    delete_entry(state, scope.target(&name), key, deadline, headers).await
 }
 
-pub async fn platform_history(
+pub async fn get_history(
     State(state): State<AppState>,
-    _: Admin,
+    scope: Scope,
     deadline: Deadline,
     Path((name, key)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Response, Problem> {
-    history(state, Target::platform(&name), key, deadline, query).await
+    history(state, scope.target(&name), key, deadline, query).await
 }
 
-pub async fn platform_rollback(
+/// `POST {ns}/{key}:rollback`.
+pub async fn post_key(
     State(state): State<AppState>,
-    _: Admin,
+    scope: Scope,
     deadline: Deadline,
     Path((name, key)): Path<(String, String)>,
     ApiJson(body): ApiJson<RollbackBody>,
 ) -> Result<Response, Problem> {
-    rollback(state, Target::platform(&name), &key, deadline, body).await
+    rollback(state, scope.target(&name), &key, deadline, body).await
 }
 
 /// `GET /admin/v1/config/status`: each config client's applied revision and lag.

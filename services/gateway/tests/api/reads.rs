@@ -327,22 +327,27 @@ async fn an_export_of_50000_users_streams_under_backpressure_and_stops_when_the_
     let mut body = response.bytes_stream();
     let first = body.next().await.transpose()?.unwrap_or_default();
     assert!(!first.is_empty());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let produced = stack
-        .metric(&stack.query, "borough_export_rows_total")
-        .await?;
+    // The producer fills what buffers there are, then waits for the client: the count
+    // settles well short of the end.
+    let started = Instant::now();
+    let mut produced = -1.0_f64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = stack
+            .metric(&stack.query, "borough_export_rows_total")
+            .await?;
+        if (now - produced).abs() < 1.0 {
+            break;
+        }
+        produced = now;
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(15),
+            "the export never settled ({produced} rows)"
+        );
+    }
     assert!(
-        produced < (USERS / 2) as f64,
-        "{produced} rows produced for a stalled client"
-    );
-    // And it stays there: the producer waits for the client.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let later = stack
-        .metric(&stack.query, "borough_export_rows_total")
-        .await?;
-    assert!(
-        later - produced < 1000.0,
-        "{produced} then {later}: not held back"
+        produced < (USERS * 3 / 4) as f64,
+        "{produced} of {USERS} rows produced for a stalled client"
     );
     assert_eq!(
         stack
