@@ -122,8 +122,9 @@ impl RemoteConfig {
         }
     }
 
-    /// Typed settings from the snapshot: `parse` builds them from the current values and the
-    /// previous settings; a snapshot it refuses is logged and the previous settings kept.
+    /// Typed settings from the snapshot: `parse` builds them from the current values over
+    /// `initial` (the environment's settings: a key deleted from the namespace reverts to
+    /// it); a snapshot it refuses is logged and the previous settings kept.
     pub fn typed<T>(
         &self,
         initial: T,
@@ -136,7 +137,7 @@ impl RemoteConfig {
             Ok(value) => value,
             Err(e) => {
                 tracing::error!(error = %e, "invalid configuration in the snapshot: keeping the defaults");
-                initial
+                initial.clone()
             }
         };
         let (tx, rx) = watch::channel(first);
@@ -145,7 +146,7 @@ impl RemoteConfig {
             while snapshots.changed().await.is_ok() {
                 let snapshot = snapshots.borrow_and_update().clone();
                 let current = tx.borrow().clone();
-                match parse(&snapshot, &current) {
+                match parse(&snapshot, &initial) {
                     Ok(next) if next != current => {
                         tracing::info!(revision = snapshot.revision, settings = ?next, "configuration reloaded");
                         if tx.send(next).is_err() {

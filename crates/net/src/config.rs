@@ -1,11 +1,33 @@
 //! Following the platform configuration: what every service does with
 //! `borough_config_client::remote`.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
 use borough_config_client::remote::{RemoteConfig, RemoteSettings};
 use borough_telemetry::Readiness;
 
 /// The key of the log filter (`RUST_LOG` syntax) in every `platform/<service>` namespace.
 pub const LOG_LEVEL_KEY: &str = "log.level";
+
+/// The follower of `platform/<service>` for these settings: started on first use, shared
+/// after (one watch and one snapshot file per process and settings, however many parts of
+/// the service read it).
+pub fn platform_config(service: &'static str, settings: &RemoteSettings) -> RemoteConfig {
+    static FOLLOWERS: Mutex<BTreeMap<(String, String, PathBuf), RemoteConfig>> =
+        Mutex::new(BTreeMap::new());
+    let key = (
+        service.to_owned(),
+        settings.url.clone().unwrap_or_default(),
+        settings.snapshot.clone(),
+    );
+    let mut followers = FOLLOWERS.lock().unwrap_or_else(|p| p.into_inner());
+    followers
+        .entry(key)
+        .or_insert_with(|| RemoteConfig::start(service, settings.clone()))
+        .clone()
+}
 
 /// Starts following `platform/<service>`: applies `log.level` as it changes (an invalid
 /// filter is refused and logged), and shows on `/readyz` when the service runs on a
@@ -15,7 +37,7 @@ pub fn follow_platform_config(
     settings: RemoteSettings,
     readiness: &Readiness,
 ) -> RemoteConfig {
-    let remote = RemoteConfig::start(service, settings);
+    let remote = platform_config(service, &settings);
     let mut source = remote.source.clone();
     let readiness = readiness.clone();
     tokio::spawn(async move {

@@ -12,6 +12,7 @@
 //!   too, so a known-changed or deleted user is never served.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use borough_config_client::{Env, SettingsError};
@@ -137,17 +138,44 @@ pub struct Found {
     pub stale_for: Option<Duration>,
 }
 
+/// Fresh entries expire after the TTL current when they were cached (hot-reloadable).
+struct CurrentTtl(Arc<AtomicU64>);
+
+impl moka::Expiry<Key, Arc<Cached>> for CurrentTtl {
+    fn expire_after_create(
+        &self,
+        _: &Key,
+        _: &Arc<Cached>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_millis(self.0.load(Ordering::Relaxed)))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        _: &Arc<Cached>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(Duration::from_millis(self.0.load(Ordering::Relaxed)))
+    }
+}
+
 #[derive(Clone)]
 pub struct UserCache {
     /// `None` when disabled.
     fresh: Option<Cache<Key, Arc<Cached>>>,
+    /// The fresh TTL, in milliseconds.
+    ttl: Arc<AtomicU64>,
     stale: Option<Cache<Key, Arc<Cached>>>,
     pub metrics: CacheMetrics,
 }
 
+/// `ttl`: fixed (`Ok`), or the current value of a hot setting (`Err`).
 fn bounded(
     settings: &CacheSettings,
-    ttl: Duration,
+    ttl: Result<Duration, Arc<AtomicU64>>,
     metrics: Option<CacheMetrics>,
 ) -> Cache<Key, Arc<Cached>> {
     let floor = (settings.max_bytes / settings.max_entries.max(1)).max(1);
@@ -156,8 +184,11 @@ fn bounded(
         .weigher(move |_, value: &Arc<Cached>| {
             u32::try_from((value.weight() as u64).max(floor)).unwrap_or(u32::MAX)
         })
-        .time_to_live(ttl)
         .support_invalidation_closures();
+    builder = match ttl {
+        Ok(fixed) => builder.time_to_live(fixed),
+        Err(current) => builder.expire_after(CurrentTtl(current)),
+    };
     if let Some(metrics) = metrics {
         builder = builder.eviction_listener(move |_, _, cause| {
             let cause = match cause {
@@ -176,11 +207,23 @@ impl UserCache {
     pub fn new(settings: &CacheSettings, metrics: &Metrics) -> Self {
         let m = CacheMetrics::register(metrics);
         let enabled = settings.max_entries > 0 && settings.max_bytes > 0;
+        let ttl = Arc::new(AtomicU64::new(settings.ttl.as_millis() as u64));
         UserCache {
-            fresh: enabled.then(|| bounded(settings, settings.ttl, Some(m.clone()))),
-            stale: enabled.then(|| bounded(settings, settings.stale_ttl.max(settings.ttl), None)),
+            fresh: enabled.then(|| bounded(settings, Err(ttl.clone()), Some(m.clone()))),
+            stale: enabled
+                .then(|| bounded(settings, Ok(settings.stale_ttl.max(settings.ttl)), None)),
+            ttl,
             metrics: m,
         }
+    }
+
+    /// Sets the fresh TTL of entries cached from now on.
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl.store(ttl.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl.load(Ordering::Relaxed))
     }
 
     /// The user, from the cache when fresh (and at least `min_version`), else read by

@@ -475,6 +475,26 @@ pub async fn serve(
         .router_with_feed(&metrics, feed::CHANNEL)
         .map_err(ServeError::DatabaseUrl)?;
     let cache = UserCache::new(&settings.cache, &metrics);
+    if settings.server.remote.url.is_some() {
+        // `cache.ttl` in platform/query: hot, for entries cached from then on.
+        let remote = borough_net::config::platform_config(SERVICE, &settings.server.remote);
+        let mut ttl = remote.typed(settings.cache.ttl, |snapshot, defaults| {
+            match snapshot.values.get("cache.ttl") {
+                None => Ok(*defaults),
+                Some(value) => borough_config_client::remote::duration_value(value)
+                    .map_err(|e| format!("cache.ttl: {e}")),
+            }
+        });
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            loop {
+                cache.set_ttl(*ttl.borrow_and_update());
+                if ttl.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     tokio::spawn(feed::follow(changes, router.clone(), cache.clone()));
     let pool = router.shared_pool().clone();
     let query = Query::new(router, cache, &metrics);

@@ -288,12 +288,21 @@ async fn the_platform_config_is_watched_as_server_sent_events_and_resumed_by_las
     Ok(())
 }
 
-/// Puts a platform/gateway value through the admin API; waits until this gateway has
-/// applied that revision (its report in `/admin/v1/config/status`).
 async fn set_gateway_config(stack: &Stack, key: &str, value: Value) -> anyhow::Result<()> {
+    set_platform_config(stack, "gateway", key, value).await
+}
+
+/// Puts a `platform/<service>` value through the admin API; waits until the stack's
+/// instance of that service has applied it (its report in `/admin/v1/config/status`).
+async fn set_platform_config(
+    stack: &Stack,
+    service: &str,
+    key: &str,
+    value: Value,
+) -> anyhow::Result<()> {
     let response = stack
         .http
-        .put(stack.url(&format!("/admin/v1/config/platform/gateway/{key}")))
+        .put(stack.url(&format!("/admin/v1/config/platform/{service}/{key}")))
         .bearer_auth(ADMIN_TOKEN)
         .json(&value)
         .send()
@@ -315,7 +324,7 @@ async fn set_gateway_config(stack: &Stack, key: &str, value: Value) -> anyhow::R
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|i| i["service"] == "gateway")
+            .filter(|i| i["service"] == service)
             .filter_map(|i| i["applied_revision"].as_i64())
             .max()
             .unwrap_or_default();
@@ -406,5 +415,40 @@ async fn the_gateways_request_timeout_and_body_limit_hot_reload_from_the_config_
         .send()
         .await?;
     assert_eq!(response.status(), 201);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_query_cache_ttl_hot_reloads_from_the_config_service() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let (_, key) = stack.create_tenant("ttl").await?;
+    let reads = || stack.metric(&stack.query, "borough_user_reads_total");
+    let get = |id: String| {
+        let request = stack
+            .http
+            .get(stack.url(&format!("/api/v1/users/{id}")))
+            .bearer_auth(&key);
+        async move { anyhow::Ok(request.send().await?.status().as_u16()) }
+    };
+
+    // 100ms: a user read twice 300ms apart is read from the database twice.
+    set_platform_config(&stack, "query", "cache.ttl", json!("100ms")).await?;
+    let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
+    let id = user["id"].as_str().unwrap_or_default().to_owned();
+    let before = reads().await?;
+    assert_eq!(get(id.clone()).await?, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(id.clone()).await?, 200);
+    assert_eq!(reads().await? - before, 2.0, "the 100ms TTL did not apply");
+
+    // 1h: the second read comes from the cache.
+    set_platform_config(&stack, "query", "cache.ttl", json!("1h")).await?;
+    let user = stack.create_user(&key, "Alan", "alan@example.com").await?;
+    let id = user["id"].as_str().unwrap_or_default().to_owned();
+    let before = reads().await?;
+    assert_eq!(get(id.clone()).await?, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(id.clone()).await?, 200);
+    assert_eq!(reads().await? - before, 1.0, "the 1h TTL did not apply");
     Ok(())
 }

@@ -145,23 +145,53 @@ impl Stack {
         gateway_settings: &[(&str, &str)],
     ) -> Result<Stack> {
         borough_telemetry::logging::init_test_logging();
-        let env = service_env(&db, service_settings);
-        let user = spawn_user_with(borough_user::Settings::from_env(&env)?).await?;
-        let query = spawn_query_with(borough_query::Settings::from_env(&env)?).await?;
+        // The config service first: every other service follows its platform namespace,
+        // each with a snapshot file of its own (tests run side by side).
         let config = spawn_config(&db).await?;
         let config_url = config.url(0);
-        // Each gateway its own snapshot file: tests run side by side.
-        let snapshot = std::env::temp_dir()
-            .join(format!(
-                "borough-test-config-{}.json",
-                uuid::Uuid::now_v7().simple()
-            ))
-            .display()
-            .to_string();
-        let mut gateway_settings = gateway_settings.to_vec();
-        gateway_settings.insert(0, ("BOROUGH_CONFIG_URL", config_url.as_str()));
-        gateway_settings.insert(1, ("BOROUGH_CONFIG_SNAPSHOT", snapshot.as_str()));
-        let gateway_settings = gateway_settings.as_slice();
+        let snapshot = || {
+            std::env::temp_dir()
+                .join(format!(
+                    "borough-test-config-{}.json",
+                    uuid::Uuid::now_v7().simple()
+                ))
+                .display()
+                .to_string()
+        };
+        let following = |snapshot: &str, extra: &[(&str, &str)]| -> Vec<(String, String)> {
+            [
+                ("BOROUGH_CONFIG_URL", config_url.as_str()),
+                ("BOROUGH_CONFIG_SNAPSHOT", snapshot),
+            ]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+        };
+        let (user_snapshot, query_snapshot, gateway_snapshot) =
+            (snapshot(), snapshot(), snapshot());
+        let owned = following(&user_snapshot, service_settings);
+        let pairs: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let user =
+            spawn_user_with(borough_user::Settings::from_env(&service_env(&db, &pairs))?).await?;
+        let owned = following(&query_snapshot, service_settings);
+        let pairs: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let query = spawn_query_with(borough_query::Settings::from_env(&service_env(
+            &db, &pairs,
+        ))?)
+        .await?;
+        let owned = following(&gateway_snapshot, gateway_settings);
+        let gateway_pairs: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let gateway_settings = gateway_pairs.as_slice();
         let gateway = spawn_gateway(&user.url(0), &query.url(0), gateway_settings).await?;
         let stack = Stack {
             db,
