@@ -4,6 +4,8 @@
 //!
 //! Settings: `BENCH_WATCHERS` (1000), `BENCH_PUTS` (200 per round), `BENCH_ROUNDS` (3).
 
+#![allow(clippy::print_stdout)] // Its output is the report.
+
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
