@@ -113,7 +113,8 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(expected) = state.admin_token_hash else {
+        let current = *state.admin_token_hash.borrow();
+        let Some(expected) = current else {
             return Err(unauthorized(
                 "the admin API is disabled: BOROUGH_ADMIN_TOKEN is not set",
             ));

@@ -25,10 +25,8 @@ use borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClie
 use borough_proto::user::v1::user_service_client::UserServiceClient;
 use borough_telemetry::admin::{AdminServer, AdminState};
 use borough_telemetry::{Metrics, Readiness, lifecycle};
-use borough_tenancy::apikey;
 use borough_tenancy::directory::KeyCache;
 use http::{HeaderValue, StatusCode};
-use secrecy::ExposeSecret;
 use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
 use tower_http::ServiceBuilderExt;
@@ -68,10 +66,7 @@ pub fn app_state(settings: &Settings) -> Result<(AppState, Channel, Channel), Se
         query: QueryServiceClient::new(query.clone()),
         config: ConfigServiceClient::new(config),
         keys: Arc::new(KeyCache::new(settings.auth_cache_ttl, 10_000)),
-        admin_token_hash: settings
-            .admin_token
-            .as_ref()
-            .map(|token| apikey::hash(token.expose_secret())),
+        admin_token_hash: tokio::sync::watch::channel(settings.admin_token_hash()).1,
         request_timeout: settings.request_timeout,
         limits: tokio::sync::watch::channel(settings.limits()).1,
         stream_timeout: settings.stream_timeout,
@@ -277,6 +272,10 @@ pub async fn serve(
             &readiness,
         );
         state.limits = remote.typed(settings.limits(), settings::parse_limits);
+        state.admin_token_hash = remote.typed(
+            settings.admin_token_hash(),
+            settings::parse_admin_token_hash,
+        );
     }
     let probe = tokio::spawn(probe_backends(
         vec![("user", user), ("query", query)],

@@ -94,12 +94,38 @@ impl Settings {
 }
 
 impl Settings {
+    /// SHA-256 of `BOROUGH_ADMIN_TOKEN`.
+    pub fn admin_token_hash(&self) -> Option<[u8; 32]> {
+        self.admin_token
+            .as_ref()
+            .map(|token| borough_tenancy::apikey::hash(secrecy::ExposeSecret::expose_secret(token)))
+    }
+
     /// The API routes' limits as the environment sets them.
     pub fn limits(&self) -> crate::state::Limits {
         crate::state::Limits {
             request_timeout: self.request_timeout,
             body_limit: self.body_limit,
         }
+    }
+}
+
+/// `admin.token_sha256` of `platform/gateway` (64 hex digits: the SHA-256 of the new admin
+/// token, never the token itself) over the environment's token: rotates the admin token
+/// without a restart.
+pub fn parse_admin_token_hash(
+    snapshot: &borough_config_client::remote::Snapshot,
+    default: &Option<[u8; 32]>,
+) -> Result<Option<[u8; 32]>, String> {
+    match snapshot.values.get("admin.token_sha256") {
+        None => Ok(*default),
+        Some(serde_json::Value::String(text)) => {
+            let mut hash = [0_u8; 32];
+            hex::decode_to_slice(text.trim(), &mut hash)
+                .map_err(|_| "admin.token_sha256 must be 64 hex digits".to_owned())?;
+            Ok(Some(hash))
+        }
+        Some(_) => Err("admin.token_sha256 must be a string of 64 hex digits".to_owned()),
     }
 }
 

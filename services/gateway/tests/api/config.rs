@@ -452,3 +452,38 @@ async fn the_query_cache_ttl_hot_reloads_from_the_config_service() -> anyhow::Re
     assert_eq!(reads().await? - before, 1.0, "the 1h TTL did not apply");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_admin_token_rotates_hot_by_its_hash_in_the_platform_config() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    const NEW_TOKEN: &str = "rotated-admin-token-0123456789abcdef";
+    let hash = hex::encode(borough_tenancy::apikey::hash(NEW_TOKEN));
+    let list = |token: &'static str| {
+        let request = stack
+            .http
+            .get(stack.url("/admin/v1/tenants"))
+            .bearer_auth(token);
+        async move { anyhow::Ok(request.send().await?.status().as_u16()) }
+    };
+    let put_hash = |token: &'static str, value: Value| {
+        let request = stack
+            .http
+            .put(stack.url("/admin/v1/config/platform/gateway/admin.token_sha256"))
+            .bearer_auth(token)
+            .json(&value);
+        async move { anyhow::Ok(request.send().await?.status().as_u16()) }
+    };
+    assert_eq!(put_hash(ADMIN_TOKEN, json!(hash)).await?, 200);
+    // Applied within moments, no restart: the new token works, the old one does not.
+    let started = std::time::Instant::now();
+    while list(NEW_TOKEN).await? != 200 {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "never rotated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(list(ADMIN_TOKEN).await?, 401, "the old token still works");
+    // A malformed hash is refused: the rotated token stays in force.
+    assert_eq!(put_hash(NEW_TOKEN, json!("not-hex")).await?, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(list(NEW_TOKEN).await?, 200);
+    Ok(())
+}
