@@ -27,7 +27,7 @@ use borough_telemetry::Metrics;
 use borough_tenancy::TenantContext;
 use borough_tenancy::context::TENANT_METADATA_KEY;
 use borough_tenancy::db::{self, DatabaseSettings};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -263,7 +263,8 @@ impl ConfigService for Config {
             out,
         ));
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(events),
+            tokio_stream::wrappers::ReceiverStream::new(events)
+                .map(|event| event.map(|e| *e).map_err(|e| *e)),
         )))
     }
 

@@ -116,10 +116,14 @@ impl Hub {
     }
 }
 
-fn event(change: Change) -> WatchEvent {
-    WatchEvent {
+/// What a watch task sends its stream: boxed, so an idle stream's buffer holds pointers,
+/// not whole events (memory per watcher is a target).
+pub type Outgoing = Result<Box<WatchEvent>, Box<Status>>;
+
+fn event(change: Change) -> Outgoing {
+    Ok(Box::new(WatchEvent {
         event: Some(Event::Change(change)),
-    }
+    }))
 }
 
 /// Serves one watch into `out` until the watcher goes away.
@@ -128,7 +132,7 @@ pub async fn serve_watch(
     store: Store,
     namespaces: Vec<String>,
     from_revision: i64,
-    out: mpsc::Sender<Result<WatchEvent, Status>>,
+    out: mpsc::Sender<Outgoing>,
 ) {
     // The hub publishes only changes after the revision it started at: a watcher must
     // subscribe after that, so its replay covers everything before.
@@ -136,9 +140,9 @@ pub async fn serve_watch(
     while hub.published.load(Ordering::Acquire) < 0 {
         if started.elapsed() > Duration::from_secs(10) {
             let _ = out
-                .send(Err(Status::unavailable(
+                .send(Err(Box::new(Status::unavailable(
                     "the config store is not reachable yet",
-                )))
+                ))))
                 .await;
             return;
         }
@@ -151,13 +155,15 @@ pub async fn serve_watch(
     }
     let mut last = from_revision;
     // Replay, then a `synced` marker.
-    if !replay(&store, &namespaces, &mut last, &out).await {
+    // Boxed: the replay's database futures would otherwise sit inline in every idle
+    // watch task.
+    if !Box::pin(replay(&store, &namespaces, &mut last, &out)).await {
         return;
     }
     let synced = WatchEvent {
         event: Some(Event::Synced(last)),
     };
-    if out.send(Ok(synced)).await.is_err() {
+    if out.send(Ok(Box::new(synced))).await.is_err() {
         return;
     }
     loop {
@@ -172,14 +178,14 @@ pub async fn serve_watch(
                     }
                     last = change.revision;
                     if namespaces.contains(&change.namespace)
-                        && out.send(Ok(event((*change).clone()))).await.is_err()
+                        && out.send(event((*change).clone())).await.is_err()
                     {
                         return;
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Too slow for the buffer: read what was missed from the table.
-                    if !replay(&store, &namespaces, &mut last, &out).await {
+                    if !Box::pin(replay(&store, &namespaces, &mut last, &out)).await {
                         return;
                     }
                 }
@@ -195,20 +201,20 @@ async fn replay(
     store: &Store,
     namespaces: &[String],
     last: &mut i64,
-    out: &mpsc::Sender<Result<WatchEvent, Status>>,
+    out: &mpsc::Sender<Outgoing>,
 ) -> bool {
     loop {
         let changes = match store.changes_since(namespaces, *last, REPLAY_PAGE).await {
             Ok(changes) => changes,
             Err(e) => {
-                let _ = out.send(Err(e.into())).await;
+                let _ = out.send(Err(Box::new(e.into()))).await;
                 return false;
             }
         };
         let done = (changes.len() as i64) < REPLAY_PAGE;
         for change in changes {
             *last = change.revision;
-            if out.send(Ok(event(change))).await.is_err() {
+            if out.send(event(change)).await.is_err() {
                 return false;
             }
         }
