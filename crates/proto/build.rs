@@ -8,28 +8,32 @@ const PROTOS: &[&str] = &[
     "borough/user/v1/user.proto",
     "borough/user/v1/tenant_admin.proto",
     "borough/query/v1/query.proto",
-    "borough/config/v1/config.proto",
 ];
+
+/// Compiled with [`LEAN_CODEC`]: services holding many long-lived streams.
+const LEAN_PROTOS: &[&str] = &["borough/config/v1/config.proto"];
+const LEAN_CODEC: &str = "crate::codec::LeanCodec";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?)
         .join("../../proto")
         .canonicalize()?;
-    let files: Vec<PathBuf> = PROTOS.iter().map(|f| root.join(f)).collect();
-
-    let mut config = tonic_prost_build::Config::new();
-    match std::env::var_os("PROTOC") {
-        Some(protoc) => config.protoc_executable(protoc),
-        None => config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?),
-    };
     // google/protobuf/*.proto ship with the vendored protoc.
     let well_known = protoc_bin_vendored::include_path()?;
-
-    tonic_prost_build::configure().compile_with_config(
-        config,
-        &files,
-        &[root.clone(), well_known],
-    )?;
+    let includes = [root.clone(), well_known];
+    for (protos, codec) in [(PROTOS, None), (LEAN_PROTOS, Some(LEAN_CODEC))] {
+        let files: Vec<PathBuf> = protos.iter().map(|f| root.join(f)).collect();
+        let mut config = tonic_prost_build::Config::new();
+        match std::env::var_os("PROTOC") {
+            Some(protoc) => config.protoc_executable(protoc),
+            None => config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?),
+        };
+        let mut builder = tonic_prost_build::configure();
+        if let Some(codec) = codec {
+            builder = builder.codec_path(codec);
+        }
+        builder.compile_with_config(config, &files, &includes)?;
+    }
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

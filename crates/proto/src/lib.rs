@@ -24,6 +24,42 @@ pub mod config {
     }
 }
 
+/// Codecs of the generated services.
+pub mod codec {
+    use std::marker::PhantomData;
+
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+    /// Prost, with a 1 KiB initial encode buffer per call instead of tonic's 8 KiB: a config
+    /// replica holds a thousand idle watch streams, each keeping its buffer for life. The
+    /// buffer still grows for larger messages.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
+
+    const INITIAL_BUFFER: usize = 1024;
+    const YIELD_THRESHOLD: usize = 32 * 1024;
+
+    impl<T, U> Codec for LeanCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstCodec::<T, U>::raw_encoder(BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstCodec::<T, U>::raw_decoder(BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD))
+        }
+    }
+}
+
 /// Conversions between protobuf timestamps and `chrono`.
 pub mod time {
     use chrono::{DateTime, SecondsFormat, Utc};
