@@ -8,6 +8,7 @@ pub mod auth;
 pub mod extract;
 pub mod grpc;
 pub mod middleware;
+pub mod ratelimit;
 pub mod routes;
 pub mod settings;
 pub mod state;
@@ -67,6 +68,9 @@ pub fn app_state(settings: &Settings) -> Result<(AppState, Channel, Channel), Se
         config: ConfigServiceClient::new(config),
         keys: Arc::new(KeyCache::new(settings.auth_cache_ttl, 10_000)),
         admin_token_hash: tokio::sync::watch::channel(settings.admin_token_hash()).1,
+        limiter: Arc::new(ratelimit::RateLimiter::new(
+            tokio::sync::watch::channel(settings.rate_limits()).1,
+        )),
         request_timeout: settings.request_timeout,
         limits: tokio::sync::watch::channel(settings.limits()).1,
         stream_timeout: settings.stream_timeout,
@@ -85,6 +89,10 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
     let streams = Router::new()
         .route("/api/v1/users:export", get(routes::bulk::export))
         .route("/api/v1/users:import", post(routes::bulk::import))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit,
+        ))
         .layer(DefaultBodyLimit::max(settings.import_body_limit))
         .layer(
             ServiceBuilder::new()
@@ -147,6 +155,10 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
             get(routes::admin::get_tenant).delete(routes::admin::delete_tenant),
         )
         .route(
+            "/admin/v1/tenants/{id}/limits",
+            get(routes::admin::get_limits).put(routes::admin::put_limits),
+        )
+        .route(
             "/admin/v1/tenants/{id}/api-keys",
             post(routes::admin::issue_key),
         )
@@ -156,6 +168,11 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
         )
         // The deadline (504 past it) and the body limit (413), as configured now: our
         // middleware enforces both, so the extractors' own limit is off.
+        // Tenant routes: the caller's token bucket, once authenticated.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::rate_limit,
+        ))
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.limits.clone(),
@@ -276,6 +293,9 @@ pub async fn serve(
             settings.admin_token_hash(),
             settings::parse_admin_token_hash,
         );
+        state.limiter = Arc::new(ratelimit::RateLimiter::new(
+            remote.typed(settings.rate_limits(), ratelimit::parse_policies),
+        ));
     }
     let probe = tokio::spawn(probe_backends(
         vec![("user", user), ("query", query)],

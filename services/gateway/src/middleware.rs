@@ -161,3 +161,56 @@ pub async fn limits(
         .into_response(),
     }
 }
+
+/// Tenant API routes: authenticates the caller (the handler's `Tenant` extractor then
+/// reuses it) and takes a token from its bucket; over the limit, 429 with `Retry-After`,
+/// `RateLimit` and `RateLimit-Policy`.
+pub async fn rate_limit(
+    State(state): State<crate::state::AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::extract::FromRequestParts;
+    if !request.uri().path().starts_with("/api/") {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let tenant = match crate::auth::Tenant::from_request_parts(&mut parts, &state).await {
+        Ok(tenant) => tenant,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let decision = state.limiter.check(tenant.0.tenant_id);
+    let policy = decision.policy;
+    let mut headers = http::HeaderMap::new();
+    let reset = decision
+        .retry_after
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    if let Ok(value) = http::HeaderValue::from_str(&format!(
+        "\"tenant\";q={};w=1;burst={}",
+        policy.requests_per_second, policy.burst
+    )) {
+        headers.insert("ratelimit-policy", value);
+    }
+    if let Ok(value) =
+        http::HeaderValue::from_str(&format!("\"tenant\";r={};t={reset}", decision.remaining))
+    {
+        headers.insert("ratelimit", value);
+    }
+    if decision.retry_after.is_some() {
+        let mut response = borough_error::Problem::new(
+            borough_error::ErrorKind::RateLimited,
+            format!(
+                "this tenant is over its rate limit of {} requests per second (burst {})",
+                policy.requests_per_second, policy.burst
+            ),
+        )
+        .with_retry_after(u32::try_from(reset.max(1)).unwrap_or(u32::MAX))
+        .into_response();
+        response.headers_mut().extend(headers);
+        return response;
+    }
+    parts.extensions.insert(tenant);
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    response.headers_mut().extend(headers);
+    response
+}

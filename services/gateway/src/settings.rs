@@ -32,6 +32,9 @@ pub struct Settings {
     pub stream_timeout: Duration,
     /// `BOROUGH_IMPORT_BODY_LIMIT` (256MiB): the largest import body.
     pub import_body_limit: usize,
+    /// `BOROUGH_RATE_LIMIT_RPS` (100) and `BOROUGH_RATE_LIMIT_BURST` (200): every tenant's
+    /// token bucket unless overridden in `platform/gateway`.
+    pub rate_limit: crate::ratelimit::Policy,
     /// `BOROUGH_READ_YOUR_WRITES_TTL` (60s): how long this gateway remembers the versions
     /// it wrote, so that its reads never return an older one from a cache.
     pub read_your_writes_ttl: Duration,
@@ -76,6 +79,18 @@ impl Settings {
             request_timeout: env.duration("BOROUGH_REQUEST_TIMEOUT", Duration::from_secs(10))?,
             stream_timeout: env.duration("BOROUGH_STREAM_TIMEOUT", Duration::from_secs(600))?,
             import_body_limit: env.bytes("BOROUGH_IMPORT_BODY_LIMIT", 256 * 1024 * 1024)?,
+            rate_limit: {
+                let policy = crate::ratelimit::Policy {
+                    requests_per_second: env.parse("BOROUGH_RATE_LIMIT_RPS", 100)?,
+                    burst: env.parse("BOROUGH_RATE_LIMIT_BURST", 200)?,
+                };
+                policy.validate().map_err(|reason| SettingsError::Invalid {
+                    name: "BOROUGH_RATE_LIMIT_RPS".to_owned(),
+                    value: format!("{}/{}", policy.requests_per_second, policy.burst),
+                    reason,
+                })?;
+                policy
+            },
             read_your_writes_ttl: env
                 .duration("BOROUGH_READ_YOUR_WRITES_TTL", Duration::from_secs(60))?,
             body_limit: env.bytes("BOROUGH_BODY_LIMIT", 1024 * 1024)?,
@@ -99,6 +114,14 @@ impl Settings {
         self.admin_token
             .as_ref()
             .map(|token| borough_tenancy::apikey::hash(secrecy::ExposeSecret::expose_secret(token)))
+    }
+
+    /// The rate-limit policies as the environment sets them (no overrides).
+    pub fn rate_limits(&self) -> crate::ratelimit::Policies {
+        crate::ratelimit::Policies {
+            default: self.rate_limit,
+            tenants: std::collections::HashMap::new(),
+        }
     }
 
     /// The API routes' limits as the environment sets them.

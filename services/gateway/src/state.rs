@@ -27,6 +27,8 @@ pub struct AppState {
     /// The request deadline and body limit of the API routes, hot-reloaded from
     /// `platform/gateway` (`http.request_timeout`, `http.body_limit`).
     pub limits: tokio::sync::watch::Receiver<Limits>,
+    /// Per-tenant token buckets (policies hot from `platform/gateway`).
+    pub limiter: Arc<crate::ratelimit::RateLimiter>,
     /// The deadline of exports and imports.
     pub stream_timeout: Duration,
     pub recent_writes: Arc<RecentWrites>,

@@ -323,3 +323,110 @@ pub async fn revoke_key(
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// The tenant's rate limit: its override, or the platform default.
+#[derive(Debug, Serialize)]
+pub struct LimitsDto {
+    pub requests_per_second: u32,
+    pub burst: u32,
+    /// `tenant` (an override) or `default`.
+    pub source: &'static str,
+}
+
+fn tenant_id(raw: &str) -> Result<borough_tenancy::TenantId, Problem> {
+    raw.parse().map_err(|_| {
+        Problem::new(
+            ErrorKind::InvalidArgument,
+            format!("{raw:?} is not a tenant id"),
+        )
+    })
+}
+
+/// `GET /admin/v1/tenants/{id}/limits`.
+pub async fn get_limits(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let tenant = tenant_id(&id)?;
+    // The tenant must exist.
+    state
+        .tenants
+        .clone()
+        .get_tenant(grpc::request(GetTenantRequest { id }, None, deadline))
+        .await?;
+    let request = grpc::request(
+        borough_proto::config::v1::GetRequest {
+            namespace: "platform/gateway".into(),
+            key: crate::ratelimit::tenant_key(tenant),
+        },
+        None,
+        deadline,
+    );
+    let body = match state.config.clone().get(request).await {
+        Ok(entry) => {
+            let policy: crate::ratelimit::Policy =
+                serde_json::from_str(&entry.into_inner().value_json).map_err(|_| {
+                    Problem::new(ErrorKind::Internal, "the stored limit is unreadable")
+                })?;
+            LimitsDto {
+                requests_per_second: policy.requests_per_second,
+                burst: policy.burst,
+                source: "tenant",
+            }
+        }
+        Err(status) if status.code() == tonic::Code::NotFound => {
+            let policy = state.limiter.policy(tenant);
+            LimitsDto {
+                requests_per_second: policy.requests_per_second,
+                burst: policy.burst,
+                source: "default",
+            }
+        }
+        Err(status) => return Err(status.into()),
+    };
+    Ok(with_headers(StatusCode::OK, HeaderMap::new(), body))
+}
+
+/// `PUT /admin/v1/tenants/{id}/limits` with `{"requests_per_second": R, "burst": B}`: the
+/// tenant's override, kept in the config service and applied by every gateway replica.
+pub async fn put_limits(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path(id): Path<String>,
+    ApiJson(policy): ApiJson<crate::ratelimit::Policy>,
+) -> Result<Response, Problem> {
+    let tenant = tenant_id(&id)?;
+    policy
+        .validate()
+        .map_err(|e| Problem::new(ErrorKind::InvalidArgument, e))?;
+    state
+        .tenants
+        .clone()
+        .get_tenant(grpc::request(GetTenantRequest { id }, None, deadline))
+        .await?;
+    let mut request = grpc::request(
+        borough_proto::config::v1::PutRequest {
+            namespace: "platform/gateway".into(),
+            key: crate::ratelimit::tenant_key(tenant),
+            value_json: serde_json::to_string(&policy)
+                .map_err(|_| Problem::new(ErrorKind::Internal, "could not encode the limit"))?,
+            expected_revision: None,
+        },
+        None,
+        deadline,
+    );
+    request.metadata_mut().insert(
+        "x-borough-actor",
+        tonic::metadata::MetadataValue::from_static("admin"),
+    );
+    state.config.clone().put(request).await?;
+    let body = LimitsDto {
+        requests_per_second: policy.requests_per_second,
+        burst: policy.burst,
+        source: "tenant",
+    };
+    Ok(with_headers(StatusCode::OK, HeaderMap::new(), body))
+}

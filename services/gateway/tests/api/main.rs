@@ -4,6 +4,7 @@
 mod config;
 mod errors;
 mod isolation;
+mod limits;
 mod placement;
 mod reads;
 mod shutdown;

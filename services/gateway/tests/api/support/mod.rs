@@ -94,6 +94,9 @@ pub async fn spawn_gateway(
         ("BOROUGH_USER_URL".into(), user_url.into()),
         ("BOROUGH_QUERY_URL".into(), query_url.into()),
         ("BOROUGH_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+        // Tests make bursts of requests; the rate-limit tests set their own limits.
+        ("BOROUGH_RATE_LIMIT_RPS".into(), "1000000".into()),
+        ("BOROUGH_RATE_LIMIT_BURST".into(), "1000000".into()),
         ("BOROUGH_SHUTDOWN_GRACE".into(), "0s".into()),
         ("BOROUGH_PROBE_INTERVAL".into(), "100ms".into()),
     ];

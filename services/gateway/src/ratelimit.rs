@@ -1,0 +1,202 @@
+//! Per-tenant rate limits: a token bucket per tenant, per gateway replica.
+//!
+//! The policy is the platform default (`BOROUGH_RATE_LIMIT_RPS`, `BOROUGH_RATE_LIMIT_BURST`,
+//! or `rate_limit.default` in `platform/gateway`) unless the tenant has an override
+//! (`rate_limit.tenant.<id>`, written by `PUT /admin/v1/tenants/{id}/limits`); both
+//! hot-reload. Limits are enforced per replica: with N gateway replicas behind a balancer a
+//! tenant gets up to N times its rate (documented trade-off: no shared store on the hot
+//! path).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use borough_config_client::remote::Snapshot;
+use borough_tenancy::TenantId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// A token bucket's rate and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+impl Policy {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.requests_per_second == 0 || self.burst == 0 {
+            return Err("requests_per_second and burst must be at least 1".to_owned());
+        }
+        if self.requests_per_second > 1_000_000 || self.burst > 1_000_000 {
+            return Err("requests_per_second and burst must be at most 1000000".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The default policy and the tenants' overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policies {
+    pub default: Policy,
+    pub tenants: HashMap<TenantId, Policy>,
+}
+
+/// The config key of a tenant's override.
+pub fn tenant_key(tenant: TenantId) -> String {
+    format!("rate_limit.tenant.{tenant}")
+}
+
+/// `rate_limit.default` and `rate_limit.tenant.<id>` of `platform/gateway` over `env`.
+pub fn parse_policies(snapshot: &Snapshot, env: &Policies) -> Result<Policies, String> {
+    let policy = |key: &str, value: &serde_json::Value| -> Result<Policy, String> {
+        let policy: Policy =
+            serde_json::from_value(value.clone()).map_err(|e| format!("{key}: {e}"))?;
+        policy.validate().map_err(|e| format!("{key}: {e}"))?;
+        Ok(policy)
+    };
+    let mut policies = env.clone();
+    for (key, value) in &snapshot.values {
+        if key == "rate_limit.default" {
+            policies.default = policy(key, value)?;
+        } else if let Some(id) = key.strip_prefix("rate_limit.tenant.") {
+            let tenant = id.parse().map_err(|_| format!("{key}: not a tenant id"))?;
+            policies.tenants.insert(tenant, policy(key, value)?);
+        }
+    }
+    Ok(policies)
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// The outcome of one request's check.
+pub struct Decision {
+    pub policy: Policy,
+    /// Whole tokens left after this request.
+    pub remaining: u32,
+    /// When refused: how long until a token is there.
+    pub retry_after: Option<Duration>,
+}
+
+pub struct RateLimiter {
+    policies: watch::Receiver<Policies>,
+    buckets: Mutex<HashMap<TenantId, Bucket>>,
+}
+
+/// Buckets kept before idle full ones are dropped.
+const MAX_BUCKETS: usize = 100_000;
+
+impl RateLimiter {
+    pub fn new(policies: watch::Receiver<Policies>) -> Self {
+        RateLimiter {
+            policies,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn policy(&self, tenant: TenantId) -> Policy {
+        let policies = self.policies.borrow();
+        policies
+            .tenants
+            .get(&tenant)
+            .copied()
+            .unwrap_or(policies.default)
+    }
+
+    /// Takes a token for `tenant`, or says when one will be there.
+    pub fn check(&self, tenant: TenantId) -> Decision {
+        let policy = self.policy(tenant);
+        let (rate, burst) = (
+            f64::from(policy.requests_per_second),
+            f64::from(policy.burst),
+        );
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_BUCKETS {
+            // Full buckets hold no state worth keeping.
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        }
+        let bucket = buckets.entry(tenant).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Decision {
+                policy,
+                remaining: bucket.tokens as u32,
+                retry_after: None,
+            }
+        } else {
+            let wait = (1.0 - bucket.tokens) / rate;
+            Decision {
+                policy,
+                remaining: 0,
+                retry_after: Some(Duration::from_secs_f64(wait)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(rps: u32, burst: u32) -> RateLimiter {
+        let policies = Policies {
+            default: Policy {
+                requests_per_second: rps,
+                burst,
+            },
+            tenants: HashMap::new(),
+        };
+        RateLimiter::new(watch::channel(policies).1)
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refuses_with_the_wait_for_one_token() {
+        let limiter = limiter(10, 3);
+        let tenant = TenantId::new_v7();
+        for expected in [2, 1, 0] {
+            let decision = limiter.check(tenant);
+            assert_eq!(decision.retry_after, None);
+            assert_eq!(decision.remaining, expected);
+        }
+        let refused = limiter.check(tenant);
+        let wait = refused.retry_after.expect("refused");
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        // Another tenant has its own bucket.
+        assert!(limiter.check(TenantId::new_v7()).retry_after.is_none());
+    }
+
+    #[test]
+    fn overrides_parse_from_the_config_and_bad_ones_are_refused() {
+        let env = Policies {
+            default: Policy {
+                requests_per_second: 50,
+                burst: 100,
+            },
+            tenants: HashMap::new(),
+        };
+        let tenant = TenantId::new_v7();
+        let mut snapshot = Snapshot::default();
+        snapshot.values.insert(
+            tenant_key(tenant),
+            serde_json::json!({"requests_per_second": 5, "burst": 10}),
+        );
+        let parsed = parse_policies(&snapshot, &env).expect("valid");
+        assert_eq!(parsed.tenants[&tenant].burst, 10);
+        snapshot.values.insert(
+            "rate_limit.default".into(),
+            serde_json::json!({"requests_per_second": 0, "burst": 1}),
+        );
+        assert!(parse_policies(&snapshot, &env).is_err());
+    }
+}
