@@ -154,19 +154,21 @@ async fn run() -> Result<()> {
                 .display()
                 .to_string()
         };
+        // The config service may start last: the others start on their snapshot (or
+        // defaults) and catch up when it answers.
         for (binary, service, grpc, admin) in [
-            (
-                "borough-config",
-                "config",
-                "127.0.0.1:50053",
-                "127.0.0.1:9463",
-            ),
             ("borough-user", "user", "127.0.0.1:50051", "127.0.0.1:9461"),
             (
                 "borough-query",
                 "query",
                 "127.0.0.1:50052",
                 "127.0.0.1:9462",
+            ),
+            (
+                "borough-config",
+                "config",
+                "127.0.0.1:50053",
+                "127.0.0.1:9463",
             ),
         ] {
             let snapshot = snapshot(service);
