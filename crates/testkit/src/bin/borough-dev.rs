@@ -147,7 +147,7 @@ async fn run() -> Result<()> {
     let database_url = cluster.service_url(DATABASE);
     let gateway_url = format!("http://{}", env_or("BOROUGH_HTTP_ADDR", "127.0.0.1:8080"));
     let mut children = Vec::new();
-    let result = async {
+    let work = async {
         let config_url = "http://127.0.0.1:50053";
         let snapshot = |service: &str| {
             data.join(format!("config-{service}.json"))
@@ -221,8 +221,12 @@ async fn run() -> Result<()> {
         // 5. What to type.
         print_walkthrough(&gateway_url, &admin_token, &api_key, started.elapsed());
         supervise(&mut children).await
-    }
-    .await;
+    };
+    // Ctrl-C or SIGTERM at any point, start-up included, stops what was started.
+    let result = tokio::select! {
+        result = work => result,
+        () = stop_requested() => Ok(()),
+    };
 
     stop_all(&mut children).await;
     cluster.stop();
@@ -337,18 +341,28 @@ Press Ctrl-C to stop everything (PostgreSQL included). Data stays in .data/ for 
 }
 
 /// Waits for Ctrl-C / SIGTERM, or for a service to exit on its own (an error).
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stop_requested() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Runs until a service exits (an error: they are meant to run until stopped).
 async fn supervise(children: &mut [(&str, Child)]) -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
-            () = tokio::time::sleep(Duration::from_millis(500)) => {
-                for (name, child) in children.iter_mut() {
-                    if let Some(status) = child.try_wait()? {
-                        bail!("{name} exited unexpectedly ({status})");
-                    }
-                }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (name, child) in children.iter_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited unexpectedly ({status})");
             }
         }
     }
