@@ -164,6 +164,16 @@ pub fn lazy_pool(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Err
         .connect_lazy_with(options))
 }
 
+/// A pool of one long-lived connection for a `PgListener`, so listening never takes a
+/// connection from a service's pool (lazy: the database may be down at start).
+pub fn listener_pool(options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with(options)
+}
+
 /// Checks the pool every `interval` and reports the result as the readiness check
 /// `database` (and through `on_change`, e.g. to gRPC health). Runs until the task is
 /// dropped.

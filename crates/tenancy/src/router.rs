@@ -678,14 +678,6 @@ async fn subscribe(pool: &PgPool, channels: &[&str]) -> Result<PgListener, sqlx:
     Ok(listener)
 }
 
-fn listener_pool(options: PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_lazy_with(options)
-}
-
 /// Follows the feed channel on one database tenant's own database, until aborted (its
 /// pool closed) or the router is dropped.
 async fn follow_tenant_database(
@@ -694,7 +686,7 @@ async fn follow_tenant_database(
     options: Option<PgConnectOptions>,
 ) {
     let Some(options) = options else { return };
-    let pool = listener_pool(options);
+    let pool = db::listener_pool(options);
     let source = FeedSource::Tenant(tenant);
     loop {
         let Some(channel) = inner
@@ -757,7 +749,7 @@ async fn listen_for_changes(inner: Weak<Inner>) {
         return;
     };
     // A pool of one connection of its own, so listening never takes a pooled connection.
-    let pool = listener_pool(options);
+    let pool = db::listener_pool(options);
     let channels: Vec<&str> = std::iter::once(TENANT_CHANNEL)
         .chain(feed_channel)
         .collect();

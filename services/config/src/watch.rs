@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use borough_proto::config::v1::{Change, WatchEvent, watch_event::Event};
-use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 
@@ -59,11 +59,7 @@ impl Hub {
     }
 
     async fn follow(self, store: Store, options: sqlx::postgres::PgConnectOptions) {
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_lazy_with(options);
+        let pool = borough_tenancy::db::listener_pool(options);
         loop {
             let subscribed = async {
                 let mut listener = PgListener::connect_with(&pool).await?;
