@@ -83,10 +83,17 @@ impl Provisioner {
         self.admin.as_ref().ok_or(ProvisionError::NotConfigured)
     }
 
-    /// Whether this placement can be provisioned here.
-    pub fn check(&self, route: &Route) -> Result<(), ProvisionError> {
-        match (&route.storage, route.placement) {
-            (Storage::External { .. }, _) | (_, placement::Placement::Shared) => Ok(()),
+    /// Whether a tenant so placed can be provisioned here: schema tenants and databases
+    /// Borough creates need the provisioner role; shared tenants and databases given by
+    /// URL do not.
+    pub fn check(
+        &self,
+        placement: placement::Placement,
+        has_url: bool,
+    ) -> Result<(), ProvisionError> {
+        match placement {
+            placement::Placement::Shared => Ok(()),
+            placement::Placement::Database if has_url => Ok(()),
             _ => self.admin().map(|_| ()),
         }
     }
@@ -143,7 +150,6 @@ impl Provisioner {
             }
             Storage::OwnDatabase { name } => {
                 let mut conn = connect(self.admin()?).await?;
-                // `name` passed is_safe_identifier in create_database's caller (t_<hex>).
                 if !is_safe_identifier(name) {
                     return Err(MigrateError::BadSchema(name.clone()).into());
                 }

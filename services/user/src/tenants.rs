@@ -376,9 +376,8 @@ impl Tenants {
         req: &CreateTenantRequest,
     ) -> Result<CreateTenantResponse, TenantError> {
         let (placement, url, read_url) = Self::parse_create(req)?;
-        let probe = placement::new_route(TenantId(Uuid::nil()), placement, url.clone(), None);
         self.provisioner
-            .check(&probe)
+            .check(placement, url.is_some())
             .map_err(|e| TenantError::NotConfigured(e.to_string()))?;
 
         let route = self.claim(req, placement, url, read_url).await?;
