@@ -222,9 +222,8 @@ impl Stack {
         format!("{}{path}", self.gateway.url(1))
     }
 
-    /// The value of the first series of `name` whose labels contain `labels` (e.g.
-    /// `result="miss"`) on a service's admin port; 0 when there is none yet.
-    pub async fn metric_with(&self, service: &Spawned, name: &str, labels: &str) -> Result<f64> {
+    /// The first series of `name` on a service's admin port whose labels contain `labels`.
+    async fn series(&self, service: &Spawned, name: &str, labels: &str) -> Result<Option<f64>> {
         let text = self
             .http
             .get(format!("{}/metrics", service.url(1)))
@@ -237,23 +236,19 @@ impl Stack {
             .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
             .find(|line| line.contains(labels))
             .and_then(|line| line.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0))
+            .and_then(|v| v.parse().ok()))
     }
 
-    /// The value of an unlabelled-but-`service` metric on a service's admin port.
+    /// The value of the first series of `name` whose labels contain `labels` (e.g.
+    /// `result="miss"`); 0 when there is none yet.
+    pub async fn metric_with(&self, service: &Spawned, name: &str, labels: &str) -> Result<f64> {
+        Ok(self.series(service, name, labels).await?.unwrap_or(0.0))
+    }
+
+    /// The value of an unlabelled-but-`service` metric; an error when it is not exported.
     pub async fn metric(&self, service: &Spawned, name: &str) -> Result<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", service.url(1)))
-            .send()
+        self.series(service, name, "")
             .await?
-            .text()
-            .await?;
-        text.lines()
-            .find(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
             .with_context(|| format!("{name} not in /metrics"))
     }
 
