@@ -46,7 +46,7 @@ pub struct Limits {
 pub struct RecentWrites {
     ttl: Duration,
     capacity: usize,
-    entries: Mutex<HashMap<(TenantId, String), (i64, Instant)>>,
+    entries: Mutex<HashMap<(TenantId, uuid::Uuid), (i64, Instant)>>,
 }
 
 impl RecentWrites {
@@ -59,6 +59,9 @@ impl RecentWrites {
     }
 
     pub fn record(&self, tenant: TenantId, user: &str, version: i64) {
+        let Ok(user) = uuid::Uuid::parse_str(user) else {
+            return; // Not a user id: nothing was written.
+        };
         if self.ttl.is_zero() {
             return;
         }
@@ -71,14 +74,19 @@ impl RecentWrites {
                 entries.clear();
             }
         }
-        entries.insert((tenant, user.to_owned()), (version, Instant::now()));
+        entries.insert((tenant, user), (version, Instant::now()));
     }
 
     /// The least version a read of this user must see (0: any).
     pub fn min_version(&self, tenant: TenantId, user: &str) -> i64 {
+        // Parsing, not allocating, on every read; an id that does not parse was never
+        // written (and the query service will say 400).
+        let Ok(user) = uuid::Uuid::parse_str(user) else {
+            return 0;
+        };
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
-            .get(&(tenant, user.to_owned()))
+            .get(&(tenant, user))
             .filter(|(_, at)| at.elapsed() < self.ttl)
             .map_or(0, |(version, _)| *version)
     }
@@ -92,16 +100,17 @@ mod tests {
     fn recent_writes_remember_versions_for_their_ttl_within_capacity() {
         let writes = RecentWrites::new(Duration::from_secs(60), 2);
         let tenant = TenantId::new_v7();
-        writes.record(tenant, "a", 3);
-        assert_eq!(writes.min_version(tenant, "a"), 3);
-        assert_eq!(writes.min_version(tenant, "b"), 0);
-        assert_eq!(writes.min_version(TenantId::new_v7(), "a"), 0);
-        writes.record(tenant, "b", 1);
-        writes.record(tenant, "c", 1);
+        let [a, b, c] = [(); 3].map(|()| uuid::Uuid::now_v7().to_string());
+        writes.record(tenant, &a, 3);
+        assert_eq!(writes.min_version(tenant, &a), 3);
+        assert_eq!(writes.min_version(tenant, &b), 0);
+        assert_eq!(writes.min_version(TenantId::new_v7(), &a), 0);
+        writes.record(tenant, &b, 1);
+        writes.record(tenant, &c, 1);
         let len = writes.entries.lock().map(|e| e.len()).unwrap_or(0);
         assert!(len <= 2);
         let expired = RecentWrites::new(Duration::ZERO, 10);
-        expired.record(tenant, "a", 3);
-        assert_eq!(expired.min_version(tenant, "a"), 0);
+        expired.record(tenant, &a, 3);
+        assert_eq!(expired.min_version(tenant, &a), 0);
     }
 }
