@@ -232,8 +232,20 @@ async fn follow(
                     values,
                 };
                 save(&settings.snapshot, &snapshot);
+                let revision = snapshot.revision;
                 snapshot_tx.send_replace(snapshot);
                 listed = true;
+                // The whole namespace as of `revision` is applied: say so now, not only when
+                // the first change arrives.
+                source_tx.send_replace(Source::Live { revision });
+                let report = ReportAppliedRequest {
+                    instance: settings.instance.clone(),
+                    service: service.to_owned(),
+                    revision,
+                };
+                if let Err(e) = client.report_applied(report).await {
+                    tracing::debug!(error = %e, "could not report the applied config revision");
+                }
             }
             let from = snapshot_tx.borrow().revision;
             let mut events = client

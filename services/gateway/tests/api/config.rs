@@ -334,7 +334,7 @@ async fn set_platform_config(
             return Ok(());
         }
         anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(20),
             "never applied: {status}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
