@@ -168,6 +168,8 @@ pub struct ServerSettings {
     /// `BOROUGH_CONFIG_URL` (follow `platform/<service>`), `BOROUGH_CONFIG_SNAPSHOT`,
     /// `BOROUGH_INSTANCE`.
     pub remote: remote::RemoteSettings,
+    /// Load shedding: `BOROUGH_MAX_IN_FLIGHT`, `BOROUGH_MAX_QUEUE`, `BOROUGH_QUEUE_TIMEOUT`.
+    pub shed: ShedLimits,
 }
 
 impl ServerSettings {
@@ -185,7 +187,48 @@ impl ServerSettings {
             admin_addr: env.socket_addr("BOROUGH_ADMIN_ADDR", admin_default)?,
             shutdown_grace: env.duration("BOROUGH_SHUTDOWN_GRACE", Duration::from_secs(5))?,
             probe_interval: env.duration("BOROUGH_PROBE_INTERVAL", Duration::from_secs(2))?,
+            shed: ShedLimits::from_env(env)?,
         })
+    }
+}
+
+/// How much work runs at once and how much may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShedLimits {
+    /// `BOROUGH_MAX_IN_FLIGHT` (512), hot as `shed.max_in_flight`.
+    pub max_in_flight: usize,
+    /// `BOROUGH_MAX_QUEUE` (64), hot as `shed.max_queue`.
+    pub max_queue: usize,
+    /// `BOROUGH_QUEUE_TIMEOUT` (100ms), hot as `shed.queue_timeout`.
+    pub queue_timeout: Duration,
+}
+
+impl Default for ShedLimits {
+    fn default() -> Self {
+        ShedLimits {
+            max_in_flight: 512,
+            max_queue: 64,
+            queue_timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+impl ShedLimits {
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let defaults = ShedLimits::default();
+        let limits = ShedLimits {
+            max_in_flight: env.parse("BOROUGH_MAX_IN_FLIGHT", defaults.max_in_flight)?,
+            max_queue: env.parse("BOROUGH_MAX_QUEUE", defaults.max_queue)?,
+            queue_timeout: env.duration("BOROUGH_QUEUE_TIMEOUT", defaults.queue_timeout)?,
+        };
+        if limits.max_in_flight == 0 {
+            return Err(SettingsError::Invalid {
+                name: "BOROUGH_MAX_IN_FLIGHT".to_owned(),
+                value: "0".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(limits)
     }
 }
 

@@ -4,7 +4,9 @@
 //! health, readiness, the admin port and graceful drain ([`server`]). Client-side
 //! discovery, balancing, retries and circuit breaking join here with the resilience work.
 
+pub mod client;
 pub mod config;
 pub mod server;
+pub mod shed;
 
 pub use server::{Listeners, ServeError, serve_grpc};

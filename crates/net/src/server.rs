@@ -20,11 +20,8 @@ pub enum ServeError {
     },
     #[error("BOROUGH_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
     DatabaseUrl(sqlx::Error),
-    #[error("{name} is not a valid backend URL: {source}")]
-    BackendUrl {
-        name: &'static str,
-        source: tonic::transport::Error,
-    },
+    #[error("{0}")]
+    Backend(String),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("server failed: {0}")]
@@ -69,10 +66,14 @@ pub async fn serve_grpc(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let readiness = Readiness::new();
-    if settings.remote.url.is_some() {
-        // Hot settings of every service (today: the log level).
-        crate::config::follow_platform_config(service, settings.remote.clone(), &readiness);
-    }
+    let shed_limits = if settings.remote.url.is_some() {
+        // Hot settings of every service: the log level and the load-shedding limits.
+        crate::config::follow_platform_config(service, settings.remote.clone(), &readiness)
+            .typed(settings.shed, crate::shed::parse_limits)
+    } else {
+        tokio::sync::watch::channel(settings.shed).1
+    };
+    let shedder = crate::shed::Shedder::new(shed_limits, &metrics);
     let (health, health_service) = tonic_health::server::health_reporter();
     let probe = tokio::spawn(db::probe_readiness(
         pool.clone(),
@@ -92,6 +93,7 @@ pub async fn serve_grpc(
 
     let result = tonic::transport::Server::builder()
         .trace_fn(borough_telemetry::trace::grpc_request_span)
+        .layer(crate::shed::ShedLayer::new(shedder))
         .add_routes(routes.add_service(health_service))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.api),

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 use uuid::Uuid;
@@ -40,15 +41,33 @@ impl FromStr for TenantId {
     }
 }
 
-/// What a service knows of the tenant it is acting for.
+/// What a service knows of the tenant it is acting for, and by when the call must be
+/// answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TenantContext {
     pub tenant_id: TenantId,
+    /// The caller's deadline (from `grpc-timeout`): the tenancy router gives each
+    /// transaction a `statement_timeout` of what is left, and refuses to start one past it.
+    pub deadline: Option<Instant>,
 }
 
 impl TenantContext {
     pub fn new(tenant_id: TenantId) -> Self {
-        TenantContext { tenant_id }
+        TenantContext {
+            tenant_id,
+            deadline: None,
+        }
+    }
+
+    /// The same tenant, answering by `deadline`.
+    pub fn with_deadline(self, deadline: Option<Instant>) -> Self {
+        TenantContext { deadline, ..self }
+    }
+
+    /// What is left of the deadline (`None`: no deadline).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// Reads the tenant from incoming gRPC metadata.
@@ -62,7 +81,10 @@ impl TenantContext {
         let tenant_id = text
             .parse()
             .map_err(|_| tonic::Status::unauthenticated("the tenant metadata is not a UUID"))?;
-        Ok(TenantContext { tenant_id })
+        Ok(TenantContext {
+            tenant_id,
+            deadline: deadline_from_metadata(metadata),
+        })
     }
 
     /// Writes the tenant into outgoing gRPC metadata.
@@ -74,9 +96,58 @@ impl TenantContext {
     }
 }
 
+/// The deadline a `grpc-timeout` header sets, counted from now: up to 8 digits and a unit
+/// (`H`, `M`, `S`, `m`, `u`, `n`). Absent or malformed: no deadline.
+pub fn deadline_from_metadata(metadata: &MetadataMap) -> Option<Instant> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(text).map(|timeout| Instant::now() + timeout)
+}
+
+/// Parses a `grpc-timeout` value.
+pub fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    if !text.is_ascii() || text.len() < 2 || text.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit_and_malformed_ones_are_ignored() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("10n"), Some(Duration::from_nanos(10)));
+        for bad in ["", "m", "5", "123456789S", "5x", "-5S", "5é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", MetadataValue::from_static("500m"));
+        let deadline = deadline_from_metadata(&metadata).expect("a deadline");
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(left <= Duration::from_millis(500) && left > Duration::from_millis(400));
+    }
 
     #[test]
     fn tenant_context_round_trips_through_metadata() {

@@ -69,6 +69,11 @@ const TENANT: &[Migration] = &[
         name: "search_and_changes",
         sql: include_str!("../../../migrations/tenant/0002_search_and_changes.sql"),
     },
+    Migration {
+        version: 3,
+        name: "idempotency_keys",
+        sql: include_str!("../../../migrations/tenant/0003_idempotency_keys.sql"),
+    },
 ];
 
 /// The role services connect as (through a LOGIN member of it). It owns nothing and

@@ -13,8 +13,9 @@
 //!    (and one for its read replica) for a database tenant, opened on first use, closed
 //!    when idle, and at most `max_tenant_pools` of them open (least recently used closed
 //!    first);
-//! 4. `set_config('borough.tenant_id', …, true)` and `set_config('search_path', …, true)`
-//!    in one statement: both end with the transaction.
+//! 4. `set_config('borough.tenant_id', …, true)`, `set_config('search_path', …, true)` and
+//!    `set_config('statement_timeout', …, true)` (what is left of the caller's deadline) in
+//!    one statement: all end with the transaction.
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -126,6 +127,8 @@ pub enum RouteError {
     },
     #[error("the tenant's database could not be reached a moment ago; retry shortly")]
     Unreachable { retry_after: Duration },
+    #[error("the call's deadline passed before its transaction could start")]
+    DeadlineExceeded,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -148,6 +151,7 @@ impl ServiceError for RouteError {
                 ErrorKind::PermissionDenied
             }
             RouteError::Busy { .. } | RouteError::Unreachable { .. } => ErrorKind::Unavailable,
+            RouteError::DeadlineExceeded => ErrorKind::DeadlineExceeded,
             RouteError::Database(e) => db::classify(e),
         }
     }
@@ -446,6 +450,9 @@ impl PoolRouter {
     }
 
     async fn open(&self, ctx: &TenantContext, read: bool) -> Result<TenantTx, RouteError> {
+        if ctx.remaining().is_some_and(|left| left.is_zero()) {
+            return Err(RouteError::DeadlineExceeded);
+        }
         self.check_reachable(None)?;
         let route = self.route(ctx.tenant_id).await.inspect_err(|e| {
             if let RouteError::Database(e) = e {
@@ -465,11 +472,18 @@ impl PoolRouter {
             } else {
                 pool.begin().await?
             };
+            // The caller's remaining budget bounds every statement (0 would mean none).
+            let statement_timeout = ctx.remaining().map_or_else(
+                || "0".to_owned(),
+                |left| format!("{}ms", left.as_millis().max(1)),
+            );
             sqlx::query(
-                "SELECT set_config('borough.tenant_id', $1, true), set_config('search_path', $2, true)",
+                "SELECT set_config('borough.tenant_id', $1, true), set_config('search_path', $2, true), \
+                 set_config('statement_timeout', $3, true)",
             )
             .bind(ctx.tenant_id.to_string())
             .bind(quote_ident(&route.schema))
+            .bind(statement_timeout)
             .execute(&mut *tx)
             .await?;
             Ok::<_, sqlx::Error>(tx)

@@ -174,3 +174,47 @@ async fn an_unknown_tenant_is_refused() -> TestResult {
     assert!(matches!(err, Some(RouteError::UnknownTenant(_))), "{err:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_transaction_gets_the_remaining_deadline_as_its_statement_timeout() -> anyhow::Result<()>
+{
+    let db = borough_testkit::TestDatabase::create().await?;
+    let router = PoolRouter::connect_lazy(&db.service_url)?;
+    let tenant = db
+        .provision_tenant(borough_tenancy::Placement::Shared)
+        .await?;
+    let ctx = TenantContext::new(tenant).with_deadline(Some(
+        std::time::Instant::now() + std::time::Duration::from_millis(400),
+    ));
+    let mut tx = router.begin(&ctx).await?;
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&mut *tx)
+        .await?;
+    let ms: u64 = timeout.trim_end_matches("ms").parse()?;
+    assert!(ms > 0 && ms <= 400, "statement_timeout {timeout}");
+    let started = std::time::Instant::now();
+    let err = sqlx::query("SELECT pg_sleep(5)")
+        .execute(&mut *tx)
+        .await
+        .expect_err("cancelled at the deadline");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(
+        borough_tenancy::db::classify(&err),
+        borough_error::ErrorKind::DeadlineExceeded
+    );
+    drop(tx);
+
+    // No deadline: no statement timeout. A spent one: no transaction at all.
+    let mut tx = router.begin(&TenantContext::new(tenant)).await?;
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&mut *tx)
+        .await?;
+    assert_eq!(timeout, "0");
+    drop(tx);
+    let spent = TenantContext::new(tenant).with_deadline(Some(std::time::Instant::now()));
+    assert!(matches!(
+        router.begin(&spent).await,
+        Err(borough_tenancy::RouteError::DeadlineExceeded)
+    ));
+    Ok(())
+}

@@ -8,6 +8,7 @@
 //!   addresses and a shutdown trigger.
 
 pub mod pg;
+pub mod proxy;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -222,6 +223,40 @@ where
     for _ in 0..count {
         listeners.push(listener().await?);
     }
+    start(listeners, serve)
+}
+
+/// As [`spawn`], on given addresses (a replica restarted where it was): binding retries
+/// for up to 5 s while the old listener's port is released.
+pub async fn spawn_at<F, Fut, E>(addrs: &[SocketAddr], serve: F) -> Result<Spawned>
+where
+    F: FnOnce(Vec<TcpListener>, Shutdown) -> Fut,
+    Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(anyhow!("binding {addr} again: {e}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        listeners.push(listener);
+    }
+    start(listeners, serve)
+}
+
+fn start<F, Fut, E>(listeners: Vec<TcpListener>, serve: F) -> Result<Spawned>
+where
+    F: FnOnce(Vec<TcpListener>, Shutdown) -> Fut,
+    Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
     let addrs = listeners
         .iter()
         .map(|l| l.local_addr())

@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
+use borough_net::client::{Backend, ClientMetrics};
 use borough_proto::config::v1::config_service_client::ConfigServiceClient;
 use borough_proto::query::v1::query_service_client::QueryServiceClient;
 use borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClient;
@@ -28,7 +29,6 @@ use borough_telemetry::admin::{AdminServer, AdminState};
 use borough_telemetry::{Metrics, Readiness, lifecycle};
 use borough_tenancy::directory::KeyCache;
 use http::{HeaderValue, StatusCode};
-use tonic::transport::{Channel, Endpoint};
 use tower::ServiceBuilder;
 use tower_http::ServiceBuilderExt;
 use tower_http::compression::CompressionLayer;
@@ -44,28 +44,90 @@ pub const SERVICE: &str = "gateway";
 
 pub use borough_net::{Listeners, ServeError};
 
-/// A lazily connected channel: the gateway starts (and answers `/hello`) with every
-/// backend down, and calls fail fast with 503 until they are up.
-fn channel(name: &'static str, url: &str) -> Result<Channel, ServeError> {
-    Ok(Endpoint::from_shared(url.to_owned())
-        .map_err(|source| ServeError::BackendUrl { name, source })?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+/// Which backend calls may be sent again after `UNAVAILABLE` or a connection failure.
+mod retry {
+    use borough_net::client::RetryPolicy;
+
+    pub const USER: RetryPolicy = RetryPolicy {
+        idempotent: &[
+            "/borough.user.v1.UserService/GetUser",
+            "/borough.user.v1.UserService/ListUsers",
+            "/borough.user.v1.TenantAdminService/GetTenant",
+            "/borough.user.v1.TenantAdminService/ListTenants",
+            "/borough.user.v1.TenantAdminService/AuthenticateApiKey",
+        ],
+        // With an Idempotency-Key, the user service answers a repeat with the first reply.
+        keyed: &["/borough.user.v1.UserService/CreateUser"],
+    };
+    pub const QUERY: RetryPolicy = RetryPolicy {
+        idempotent: &[
+            "/borough.query.v1.QueryService/GetUserInfo",
+            "/borough.query.v1.QueryService/SearchUsers",
+            "/borough.query.v1.QueryService/ExportUsers",
+        ],
+        keyed: &[],
+    };
+    pub const CONFIG: RetryPolicy = RetryPolicy {
+        idempotent: &[
+            "/borough.config.v1.ConfigService/Get",
+            "/borough.config.v1.ConfigService/List",
+            "/borough.config.v1.ConfigService/History",
+            "/borough.config.v1.ConfigService/GetSchema",
+            "/borough.config.v1.ConfigService/Status",
+            "/borough.config.v1.ConfigService/Watch",
+        ],
+        keyed: &[],
+    };
 }
 
-/// The application state for `settings`, with lazily connected backends.
-pub fn app_state(settings: &Settings) -> Result<(AppState, Channel, Channel), ServeError> {
-    let user = channel("BOROUGH_USER_URL", &settings.user_url)?;
-    let query = channel("BOROUGH_QUERY_URL", &settings.query_url)?;
-    let config = channel("BOROUGH_CONFIG_URL", &settings.config_url)?;
-    let state = AppState {
-        users: UserServiceClient::new(user.clone()),
-        tenants: TenantAdminServiceClient::new(user.clone()),
-        query: QueryServiceClient::new(query.clone()),
-        config: ConfigServiceClient::new(config),
+/// The backends: discovered, health-checked, balanced, circuit-broken and retried
+/// ([`borough_net::client`]). The gateway starts (and answers `/hello`) with every backend
+/// down; calls fail fast with 503 until they are up.
+pub struct Backends {
+    pub user: Backend,
+    pub query: Backend,
+    pub config: Backend,
+}
+
+impl Backends {
+    pub fn new(settings: &Settings, metrics: &Metrics) -> Result<Self, ServeError> {
+        let client_metrics = ClientMetrics::register(metrics);
+        let backend = |name, var, url: &str, policy| {
+            Backend::new(
+                name,
+                var,
+                url,
+                settings.client.clone(),
+                policy,
+                &client_metrics,
+            )
+            .map_err(|e| ServeError::Backend(e.to_string()))
+        };
+        Ok(Backends {
+            user: backend("user", "BOROUGH_USER_URL", &settings.user_url, retry::USER)?,
+            query: backend(
+                "query",
+                "BOROUGH_QUERY_URL",
+                &settings.query_url,
+                retry::QUERY,
+            )?,
+            config: backend(
+                "config",
+                "BOROUGH_CONFIG_URL",
+                &settings.config_url,
+                retry::CONFIG,
+            )?,
+        })
+    }
+}
+
+/// The application state for `settings` over `backends`.
+pub fn app_state(settings: &Settings, backends: &Backends) -> AppState {
+    AppState {
+        users: UserServiceClient::new(backends.user.clone()),
+        tenants: TenantAdminServiceClient::new(backends.user.clone()),
+        query: QueryServiceClient::new(backends.query.clone()),
+        config: ConfigServiceClient::new(backends.config.clone()),
         keys: Arc::new(KeyCache::new(settings.auth_cache_ttl, 10_000)),
         admin_token_hash: tokio::sync::watch::channel(settings.admin_token_hash()).1,
         limiter: Arc::new(ratelimit::RateLimiter::new(
@@ -78,8 +140,8 @@ pub fn app_state(settings: &Settings) -> Result<(AppState, Channel, Channel), Se
             settings.read_your_writes_ttl,
             100_000,
         )),
-    };
-    Ok((state, user, query))
+        shedder: None,
+    }
 }
 
 /// The HTTP surface: routes and middleware.
@@ -89,6 +151,10 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
     let streams = Router::new()
         .route("/api/v1/users:export", get(routes::bulk::export))
         .route("/api/v1/users:import", post(routes::bulk::import))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::shed,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::rate_limit,
@@ -168,7 +234,11 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
         )
         // The deadline (504 past it) and the body limit (413), as configured now: our
         // middleware enforces both, so the extractors' own limit is off.
-        // Tenant routes: the caller's token bucket, once authenticated.
+        // Load shedding inside the tenant's token bucket (taken once authenticated).
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::shed,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::rate_limit,
@@ -234,10 +304,10 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
         .layer(outer)
 }
 
-/// Checks each backend's gRPC health every `interval`, as readiness checks `user` and
-/// `query`.
+/// Readiness follows the backends: ready while each of `user` and `query` has a healthy
+/// endpoint (the backends check their endpoints' gRPC health themselves).
 async fn probe_backends(
-    backends: Vec<(&'static str, Channel)>,
+    backends: Vec<(&'static str, Backend)>,
     readiness: Readiness,
     interval: Duration,
 ) {
@@ -245,28 +315,11 @@ async fn probe_backends(
         readiness.register(name, "not checked yet");
     }
     loop {
-        for (name, channel) in &backends {
-            let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-            let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            });
-            request.set_timeout(Duration::from_secs(1));
-            match client.check(request).await {
-                Ok(reply)
-                    if reply.get_ref().status
-                        == tonic_health::pb::health_check_response::ServingStatus::Serving
-                            as i32 =>
-                {
-                    readiness.set_ok(name)
-                }
-                Ok(_) => readiness.set_failing(name, "not serving"),
-                Err(status) => readiness.set_failing(
-                    name,
-                    format!(
-                        "unreachable ({})",
-                        borough_error::ErrorKind::from_grpc_code(status.code())
-                    ),
-                ),
+        for (name, backend) in &backends {
+            match backend.endpoint_counts() {
+                (0, _) => readiness.set_failing(name, "no address discovered"),
+                (_, 0) => readiness.set_failing(name, "no endpoint passes its health check"),
+                _ => readiness.set_ok(name),
             }
         }
         tokio::time::sleep(interval).await;
@@ -280,7 +333,9 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (mut state, user, query) = app_state(&settings)?;
+    let metrics = Metrics::new(SERVICE);
+    let backends = Backends::new(&settings, &metrics)?;
+    let mut state = app_state(&settings, &backends);
     let readiness = Readiness::new();
     if settings.server.remote.url.is_some() {
         let remote = borough_net::config::follow_platform_config(
@@ -296,13 +351,24 @@ pub async fn serve(
         state.limiter = Arc::new(ratelimit::RateLimiter::new(
             remote.typed(settings.rate_limits(), ratelimit::parse_policies),
         ));
+        state.shedder = Some(borough_net::shed::Shedder::new(
+            remote.typed(settings.server.shed, borough_net::shed::parse_limits),
+            &metrics,
+        ));
+    } else {
+        state.shedder = Some(borough_net::shed::Shedder::new(
+            tokio::sync::watch::channel(settings.server.shed).1,
+            &metrics,
+        ));
     }
     let probe = tokio::spawn(probe_backends(
-        vec![("user", user), ("query", query)],
+        vec![
+            ("user", backends.user.clone()),
+            ("query", backends.query.clone()),
+        ],
         readiness.clone(),
         settings.server.probe_interval,
     ));
-    let metrics = Metrics::new(SERVICE);
     let app = router(state, &settings, &metrics);
     let admin = AdminServer::spawn(
         listeners.admin,

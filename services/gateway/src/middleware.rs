@@ -214,3 +214,30 @@ pub async fn rate_limit(
     response.headers_mut().extend(headers);
     response
 }
+
+/// Load shedding: at most so many requests in flight, a short queue, and 503 with
+/// `Retry-After` at once beyond it (limits hot from `platform/gateway`, `shed.*`). Runs
+/// inside the rate limit, so a flooding tenant is turned away by its own bucket first.
+pub async fn shed(
+    State(state): State<crate::state::AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(shedder) = &state.shedder else {
+        return next.run(request).await;
+    };
+    match shedder.admit().await {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            response
+        }
+        Err(shed) => {
+            borough_error::Problem::new(borough_error::ErrorKind::Unavailable, shed.to_string())
+                .with_retry_after(
+                    u32::try_from(shed.retry_after.as_secs().max(1)).unwrap_or(u32::MAX),
+                )
+                .into_response()
+        }
+    }
+}

@@ -38,6 +38,9 @@ pub struct Settings {
     /// `BOROUGH_READ_YOUR_WRITES_TTL` (60s): how long this gateway remembers the versions
     /// it wrote, so that its reads never return an older one from a cache.
     pub read_your_writes_ttl: Duration,
+    /// Discovery, balancing, circuit breaking and retries of backend calls
+    /// (`BOROUGH_RESOLVE_INTERVAL`, `BOROUGH_BREAKER_*`, `BOROUGH_RETRY_*`, …).
+    pub client: borough_net::client::ClientSettings,
 }
 
 impl Settings {
@@ -91,6 +94,7 @@ impl Settings {
                 })?;
                 policy
             },
+            client: borough_net::client::ClientSettings::from_env(env)?,
             read_your_writes_ttl: env
                 .duration("BOROUGH_READ_YOUR_WRITES_TTL", Duration::from_secs(60))?,
             body_limit: env.bytes("BOROUGH_BODY_LIMIT", 1024 * 1024)?,

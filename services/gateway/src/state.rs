@@ -6,19 +6,19 @@ use std::time::{Duration, Instant};
 
 use borough_tenancy::TenantId;
 
+use borough_net::client::Backend;
 use borough_proto::config::v1::config_service_client::ConfigServiceClient;
 use borough_proto::query::v1::query_service_client::QueryServiceClient;
 use borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClient;
 use borough_proto::user::v1::user_service_client::UserServiceClient;
 use borough_tenancy::directory::KeyCache;
-use tonic::transport::Channel;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub users: UserServiceClient<Channel>,
-    pub tenants: TenantAdminServiceClient<Channel>,
-    pub query: QueryServiceClient<Channel>,
-    pub config: ConfigServiceClient<Channel>,
+    pub users: UserServiceClient<Backend>,
+    pub tenants: TenantAdminServiceClient<Backend>,
+    pub query: QueryServiceClient<Backend>,
+    pub config: ConfigServiceClient<Backend>,
     pub keys: Arc<KeyCache>,
     /// SHA-256 of the admin token; `None`: the admin API is off. From
     /// `BOROUGH_ADMIN_TOKEN`, rotated hot by `admin.token_sha256` in `platform/gateway`.
@@ -32,6 +32,8 @@ pub struct AppState {
     /// The deadline of exports and imports.
     pub stream_timeout: Duration,
     pub recent_writes: Arc<RecentWrites>,
+    /// Load shedding of the API routes (set by `serve`; `None`: no bound, in-process use).
+    pub shedder: Option<borough_net::shed::Shedder>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,6 +31,8 @@ pub struct Settings {
     /// creates and migrates schema and database tenants. Unset: only shared tenants and
     /// databases given by URL can be created.
     pub provisioner_url: Option<String>,
+    /// `BOROUGH_IDEMPOTENCY_TTL` (24h): how long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: std::time::Duration,
 }
 
 impl Settings {
@@ -52,6 +54,10 @@ impl Settings {
                 )?),
                 None => None,
             },
+            idempotency_ttl: env.duration(
+                "BOROUGH_IDEMPOTENCY_TTL",
+                std::time::Duration::from_secs(24 * 3600),
+            )?,
         })
     }
 }
@@ -71,13 +77,15 @@ pub async fn serve(
     let provisioner =
         Provisioner::new(settings.provisioner_url.as_deref()).map_err(ServeError::DatabaseUrl)?;
     let pool = router.shared_pool().clone();
-    let routes =
-        tonic::service::Routes::new(UserServiceServer::new(users::Users::new(router.clone())))
-            .add_service(TenantAdminServiceServer::new(tenants::Tenants::new(
-                router,
-                provisioner,
-                &metrics,
-            )));
+    let routes = tonic::service::Routes::new(UserServiceServer::new(users::Users::new(
+        router.clone(),
+        settings.idempotency_ttl,
+    )))
+    .add_service(TenantAdminServiceServer::new(tenants::Tenants::new(
+        router,
+        provisioner,
+        &metrics,
+    )));
     borough_net::serve_grpc(
         SERVICE,
         &settings.server,

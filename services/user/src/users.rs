@@ -33,6 +33,10 @@ pub enum UserError {
         expected: i64,
         actual: i64,
     },
+    #[error("Idempotency-Key {0:?} was used with a different request")]
+    KeyReused(String),
+    #[error("a request with Idempotency-Key {0:?} is in progress; retry shortly")]
+    KeyInProgress(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -46,6 +50,8 @@ impl ServiceError for UserError {
             UserError::NotFound(_) => ErrorKind::NotFound,
             UserError::EmailTaken(_) => ErrorKind::AlreadyExists,
             UserError::VersionMismatch { .. } => ErrorKind::PreconditionFailed,
+            UserError::KeyReused(_) => ErrorKind::Unprocessable,
+            UserError::KeyInProgress(_) => ErrorKind::Conflict,
             UserError::Database(e) => db::classify(e),
             UserError::Route(e) => e.kind(),
         }
@@ -115,14 +121,179 @@ async fn lock_at_version(
     }
 }
 
+/// The gRPC metadata key of a write's idempotency key (`Idempotency-Key` at the edge).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set to `true` on a reply that repeats the one recorded for the call's idempotency key.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// An idempotency key: 1 to 255 visible ASCII characters.
+fn idempotency_key(metadata: &tonic::metadata::MetadataMap) -> Result<Option<String>, UserError> {
+    let Some(value) = metadata.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            UserError::Invalid(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters".to_owned(),
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// What an idempotency key's record says: replay its response, or go on with the write.
+enum Recorded {
+    Replay(Vec<u8>),
+    New,
+}
+
 #[derive(Clone)]
 pub struct Users {
     router: PoolRouter,
+    idempotency_ttl: std::time::Duration,
 }
 
 impl Users {
-    pub fn new(router: PoolRouter) -> Self {
-        Users { router }
+    pub fn new(router: PoolRouter, idempotency_ttl: std::time::Duration) -> Self {
+        Users {
+            router,
+            idempotency_ttl,
+        }
+    }
+
+    /// Claims `key` for this transaction (another transaction holding it: 409), then looks
+    /// for its record: the same request gets the recorded response back, another one 422.
+    /// Expired records are cleared (this key's, and a few others).
+    async fn claim_key(
+        tx: &mut TenantTx,
+        ctx: &TenantContext,
+        key: &str,
+        method: &str,
+        hash: &[u8],
+    ) -> Result<Recorded, UserError> {
+        let claimed: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('idempotency:' || $1 || ':' || $2, 0))",
+        )
+        .bind(ctx.tenant_id.to_string())
+        .bind(key)
+        .fetch_one(&mut **tx)
+        .await?;
+        if !claimed {
+            return Err(UserError::KeyInProgress(key.to_owned()));
+        }
+        let recorded: Option<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT method, request_hash, response FROM idempotency_keys
+             WHERE tenant_id = $1 AND key = $2 AND expires_at > now()",
+        )
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        match recorded {
+            Some((m, h, response)) if m == method && h == hash => Ok(Recorded::Replay(response)),
+            Some(_) => Err(UserError::KeyReused(key.to_owned())),
+            None => {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND expires_at <= now()
+                     AND (key = $2 OR key IN (SELECT key FROM idempotency_keys
+                          WHERE tenant_id = $1 AND expires_at <= now() LIMIT 16))",
+                )
+                .bind(ctx.tenant_id.as_uuid())
+                .bind(key)
+                .execute(&mut **tx)
+                .await?;
+                Ok(Recorded::New)
+            }
+        }
+    }
+
+    /// Records `response` under `key`, in the write's transaction.
+    async fn record_key(
+        &self,
+        tx: &mut TenantTx,
+        ctx: &TenantContext,
+        key: &str,
+        method: &str,
+        hash: &[u8],
+        response: &[u8],
+    ) -> Result<(), UserError> {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (tenant_id, key, method, request_hash, response, expires_at)
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+        )
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(key)
+        .bind(method)
+        .bind(hash)
+        .bind(response)
+        .bind(self.idempotency_ttl.as_secs_f64())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Creates a user once per idempotency key: the user and the key's record commit
+    /// together, and a repeat returns the first reply (`true`: replayed).
+    pub async fn create_once(
+        &self,
+        ctx: &TenantContext,
+        name: &str,
+        email: &str,
+        key: Option<&str>,
+    ) -> Result<(User, bool), UserError> {
+        let Some(key) = key else {
+            return Ok((self.create(ctx, name, email).await?, false));
+        };
+        const METHOD: &str = "CreateUser";
+        let hash = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for part in [METHOD, name, email] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part.as_bytes());
+            }
+            h.finalize().to_vec()
+        };
+        let name = validate::name(name).map_err(UserError::Invalid)?;
+        let email = validate::email(email).map_err(UserError::Invalid)?;
+        let mut tx = self.begin(ctx).await?;
+        if let Recorded::Replay(response) =
+            Self::claim_key(&mut tx, ctx, key, METHOD, &hash).await?
+        {
+            let user = <User as prost::Message>::decode(response.as_slice())
+                .map_err(|e| UserError::Database(sqlx::Error::Decode(Box::new(e))))?;
+            tracing::info!(tenant = %ctx.tenant_id, user = %user.id, "create replayed for its idempotency key");
+            return Ok((user, true));
+        }
+        let user = Self::insert_user(&mut tx, ctx, &name, &email).await?;
+        let response = prost::Message::encode_to_vec(&user);
+        self.record_key(&mut tx, ctx, key, METHOD, &hash, &response)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(tenant = %ctx.tenant_id, user = %user.id, "user created");
+        Ok((user, false))
+    }
+
+    async fn insert_user(
+        tx: &mut TenantTx,
+        ctx: &TenantContext,
+        name: &str,
+        email: &str,
+    ) -> Result<User, UserError> {
+        let row: UserRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO users (tenant_id, id, name, email) VALUES ($1, $2, $3, $4)
+             RETURNING {COLUMNS}"
+        )))
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(Uuid::now_v7())
+        .bind(name)
+        .bind(email)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| email_conflict(e, email))?;
+        Ok(to_proto(row))
     }
 
     async fn begin(&self, ctx: &TenantContext) -> Result<TenantTx, UserError> {
@@ -138,20 +309,10 @@ impl Users {
         let name = validate::name(name).map_err(UserError::Invalid)?;
         let email = validate::email(email).map_err(UserError::Invalid)?;
         let mut tx = self.begin(ctx).await?;
-        let row: UserRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO users (tenant_id, id, name, email) VALUES ($1, $2, $3, $4)
-             RETURNING {COLUMNS}"
-        )))
-        .bind(ctx.tenant_id.as_uuid())
-        .bind(Uuid::now_v7())
-        .bind(&name)
-        .bind(&email)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| email_conflict(e, &email))?;
+        let user = Self::insert_user(&mut tx, ctx, &name, &email).await?;
         tx.commit().await?;
-        tracing::info!(tenant = %ctx.tenant_id, user = %row.0, "user created");
-        Ok(to_proto(row))
+        tracing::info!(tenant = %ctx.tenant_id, user = %user.id, "user created");
+        Ok(user)
     }
 
     pub async fn get(&self, ctx: &TenantContext, id: &str) -> Result<User, UserError> {
@@ -399,9 +560,19 @@ impl UserService for Users {
         request: Request<CreateUserRequest>,
     ) -> Result<Response<CreateUserResponse>, Status> {
         let ctx = TenantContext::from_metadata(request.metadata())?;
+        let key = idempotency_key(request.metadata())?;
         let req = request.into_inner();
-        let user = self.create(&ctx, &req.name, &req.email).await?;
-        Ok(Response::new(CreateUserResponse { user: Some(user) }))
+        let (user, replayed) = self
+            .create_once(&ctx, &req.name, &req.email, key.as_deref())
+            .await?;
+        let mut response = Response::new(CreateUserResponse { user: Some(user) });
+        if replayed {
+            response.metadata_mut().insert(
+                IDEMPOTENT_REPLAYED,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        Ok(response)
     }
 
     async fn get_user(

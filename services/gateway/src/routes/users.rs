@@ -127,9 +127,10 @@ pub async fn create(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     deadline: Deadline,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateUserBody>,
 ) -> Result<Response, Problem> {
-    let request = grpc::request(
+    let mut request = grpc::request(
         CreateUserRequest {
             name: body.name,
             email: body.email,
@@ -137,22 +138,43 @@ pub async fn create(
         Some(&tenant),
         deadline,
     );
-    let user: UserDto = state
-        .users
-        .clone()
-        .create_user(request)
-        .await?
-        .into_inner()
-        .user
-        .ok_or_else(missing_user)?
-        .into();
+    if let Some(key) = headers.get(IDEMPOTENCY_KEY_HEADER) {
+        let value = key
+            .to_str()
+            .ok()
+            .and_then(|k| tonic::metadata::MetadataValue::try_from(k).ok())
+            .ok_or_else(|| {
+                Problem::new(
+                    ErrorKind::InvalidArgument,
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                )
+            })?;
+        request
+            .metadata_mut()
+            .insert(borough_net::client::IDEMPOTENCY_KEY, value);
+    }
+    let response = state.users.clone().create_user(request).await?;
+    let replayed = response
+        .metadata()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    let user: UserDto = response.into_inner().user.ok_or_else(missing_user)?.into();
     state
         .recent_writes
         .record(tenant.tenant_id, &user.id, user.version);
     let mut headers = user_headers(&user);
     headers.extend(location(&format!("/api/v1/users/{}", user.id)));
+    if replayed {
+        headers.insert(
+            http::HeaderName::from_static("idempotent-replayed"),
+            http::HeaderValue::from_static("true"),
+        );
+    }
     Ok(with_headers(StatusCode::CREATED, headers, user))
 }
+
+/// The header a client names a write's idempotency key with.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// `GET /api/v1/users/{id}` -> 200 with `ETag` (304 for a matching `If-None-Match`). When
 /// the tenant's database is unreachable and the query service holds a copy, that copy,

@@ -170,3 +170,69 @@ async fn a_tenant_override_written_through_the_admin_api_applies_without_a_resta
     assert_problem(response, 404).await?;
     Ok(())
 }
+
+/// Sends `count` GETs as `key`, one every `every`, without waiting for answers: the
+/// number answered 200 and the number answered 429.
+async fn paced(
+    stack: &Stack,
+    key: &str,
+    count: usize,
+    every: Duration,
+) -> anyhow::Result<(usize, usize)> {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = Vec::with_capacity(count);
+    for _ in 0..count {
+        ticks.tick().await;
+        let request = stack
+            .http
+            .get(stack.url("/api/v1/users?limit=1"))
+            .bearer_auth(key)
+            .send();
+        sent.push(tokio::spawn(request));
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for request in sent {
+        match request.await??.status().as_u16() {
+            200 => ok += 1,
+            429 => limited += 1,
+            other => anyhow::bail!("unexpected status {other}"),
+        }
+    }
+    Ok((ok, limited))
+}
+
+#[tokio::test]
+async fn a_tenant_at_twice_its_limit_gets_its_limit_admitted_within_5_percent_and_a_calm_one_no_429()
+-> anyhow::Result<()> {
+    // 40 requests a second, burst 4: a tenant sending 80 a second for 3 s should get
+    // 4 + 40 × 3 = 124 through.
+    let stack = Stack::start_with(&[
+        ("BOROUGH_RATE_LIMIT_RPS", "40"),
+        ("BOROUGH_RATE_LIMIT_BURST", "4"),
+    ])
+    .await?;
+    let (_, flood) = stack.create_tenant("twice").await?;
+    let (_, calm) = stack.create_tenant("half").await?;
+    let started = Instant::now();
+    let (flooding, calming) = tokio::join!(
+        paced(&stack, &flood, 240, Duration::from_micros(12_500)),
+        paced(&stack, &calm, 60, Duration::from_millis(50)),
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    let (admitted, limited) = flooding?;
+    let (calm_ok, calm_limited) = calming?;
+    let expected = 4.0 + 40.0 * elapsed;
+    let error = (admitted as f64 - expected).abs() / expected;
+    assert!(
+        error <= 0.05,
+        "admitted {admitted} (refused {limited}) in {elapsed:.2} s; expected {expected:.0} (error {:.1} %)",
+        error * 100.0
+    );
+    assert_eq!(
+        (calm_ok, calm_limited),
+        (60, 0),
+        "the calm tenant is never limited"
+    );
+    Ok(())
+}

@@ -7,6 +7,7 @@ mod isolation;
 mod limits;
 mod placement;
 mod reads;
+mod resilience;
 mod shutdown;
 mod support;
 mod walkthrough;

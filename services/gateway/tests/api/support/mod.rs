@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use borough_config_client::Env;
-use borough_testkit::{Spawned, TestDatabase, spawn, wait_for_status};
+use borough_testkit::{Spawned, TestDatabase, spawn, spawn_at, wait_for_status};
 use serde_json::{Value, json};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -47,6 +47,40 @@ pub async fn spawn_user_with(settings: borough_user::Settings) -> Result<Spawned
         borough_user::serve(
             settings,
             borough_user::Listeners { api: grpc, admin },
+            shutdown,
+        )
+    })
+    .await
+}
+
+/// A user service on the addresses a stopped one had (a restarted replica).
+pub async fn respawn_user(
+    settings: borough_user::Settings,
+    at: &[std::net::SocketAddr],
+) -> Result<Spawned> {
+    spawn_at(at, move |mut l, shutdown| {
+        let admin = l.remove(1);
+        let grpc = l.remove(0);
+        borough_user::serve(
+            settings,
+            borough_user::Listeners { api: grpc, admin },
+            shutdown,
+        )
+    })
+    .await
+}
+
+/// A query service on the addresses a stopped one had (a restarted replica).
+pub async fn respawn_query(
+    settings: borough_query::Settings,
+    at: &[std::net::SocketAddr],
+) -> Result<Spawned> {
+    spawn_at(at, move |mut l, shutdown| {
+        let admin = l.remove(1);
+        let grpc = l.remove(0);
+        borough_query::serve(
+            settings,
+            borough_query::Listeners { api: grpc, admin },
             shutdown,
         )
     })
