@@ -6,11 +6,13 @@
 #   make build      debug build of every binary
 #   make clean-data forget the local cluster, tokens and demo tenant of `make run`
 #   make bench-config  the config service at 1,000 watchers (release build)
+#   make upgrade PID=<old gateway pid> [BIN=target/debug/borough-gateway] [ADMIN=127.0.0.1:9470]
+#                   replace a running gateway in place (SO_REUSEPORT), rolling back on failure
 
 CARGO ?= cargo
 SERVICE_BINS := --bin borough-config --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
 
-.PHONY: run test lint build fmt clean-data bench-config
+.PHONY: run test lint build fmt clean-data bench-config upgrade
 
 run:
 	$(CARGO) build $(SERVICE_BINS)
@@ -43,3 +45,12 @@ clean-data:
 bench-config:
 	$(CARGO) build --release --bin borough-config --bin borough-config-bench
 	./target/release/borough-config-bench
+
+# In-place gateway upgrade on this host (see scripts/upgrade-gateway.sh): the new binary
+# starts beside the old one on the same port, and the old one drains once the new one is
+# ready; if it never is, it is stopped and the old one keeps serving.
+BIN ?= target/debug/borough-gateway
+ADMIN ?= 127.0.0.1:9470
+upgrade:
+	@test -n "$(PID)" || { echo "usage: make upgrade PID=<pid of the running gateway> [BIN=...] [ADMIN=...]" >&2; exit 2; }
+	scripts/upgrade-gateway.sh $(PID) $(BIN) $(ADMIN)

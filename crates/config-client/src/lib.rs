@@ -170,6 +170,9 @@ pub struct ServerSettings {
     pub remote: remote::RemoteSettings,
     /// Load shedding: `BOROUGH_MAX_IN_FLIGHT`, `BOROUGH_MAX_QUEUE`, `BOROUGH_QUEUE_TIMEOUT`.
     pub shed: ShedLimits,
+    /// `BOROUGH_REUSE_PORT` (false): bind the API port with `SO_REUSEPORT`, so that a new
+    /// process can bind it beside this one for an in-place upgrade.
+    pub reuse_port: bool,
 }
 
 impl ServerSettings {
@@ -188,6 +191,7 @@ impl ServerSettings {
             shutdown_grace: env.duration("BOROUGH_SHUTDOWN_GRACE", Duration::from_secs(5))?,
             probe_interval: env.duration("BOROUGH_PROBE_INTERVAL", Duration::from_secs(2))?,
             shed: ShedLimits::from_env(env)?,
+            reuse_port: env.parse("BOROUGH_REUSE_PORT", false)?,
         })
     }
 }

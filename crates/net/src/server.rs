@@ -43,11 +43,35 @@ impl Listeners {
                 .await
                 .map_err(|source| ServeError::Bind { var, addr, source })
         };
+        let api = if settings.reuse_port {
+            let addr = settings.api_addr;
+            reusable(addr).map_err(|source| ServeError::Bind {
+                var: settings.api_var,
+                addr,
+                source,
+            })?
+        } else {
+            bind(settings.api_var, settings.api_addr).await?
+        };
         Ok(Listeners {
-            api: bind(settings.api_var, settings.api_addr).await?,
+            api,
             admin: bind("BOROUGH_ADMIN_ADDR", settings.admin_addr).await?,
         })
     }
+}
+
+/// A listener sharing its port with others that set `SO_REUSEPORT` (the kernel spreads
+/// new connections over them): how an upgraded process starts beside the old one.
+fn reusable(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Serves `routes` over gRPC (plus `grpc.health.v1`) until `shutdown` resolves.

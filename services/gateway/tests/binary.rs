@@ -158,3 +158,137 @@ async fn the_gateway_starts_from_its_snapshot_catches_up_and_changes_log_level_l
     let _ = std::fs::remove_file(&snapshot);
     Ok(())
 }
+
+#[path = "api/support/mod.rs"]
+mod support;
+
+/// GETs of `/hello` from `workers` clients until `stop`: (answered 200, failures).
+fn hello_load(
+    url: String,
+    workers: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u64, Vec<String>)>> {
+    (0..workers)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let (mut ok, mut failures) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => ok += 1,
+                        Ok(r) => failures.push(r.status().to_string()),
+                        Err(e) => failures.push(format!("{e:?}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                (ok, failures)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_gateway_is_upgraded_in_place_under_load_losing_under_1_percent_and_a_broken_upgrade_rolls_back()
+-> anyhow::Result<()> {
+    let db = TestDatabase::create().await?;
+    let user = support::spawn_user(&db).await?;
+    let query = support::spawn_query(&db).await?;
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+    let (http, old_admin, new_admin, broken_admin) = (free()?, free()?, free()?, free()?);
+    let snapshot = std::env::temp_dir().join(format!(
+        "borough-upgrade-{}.json",
+        uuid::Uuid::now_v7().simple()
+    ));
+    let settings = [
+        ("BOROUGH_HTTP_ADDR", http.to_string()),
+        ("BOROUGH_REUSE_PORT", "true".to_owned()),
+        ("BOROUGH_USER_URL", user.url(0)),
+        ("BOROUGH_QUERY_URL", query.url(0)),
+        ("BOROUGH_SHUTDOWN_GRACE", "500ms".to_owned()),
+        ("BOROUGH_PROBE_INTERVAL", "100ms".to_owned()),
+        ("BOROUGH_CONFIG_SNAPSHOT", snapshot.display().to_string()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let mut old = tokio::process::Command::new(BIN)
+        .envs(settings.iter().cloned())
+        .env("BOROUGH_ADMIN_ADDR", old_admin.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let old_pid = old.id().unwrap_or_default();
+    borough_testkit::wait_for_status(
+        &format!("http://{old_admin}/readyz"),
+        200,
+        Duration::from_secs(20),
+    )
+    .await?;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = hello_load(format!("http://{http}/hello"), 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The upgrade: the same binary as the "new version", on its own admin port.
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/upgrade-gateway.sh"
+    );
+    let upgrade = |to: u32, admin: std::net::SocketAddr| {
+        let mut command = tokio::process::Command::new("bash");
+        command
+            .arg(script)
+            .arg(to.to_string())
+            .arg(BIN)
+            .arg(admin.to_string())
+            .envs(settings.iter().cloned())
+            .env("BOROUGH_UPGRADE_TIMEOUT", "20")
+            .env("BOROUGH_UPGRADE_LOG", "/dev/null");
+        command
+    };
+    let result = upgrade(old_pid, new_admin).output().await?;
+    let log = String::from_utf8_lossy(&result.stderr).to_string();
+    assert!(result.status.success(), "upgrade failed: {log}");
+    let new_pid: u32 = String::from_utf8_lossy(&result.stdout).trim().parse()?;
+    assert_ne!(new_pid, old_pid);
+    let exited = tokio::time::timeout(Duration::from_secs(5), old.wait()).await;
+    assert!(exited.is_ok(), "the old gateway exited after draining");
+
+    // A broken new version (it cannot start: a bad setting): rolled back, still serving.
+    let broken = upgrade(new_pid, broken_admin)
+        .env("BOROUGH_USER_URL", "not a url")
+        .env("BOROUGH_UPGRADE_TIMEOUT", "5")
+        .output()
+        .await?;
+    assert_eq!(
+        broken.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&broken.stderr)
+    );
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("rolling back"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failures) = (0, Vec::new());
+    for worker in load {
+        let (n, f) = worker.await?;
+        ok += n;
+        failures.extend(f);
+    }
+    assert!(ok > 100, "only {ok} requests");
+    // Known gap (issue 7): not yet zero. When the old process closes its listener, a
+    // connection still in its accept queue is reset, and a keep-alive connection it closes
+    // can race a request being sent on it. Bounded here; measured in the closing note.
+    let total = ok + failures.len() as u64;
+    assert!(
+        failures.len() as u64 * 100 <= total,
+        "{} of {total} failed: {failures:?}",
+        failures.len()
+    );
+    // The new gateway is the one serving; stop it.
+    let _ = std::process::Command::new("kill")
+        .arg(new_pid.to_string())
+        .status();
+    Ok(())
+}
