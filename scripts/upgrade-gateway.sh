@@ -28,6 +28,18 @@ alive() { [ -e "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -d
 alive "$old_pid" || { echo "upgrade: no process $old_pid to upgrade" >&2; exit 2; }
 [ -x "$new_bin" ] || { echo "upgrade: $new_bin is not an executable" >&2; exit 2; }
 
+# When the old process closes its listener, connections still in its accept queue would be
+# reset; with net.ipv4.tcp_migrate_req=1 (Linux >= 5.14, per network namespace) the kernel
+# moves them to the new listener instead. Set it when allowed, unless told not to.
+migrate=/proc/sys/net/ipv4/tcp_migrate_req
+if [ -r "$migrate" ] && [ "$(cat "$migrate")" != 1 ]; then
+    if [ "${BOROUGH_UPGRADE_SET_SYSCTL:-true}" = true ] && { echo 1 > "$migrate"; } 2>/dev/null; then
+        echo "upgrade: set net.ipv4.tcp_migrate_req=1 (queued connections move to the new process)" >&2
+    else
+        echo "upgrade: warning: net.ipv4.tcp_migrate_req is 0: connections queued on the old process as it closes will be reset" >&2
+    fi
+fi
+
 # The new process outlives this script: its output goes to a log file, not our pipes.
 log=${BOROUGH_UPGRADE_LOG:-gateway.log}
 BOROUGH_REUSE_PORT=true BOROUGH_ADMIN_ADDR="$new_admin" nohup "$new_bin" >>"$log" 2>&1 </dev/null &

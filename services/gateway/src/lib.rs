@@ -369,7 +369,10 @@ pub async fn serve(
         readiness.clone(),
         settings.server.probe_interval,
     ));
-    let app = router(state, &settings, &metrics);
+    let app = router(state, &settings, &metrics).layer(axum::middleware::map_response_with_state(
+        readiness.clone(),
+        middleware::close_when_draining,
+    ));
     let admin = AdminServer::spawn(
         listeners.admin,
         AdminState {

@@ -241,3 +241,18 @@ pub async fn shed(
         }
     }
 }
+
+/// While draining (readiness failed, listener still open), every response says
+/// `Connection: close`: clients leave this process's keep-alive connections before it
+/// closes them, instead of racing a request against the close.
+pub async fn close_when_draining(
+    State(readiness): State<borough_telemetry::Readiness>,
+    mut response: Response,
+) -> Response {
+    if readiness.is_shutting_down() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
