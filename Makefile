@@ -6,13 +6,14 @@
 #   make build      debug build of every binary
 #   make clean-data forget the local cluster, tokens and demo tenant of `make run`
 #   make bench-config  the config service at 1,000 watchers (release build)
+#   make bench-resilience  limiter accuracy, breaker open time and fast-fail p99, rolling restart
 #   make upgrade PID=<old gateway pid> [BIN=target/debug/borough-gateway] [ADMIN=127.0.0.1:9470]
 #                   replace a running gateway in place (SO_REUSEPORT), rolling back on failure
 
 CARGO ?= cargo
 SERVICE_BINS := --bin borough-config --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
 
-.PHONY: run test lint build fmt clean-data bench-config upgrade
+.PHONY: run test lint build fmt clean-data bench-config bench-resilience upgrade
 
 run:
 	$(CARGO) build $(SERVICE_BINS)
@@ -45,6 +46,12 @@ clean-data:
 bench-config:
 	$(CARGO) build --release --bin borough-config --bin borough-config-bench
 	./target/release/borough-config-bench
+
+# Resilience under overload and faults, against the release binaries (about a minute per
+# round; BENCH_ROUNDS=3, the median is reported; writes target/bench/resilience.json).
+bench-resilience:
+	$(CARGO) build --release --bin borough-user --bin borough-query --bin borough-gateway --bin borough-resilience-bench
+	./target/release/borough-resilience-bench
 
 # In-place gateway upgrade on this host (see scripts/upgrade-gateway.sh): the new binary
 # starts beside the old one on the same port, and the old one drains once the new one is
