@@ -6,7 +6,8 @@
 
 CREATE TABLE idempotency_keys (
     tenant_id     uuid NOT NULL,
-    key           text NOT NULL CHECK (length(key) BETWEEN 1 AND 255),
+    -- Up to 255 characters from the client, plus `#<n>` for an import's chunks.
+    key           text NOT NULL CHECK (length(key) BETWEEN 1 AND 300),
     method        text NOT NULL,
     request_hash  bytea NOT NULL,
     response      bytea NOT NULL,

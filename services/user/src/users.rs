@@ -143,6 +143,20 @@ fn idempotency_key(metadata: &tonic::metadata::MetadataMap) -> Result<Option<Str
     Ok(Some(key.to_owned()))
 }
 
+/// The idempotency keys of an import's chunks: `<key>#<n>`.
+struct ChunkKeys<'a> {
+    key: Option<&'a str>,
+    next: u64,
+    replayed: bool,
+}
+
+impl ChunkKeys<'_> {
+    fn next_key(&mut self) -> Option<String> {
+        self.next += 1;
+        self.key.map(|key| format!("{key}#{}", self.next))
+    }
+}
+
 /// What an idempotency key's record says: replay its response, or go on with the write.
 enum Recorded {
     Replay(Vec<u8>),
@@ -448,11 +462,22 @@ impl Users {
     /// `IMPORT_CHUNK` per transaction. A duplicate email (in the tenant or earlier in the
     /// import) rejects its row; a chunk whose transaction fails is reported whole and
     /// created nothing.
+    /// Imports rows in chunks of `IMPORT_CHUNK`, one transaction each. With an idempotency
+    /// key, each chunk is recorded under `<key>#<chunk number>` in its own transaction:
+    /// importing the same rows again with the same key replays committed chunks (their
+    /// outcome as first reported, nothing written twice) and retries failed ones. The
+    /// `bool`: whether any chunk was replayed.
     pub async fn import(
         &self,
         ctx: &TenantContext,
         rows: &mut Streaming<ImportUsersRequest>,
-    ) -> Result<ImportUsersResponse, Status> {
+        key: Option<&str>,
+    ) -> Result<(ImportUsersResponse, bool), Status> {
+        let mut chunks = ChunkKeys {
+            key,
+            next: 0,
+            replayed: false,
+        };
         let mut report = ImportUsersResponse::default();
         let mut chunk: Vec<ImportRow> = Vec::with_capacity(IMPORT_CHUNK);
         while let Some(row) = rows.message().await? {
@@ -472,11 +497,13 @@ impl Users {
                 }),
             }
             if chunk.len() == IMPORT_CHUNK {
-                self.import_chunk(ctx, &mut chunk, &mut report).await;
+                self.import_chunk(ctx, &mut chunk, &mut report, &mut chunks)
+                    .await?;
             }
         }
         if !chunk.is_empty() {
-            self.import_chunk(ctx, &mut chunk, &mut report).await;
+            self.import_chunk(ctx, &mut chunk, &mut report, &mut chunks)
+                .await?;
         }
         report.rejected.sort_by_key(|r| r.line);
         tracing::info!(
@@ -485,28 +512,31 @@ impl Users {
             created = report.created,
             rejected = report.rejected.len(),
             failed_chunks = report.failed_chunks.len(),
+            replayed = chunks.replayed,
             "users imported"
         );
-        Ok(report)
+        Ok((report, chunks.replayed))
     }
 
+    /// Imports one chunk into `report`. A failed transaction is reported as a failed
+    /// chunk; only an idempotency-key conflict (reused with other rows: 422, in use: 409)
+    /// ends the import.
     async fn import_chunk(
         &self,
         ctx: &TenantContext,
         chunk: &mut Vec<ImportRow>,
         report: &mut ImportUsersResponse,
-    ) {
+        chunks: &mut ChunkKeys<'_>,
+    ) -> Result<(), UserError> {
         let rows = std::mem::take(chunk);
-        match self.insert_chunk(ctx, &rows).await {
-            Ok(created) => {
-                report.created += created.len() as u64;
-                for row in rows.iter().filter(|r| !created.contains(&r.id)) {
-                    report.rejected.push(ImportRejection {
-                        line: row.line,
-                        reason: format!("a user with email {:?} already exists", row.email),
-                    });
-                }
+        let key = chunks.next_key();
+        match self.insert_chunk(ctx, &rows, key.as_deref()).await {
+            Ok((outcome, replayed)) => {
+                chunks.replayed |= replayed;
+                report.created += outcome.created;
+                report.rejected.extend(outcome.rejected);
             }
+            Err(e @ (UserError::KeyReused(_) | UserError::KeyInProgress(_))) => return Err(e),
             Err(e) => {
                 let status = Status::from(e);
                 report.failed_chunks.push(ImportFailedChunk {
@@ -517,16 +547,40 @@ impl Users {
                 });
             }
         }
+        Ok(())
     }
 
-    /// One transaction; the ids of the rows created (the others hit a unique email).
+    /// One transaction: the chunk's outcome (rows created; duplicates rejected), recorded
+    /// under its idempotency key when there is one, or the recorded outcome replayed.
     async fn insert_chunk(
         &self,
         ctx: &TenantContext,
         rows: &[ImportRow],
-    ) -> Result<std::collections::HashSet<Uuid>, UserError> {
+        key: Option<&str>,
+    ) -> Result<(ImportUsersResponse, bool), UserError> {
+        const METHOD: &str = "ImportUsers";
         let mut tx = self.begin(ctx).await?;
-        let created: Vec<Uuid> = sqlx::query_scalar(
+        let hash = key.map(|_| {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for row in rows {
+                h.update(row.line.to_be_bytes());
+                for part in [&row.name, &row.email] {
+                    h.update((part.len() as u64).to_be_bytes());
+                    h.update(part.as_bytes());
+                }
+            }
+            h.finalize().to_vec()
+        });
+        if let (Some(key), Some(hash)) = (key, &hash)
+            && let Recorded::Replay(response) =
+                Self::claim_key(&mut tx, ctx, key, METHOD, hash).await?
+        {
+            let outcome = <ImportUsersResponse as prost::Message>::decode(response.as_slice())
+                .map_err(|e| UserError::Database(sqlx::Error::Decode(Box::new(e))))?;
+            return Ok((outcome, true));
+        }
+        let created: std::collections::HashSet<Uuid> = sqlx::query_scalar::<_, Uuid>(
             "INSERT INTO users (tenant_id, id, name, email)
              SELECT $1, r.id, r.name, r.email
                FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS r(id, name, email)
@@ -538,9 +592,28 @@ impl Users {
         .bind(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.email.as_str()).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
-        .await?;
+        .await?
+        .into_iter()
+        .collect();
+        let outcome = ImportUsersResponse {
+            created: created.len() as u64,
+            rejected: rows
+                .iter()
+                .filter(|r| !created.contains(&r.id))
+                .map(|row| ImportRejection {
+                    line: row.line,
+                    reason: format!("a user with email {:?} already exists", row.email),
+                })
+                .collect(),
+            ..ImportUsersResponse::default()
+        };
+        if let (Some(key), Some(hash)) = (key, &hash) {
+            let response = prost::Message::encode_to_vec(&outcome);
+            self.record_key(&mut tx, ctx, key, METHOD, hash, &response)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(created.into_iter().collect())
+        Ok((outcome, false))
     }
 }
 
@@ -551,8 +624,17 @@ impl UserService for Users {
         request: Request<Streaming<ImportUsersRequest>>,
     ) -> Result<Response<ImportUsersResponse>, Status> {
         let ctx = TenantContext::from_metadata(request.metadata())?;
+        let key = idempotency_key(request.metadata())?;
         let mut rows = request.into_inner();
-        Ok(Response::new(self.import(&ctx, &mut rows).await?))
+        let (report, replayed) = self.import(&ctx, &mut rows, key.as_deref()).await?;
+        let mut response = Response::new(report);
+        if replayed {
+            response.metadata_mut().insert(
+                IDEMPOTENT_REPLAYED,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        Ok(response)
     }
 
     async fn create_user(

@@ -252,14 +252,19 @@ pub async fn import(
             "an import body is NDJSON, sent with Content-Type: application/x-ndjson",
         ));
     }
+    let idempotency_key = request
+        .headers()
+        .get(super::users::IDEMPOTENCY_KEY_HEADER)
+        .cloned();
     let (rows, rows_in) = tokio::sync::mpsc::channel::<ImportUsersRequest>(256);
     let call = {
         let mut users = state.users.clone();
-        let request = grpc::request(
+        let mut request = grpc::request(
             tokio_stream::wrappers::ReceiverStream::new(rows_in),
             Some(&tenant),
             stream_deadline(&state),
         );
+        super::users::pass_idempotency_key(idempotency_key.as_ref(), request.metadata_mut())?;
         tokio::spawn(async move { users.import_users(request).await })
     };
 
@@ -317,9 +322,11 @@ pub async fn import(
     drop(rows);
 
     let reply = match call.await {
-        Ok(reply) => reply?.into_inner(),
+        Ok(reply) => reply?,
         Err(_) => return Err(Problem::new(ErrorKind::Internal, "the import call failed")),
     };
+    let replayed = super::users::was_replayed(reply.metadata());
+    let reply = reply.into_inner();
     let mut rejected: Vec<RejectedLine> = reply
         .rejected
         .into_iter()
@@ -349,7 +356,14 @@ pub async fn import(
             )
             .collect(),
     };
-    Ok(with_headers(StatusCode::OK, HeaderMap::new(), report))
+    let mut headers = HeaderMap::new();
+    if replayed {
+        headers.insert(
+            super::users::IDEMPOTENT_REPLAYED_HEADER,
+            http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(with_headers(StatusCode::OK, headers, report))
 }
 
 /// Parses ready lines; sends the good ones to the service, keeps the bad ones. False when

@@ -138,26 +138,9 @@ pub async fn create(
         Some(&tenant),
         deadline,
     );
-    if let Some(key) = headers.get(IDEMPOTENCY_KEY_HEADER) {
-        let value = key
-            .to_str()
-            .ok()
-            .and_then(|k| tonic::metadata::MetadataValue::try_from(k).ok())
-            .ok_or_else(|| {
-                Problem::new(
-                    ErrorKind::InvalidArgument,
-                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
-                )
-            })?;
-        request
-            .metadata_mut()
-            .insert(borough_net::client::IDEMPOTENCY_KEY, value);
-    }
+    pass_idempotency_key(headers.get(IDEMPOTENCY_KEY_HEADER), request.metadata_mut())?;
     let response = state.users.clone().create_user(request).await?;
-    let replayed = response
-        .metadata()
-        .get("idempotent-replayed")
-        .is_some_and(|v| v == "true");
+    let replayed = was_replayed(response.metadata());
     let user: UserDto = response.into_inner().user.ok_or_else(missing_user)?.into();
     state
         .recent_writes
@@ -166,7 +149,7 @@ pub async fn create(
     headers.extend(location(&format!("/api/v1/users/{}", user.id)));
     if replayed {
         headers.insert(
-            http::HeaderName::from_static("idempotent-replayed"),
+            IDEMPOTENT_REPLAYED_HEADER,
             http::HeaderValue::from_static("true"),
         );
     }
@@ -175,6 +158,39 @@ pub async fn create(
 
 /// The header a client names a write's idempotency key with.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// On a reply repeated for an idempotency key.
+pub const IDEMPOTENT_REPLAYED_HEADER: http::HeaderName =
+    http::HeaderName::from_static("idempotent-replayed");
+
+/// Passes the request's `Idempotency-Key` on to the service (which checks its length and
+/// characters); a value that is not even ASCII text is 400 here.
+pub fn pass_idempotency_key(
+    key: Option<&http::HeaderValue>,
+    metadata: &mut tonic::metadata::MetadataMap,
+) -> Result<(), Problem> {
+    let Some(key) = key else {
+        return Ok(());
+    };
+    let value = key
+        .to_str()
+        .ok()
+        .and_then(|k| tonic::metadata::MetadataValue::try_from(k).ok())
+        .ok_or_else(|| {
+            Problem::new(
+                ErrorKind::InvalidArgument,
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+    metadata.insert(borough_net::client::IDEMPOTENCY_KEY, value);
+    Ok(())
+}
+
+/// Whether the service answered with the reply recorded for the call's idempotency key.
+pub fn was_replayed(metadata: &tonic::metadata::MetadataMap) -> bool {
+    metadata
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true")
+}
 
 /// `GET /api/v1/users/{id}` -> 200 with `ETag` (304 for a matching `If-None-Match`). When
 /// the tenant's database is unreachable and the query service holds a copy, that copy,

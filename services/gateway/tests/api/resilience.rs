@@ -705,3 +705,62 @@ async fn postgresql_killed_mid_load_recovers_without_restarts_and_keeps_every_ac
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_import_retried_with_its_idempotency_key_after_a_lost_answer_writes_each_row_once()
+-> Result<()> {
+    let stack = Stack::start().await?;
+    let (_, key) = stack.create_tenant("import-once").await?;
+    let proxy = FaultProxy::start(stack.gateway.addr(0)).await?;
+    let http = reqwest::Client::new();
+    // 1,200 rows: three chunks, each its own transaction and its own key record.
+    let body: String = (0..1200)
+        .map(|i| format!("{{\"name\":\"Row {i}\",\"email\":\"row{i}@example.com\"}}\n"))
+        .collect();
+    let import = |body: String| {
+        http.post(format!("{}/api/v1/users:import", proxy.url()))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", "import-1")
+            .header("Content-Type", "application/x-ndjson")
+            .body(body)
+            .send()
+    };
+    proxy.set(Fault::CutResponses);
+    assert!(import(body.clone()).await.is_err(), "the answer is lost");
+    proxy.set(Fault::Pass);
+    let mut answer = None;
+    for _ in 0..50 {
+        let response = import(body.clone()).await?;
+        if response.status() == 409 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        answer = Some(response);
+        break;
+    }
+    let response = answer.context("the import stayed in progress")?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["idempotent-replayed"], "true");
+    let report: Value = response.json().await?;
+    assert_eq!(report["created"], 1200, "the first run's outcome: {report}");
+    assert_eq!(
+        report["rejected"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
+
+    let pool = stack.db.admin_pool().await?;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM users WHERE email LIKE 'row%@example.com'")
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!(stored, 1200, "each row once");
+
+    // Other rows under the same key: refused, nothing written.
+    let other: String = (0..10)
+        .map(|i| format!("{{\"name\":\"Other {i}\",\"email\":\"other{i}@example.com\"}}\n"))
+        .collect();
+    assert_problem(import(other).await?, 422).await?;
+    assert_eq!(users_named(&stack, "other0@example.com").await?, 0);
+    Ok(())
+}
