@@ -1,0 +1,104 @@
+//! The backend client against real gRPC servers over real sockets: discovery by DNS name,
+//! balancing away from a slow endpoint, and failing fast with no address.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use borough_net::client::{Backend, ClientMetrics, ClientSettings, RetryPolicy};
+use borough_telemetry::Metrics;
+use borough_testkit::proxy::{Fault, FaultProxy};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+const POLICY: RetryPolicy = RetryPolicy {
+    idempotent: &["/grpc.health.v1.Health/Check"],
+    keyed: &[],
+};
+
+/// A gRPC server with only `grpc.health.v1` (serving), on 127.0.0.1.
+async fn health_server() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (_reporter, service) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Ok(addr)
+}
+
+fn backend(urls: &str) -> anyhow::Result<Backend> {
+    Ok(Backend::new(
+        "test",
+        "BOROUGH_TEST_URL",
+        urls,
+        ClientSettings::default(),
+        POLICY,
+        &ClientMetrics::register(&Metrics::new("test")),
+    )?)
+}
+
+async fn check(backend: &Backend, timeout: Duration) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(timeout);
+    HealthClient::new(backend.clone())
+        .check(request)
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn a_dns_name_is_resolved_and_called_and_an_unknown_one_fails_fast_as_unavailable()
+-> anyhow::Result<()> {
+    let addr = health_server().await?;
+    let named = backend(&format!("http://localhost:{}", addr.port()))?;
+    check(&named, Duration::from_secs(5)).await?;
+    assert!(
+        named
+            .endpoints()
+            .iter()
+            .any(|(a, _, _)| a.port() == addr.port()),
+        "{:?}",
+        named.endpoints()
+    );
+
+    let nowhere = backend("http://borough-no-such-host.invalid:50051")?;
+    let started = Instant::now();
+    let status = check(&nowhere, Duration::from_secs(2))
+        .await
+        .expect_err("nothing to call");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A list where one name does not resolve still works through the other.
+    let mixed = backend(&format!(
+        "http://borough-no-such-host.invalid:1,http://127.0.0.1:{}",
+        addr.port()
+    ))?;
+    check(&mixed, Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn power_of_two_choices_on_peak_ewma_sends_calls_away_from_a_slow_endpoint()
+-> anyhow::Result<()> {
+    let (fast, slow) = (health_server().await?, health_server().await?);
+    let slow_proxy = FaultProxy::start(slow).await?;
+    let backend = backend(&format!("http://{fast},{}", slow_proxy.url()))?;
+    // Both connected and measured once while equally fast.
+    for _ in 0..10 {
+        check(&backend, Duration::from_secs(5)).await?;
+    }
+    slow_proxy.set(Fault::Latency(Duration::from_millis(50)));
+    let started = Instant::now();
+    for _ in 0..100 {
+        check(&backend, Duration::from_secs(5)).await?;
+    }
+    // Half of the calls on the slow endpoint would take 2.5 s; p2c learns after one or two.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "100 calls took {took:?}");
+    Ok(())
+}
