@@ -56,6 +56,11 @@ const CONTROL: &[Migration] = &[
         name: "config",
         sql: include_str!("../../../migrations/control/0003_config.sql"),
     },
+    Migration {
+        version: 4,
+        name: "config_instances_per_service",
+        sql: include_str!("../../../migrations/control/0004_config_instances_per_service.sql"),
+    },
 ];
 
 const TENANT: &[Migration] = &[

@@ -441,8 +441,8 @@ impl Store {
     ) -> Result<(), ConfigError> {
         sqlx::query(
             "INSERT INTO config.instances (instance, service, revision) VALUES ($1, $2, $3)
-             ON CONFLICT (instance) DO UPDATE
-                SET service = EXCLUDED.service, revision = EXCLUDED.revision, last_seen = now()",
+             ON CONFLICT (instance, service) DO UPDATE
+                SET revision = EXCLUDED.revision, last_seen = now()",
         )
         .bind(instance)
         .bind(service)

@@ -400,3 +400,30 @@ async fn a_tenant_reaches_only_its_own_namespaces() -> anyhow::Result<()> {
     service.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn one_instance_running_two_services_reports_each_separately() -> anyhow::Result<()> {
+    let (_db, _service, mut client) = start().await?;
+    for (service, revision) in [("user", 3), ("query", 5), ("user", 4)] {
+        client
+            .report_applied(borough_proto::config::v1::ReportAppliedRequest {
+                instance: "host-1".into(),
+                service: service.into(),
+                revision,
+            })
+            .await?;
+    }
+    let status = client
+        .status(borough_proto::config::v1::StatusRequest {})
+        .await?
+        .into_inner();
+    let mut seen: Vec<(String, i64)> = status
+        .instances
+        .iter()
+        .filter(|i| i.instance == "host-1")
+        .map(|i| (i.service.clone(), i.applied_revision))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vec![("query".to_owned(), 5), ("user".to_owned(), 4)]);
+    Ok(())
+}
