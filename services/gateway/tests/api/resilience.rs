@@ -764,3 +764,30 @@ async fn an_import_retried_with_its_idempotency_key_after_a_lost_answer_writes_e
     assert_eq!(users_named(&stack, "other0@example.com").await?, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_idempotency_key_expires_after_its_ttl_and_may_then_be_used_again() -> Result<()> {
+    let stack = Stack::start_configured(&[("BOROUGH_IDEMPOTENCY_TTL", "1s")], &[]).await?;
+    let (_, key) = stack.create_tenant("expiry").await?;
+    let post = |email: &str| {
+        stack
+            .http
+            .post(stack.url("/api/v1/users"))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", "reused-later")
+            .json(&json!({"name": "N", "email": email}))
+            .send()
+    };
+    assert_eq!(post("first@example.com").await?.status(), 201);
+    assert_problem(post("second@example.com").await?, 422).await?;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let response = post("second@example.com").await?;
+    assert_eq!(response.status(), 201, "the expired key is free again");
+    assert!(!response.headers().contains_key("idempotent-replayed"));
+    let pool = stack.db.admin_pool().await?;
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(keys, 1, "the expired record was replaced, not kept beside");
+    Ok(())
+}
