@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod shed;
 

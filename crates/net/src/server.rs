@@ -98,6 +98,7 @@ pub async fn serve_grpc(
         tokio::sync::watch::channel(settings.shed).1
     };
     let shedder = crate::shed::Shedder::new(shed_limits, &metrics);
+    let grpc_metrics = crate::metrics::GrpcMetrics::register(&metrics);
     let (health, health_service) = tonic_health::server::health_reporter();
     let probe = tokio::spawn(db::probe_readiness(
         pool.clone(),
@@ -117,6 +118,7 @@ pub async fn serve_grpc(
 
     let result = tonic::transport::Server::builder()
         .trace_fn(borough_telemetry::trace::grpc_request_span)
+        .layer(crate::metrics::GrpcMetricsLayer::new(grpc_metrics))
         .layer(crate::shed::ShedLayer::new(shedder))
         .add_routes(routes.add_service(health_service))
         .serve_with_incoming_shutdown(

@@ -5,6 +5,7 @@ mod config;
 mod errors;
 mod isolation;
 mod limits;
+mod metrics;
 mod placement;
 mod reads;
 mod resilience;
