@@ -863,8 +863,27 @@ impl tower::Service<http::Request<Body>> for Backend {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        Box::pin(self.shared.clone().call(request))
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // One client span per call (retries included), whose context the server continues.
+        let path = request.uri().path();
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("", path));
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            backend = self.shared.name,
+        );
+        borough_telemetry::otel::inject(&span, request.headers_mut());
+        Box::pin(tracing::Instrument::instrument(
+            self.shared.clone().call(request),
+            span,
+        ))
     }
 }
 

@@ -7,13 +7,13 @@
 //! [`MAX_METHODS`] distinct ones (then `other`), so a client sending junk paths cannot
 //! grow the series without bound.
 
-use std::collections::HashSet;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use borough_telemetry::Metrics;
+use borough_telemetry::metrics::LabelCap;
 use bytes::Bytes;
 use http_body::Frame;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -35,7 +35,7 @@ pub struct GrpcLabels {
 pub struct GrpcMetrics {
     calls: Family<GrpcLabels, Counter>,
     duration: Family<GrpcLabels, Histogram, fn() -> Histogram>,
-    methods: Arc<Mutex<HashSet<String>>>,
+    methods: Arc<LabelCap>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -48,7 +48,7 @@ impl GrpcMetrics {
         let grpc = GrpcMetrics {
             calls: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
-            methods: Arc::default(),
+            methods: Arc::new(LabelCap::new(MAX_METHODS)),
         };
         metrics.register(
             "grpc_server_calls",
@@ -64,15 +64,7 @@ impl GrpcMetrics {
     }
 
     fn method_label(&self, path: &str) -> String {
-        let mut methods = self.methods.lock().unwrap_or_else(|p| p.into_inner());
-        if methods.contains(path) {
-            return path.to_owned();
-        }
-        if methods.len() < MAX_METHODS {
-            methods.insert(path.to_owned());
-            return path.to_owned();
-        }
-        "other".to_owned()
+        self.methods.label(path)
     }
 
     fn record(&self, method: String, code: tonic::Code, seconds: f64) {

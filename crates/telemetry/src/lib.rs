@@ -6,6 +6,7 @@ pub mod admin;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 pub mod trace;
 
 pub use admin::{AdminState, Readiness};

@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing_subscriber::{
-    EnvFilter, Registry, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
+    EnvFilter, Layer, Registry, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
 };
 
 /// The filter of the installed subscriber, for [`set_filter`].
@@ -34,7 +34,10 @@ pub fn set_filter(directives: &str) -> Result<(), String> {
     handle.reload(filter).map_err(|e| e.to_string())
 }
 
-/// Installs the global subscriber. Calling it again (as tests do) is harmless.
+/// Installs the global subscriber: logs (filtered by `RUST_LOG`, changeable at run time
+/// with [`set_filter`]) and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, trace export
+/// ([`crate::otel`]), each layer with its own filter. Calling it again (as tests do) is
+/// harmless.
 pub fn init_logging(service: &'static str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
@@ -44,27 +47,32 @@ pub fn init_logging(service: &'static str) {
         Ok("pretty") => false,
         _ => !std::io::stdout().is_terminal(),
     };
-    let registry = tracing_subscriber::registry().with(filter);
-    // OpenTelemetry: the tracing-opentelemetry layer joins this registry here.
-    let result = if json {
-        registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false),
-            )
-            .try_init()
+    let logs = if json {
+        fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed()
     } else {
-        registry.with(fmt::layer()).try_init()
+        fmt::layer().with_filter(filter).boxed()
     };
+    let result = tracing_subscriber::registry()
+        .with(logs)
+        .with(crate::otel::layers(service))
+        .try_init();
     if result.is_ok() {
         let _ = FILTER.set(handle);
-        tracing::debug!(service, json, "logging initialised");
+        tracing::debug!(
+            service,
+            json,
+            traces = crate::otel::enabled(),
+            "logging initialised"
+        );
     }
 }
 
-/// For tests: logs to the test harness when `TEST_LOG` is set, nothing otherwise.
+/// Logs for tests, when `TEST_LOG` is set (filter from `RUST_LOG`, default `debug`).
 pub fn init_test_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber::registry()

@@ -110,3 +110,48 @@ impl HttpMetrics {
         self.requests.get_or_create(&labels).inc();
     }
 }
+
+/// Keeps a label's cardinality bounded: the first `max` distinct values are used as they
+/// are, any later one becomes `other` (so a client sending junk, or a platform with
+/// millions of tenants, cannot grow the series without bound).
+#[derive(Debug)]
+pub struct LabelCap {
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    max: usize,
+}
+
+impl LabelCap {
+    pub fn new(max: usize) -> Self {
+        LabelCap {
+            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+            max,
+        }
+    }
+
+    /// `value`, or `other` once `max` other values have been seen.
+    pub fn label(&self, value: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) {
+            return value.to_owned();
+        }
+        if seen.len() < self.max {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        "other".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_cap_keeps_the_first_values_and_folds_the_rest_into_other() {
+        let cap = LabelCap::new(2);
+        assert_eq!(cap.label("a"), "a");
+        assert_eq!(cap.label("b"), "b");
+        assert_eq!(cap.label("c"), "other");
+        assert_eq!(cap.label("a"), "a");
+    }
+}

@@ -3,7 +3,8 @@
 //! Each request carries a W3C trace id: continued from an incoming `traceparent`, or new.
 //! It is held in a task-local for the request's lifetime, put on every log line through
 //! the request span, sent to services in gRPC metadata and quoted in problem bodies.
-//! OpenTelemetry export will take its ids from here (the one place to plug it in).
+//! When traces are exported ([`crate::otel`]), the ids are those of the OpenTelemetry
+//! spans, so logs, problem bodies and exported traces agree.
 
 use std::future::Future;
 
@@ -67,20 +68,39 @@ pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
-/// The span of one incoming gRPC call, carrying the caller's trace id (from its
-/// `traceparent` metadata) so the service's log lines join the gateway's.
+/// The span of one incoming gRPC call: continues the caller's trace (`traceparent` and
+/// `tracestate` metadata) as an OpenTelemetry server span when exporting, and carries the
+/// trace id so the service's log lines join the gateway's.
 pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
-    let ctx = TraceContext::from_traceparent(
-        request
-            .headers()
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok()),
-    );
-    tracing::info_span!(
+    let path = request.uri().path();
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", path));
+    let span = tracing::info_span!(
         "grpc",
-        method = %request.uri().path(),
-        trace_id = %ctx.trace_id,
-    )
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        method = %path,
+        trace_id = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    );
+    let trace_id = match crate::otel::continue_trace(&span, request.headers()) {
+        Some((trace_id, _)) => trace_id,
+        None => {
+            TraceContext::from_traceparent(
+                request
+                    .headers()
+                    .get(TRACEPARENT)
+                    .and_then(|v| v.to_str().ok()),
+            )
+            .trace_id
+        }
+    };
+    span.record("trace_id", trace_id.as_str());
+    span
 }
 
 fn parse_traceparent(value: &str) -> Option<String> {

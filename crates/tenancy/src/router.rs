@@ -226,8 +226,13 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
-#[derive(Clone, Default)]
+/// Tenants named in the wait/rejection metrics (the ones hitting their cap); later ones
+/// are counted as `other`.
+const MAX_TENANT_LABELS: usize = 100;
+
+#[derive(Clone)]
 struct RouterMetrics {
+    tenant_labels: Arc<borough_telemetry::metrics::LabelCap>,
     pools_open: Gauge,
     connections: Family<PoolLabels, Gauge>,
     waits: Family<TenantLabels, Counter>,
@@ -237,7 +242,14 @@ struct RouterMetrics {
 
 impl RouterMetrics {
     fn register(metrics: &Metrics) -> Self {
-        let m = RouterMetrics::default();
+        let m = RouterMetrics {
+            tenant_labels: Arc::new(borough_telemetry::metrics::LabelCap::new(MAX_TENANT_LABELS)),
+            pools_open: Gauge::default(),
+            connections: Family::default(),
+            waits: Family::default(),
+            rejections: Family::default(),
+            pool_closes: Family::default(),
+        };
         metrics.register(
             "tenant_pools_open",
             "Dedicated tenant pools open (bounded by BOROUGH_MAX_TENANT_POOLS)",
@@ -562,7 +574,7 @@ impl PoolRouter {
             return Ok(permit);
         }
         let labels = TenantLabels {
-            tenant: tenant.to_string(),
+            tenant: self.inner.metrics.tenant_labels.label(&tenant.to_string()),
         };
         self.inner.metrics.waits.get_or_create(&labels).inc();
         let wait = self.inner.settings.tenant_acquire_timeout;

@@ -35,7 +35,6 @@ use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 pub use settings::Settings;
 use state::AppState;
@@ -277,31 +276,21 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
     let outer = ServiceBuilder::new()
         .set_x_request_id(middleware::MakeRequestHex)
         .propagate_x_request_id();
-    // 2. Continue the caller's W3C trace (or start one) and stamp the request's deadline;
-    //    everything inside runs in that trace context.
-    let trace_context = axum::middleware::from_fn_with_state(
-        settings.request_timeout,
-        middleware::trace_and_deadline,
-    );
-    // 3. One span per request (request id, trace id, route), with status and latency.
-    let span = TraceLayer::new_for_http()
-        .make_span_with(middleware::request_span)
-        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
-    // 4. Framework errors (no route, timeout, too large) become problem+json too.
+    // 2. The request's span and trace (continued from `traceparent`, or new), its
+    //    deadline, and a log line with its outcome; everything inside runs in them.
+    let trace =
+        axum::middleware::from_fn_with_state(settings.request_timeout, middleware::trace_request);
+    // 3. Framework errors (no route, timeout, too large) become problem+json too.
     let problems = axum::middleware::map_response(middleware::problem_for_bare_errors);
-    // 5. gzip / br for clients that accept them.
+    // 4. gzip / br for clients that accept them.
     let inner = ServiceBuilder::new().layer(CompressionLayer::new().gzip(true).br(true));
-    // 6. Per route group (above): the deadline (504 past it) and the body limit (413).
-    // 7. CORS, innermost, only when origins are configured.
+    // 5. Per route group (above): the deadline (504 past it) and the body limit (413).
+    // 6. CORS, innermost, only when origins are configured.
     let api = match cors {
         Some(cors) => api.layer(cors),
         None => api,
     };
-    api.layer(inner)
-        .layer(problems)
-        .layer(span)
-        .layer(trace_context)
-        .layer(outer)
+    api.layer(inner).layer(problems).layer(trace).layer(outer)
 }
 
 /// Readiness follows the backends: ready while each of `user` and `query` has a healthy

@@ -7,11 +7,12 @@ async fn main() -> anyhow::Result<()> {
     borough_telemetry::init_logging(borough_gateway::SERVICE);
     let settings = borough_gateway::Settings::from_env(&Env::process())?;
     let listeners = borough_gateway::Listeners::bind(&settings.server).await?;
-    borough_gateway::serve(
+    let served = borough_gateway::serve(
         settings,
         listeners,
         borough_telemetry::lifecycle::shutdown_signal(),
     )
-    .await?;
-    Ok(())
+    .await;
+    borough_telemetry::otel::flush().await;
+    Ok(served?)
 }

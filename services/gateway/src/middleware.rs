@@ -25,50 +25,67 @@ impl MakeRequestId for MakeRequestHex {
     }
 }
 
-/// Continues the caller's W3C trace (or starts one), stamps the request's deadline, and
-/// runs the rest of the stack inside that trace context.
-pub async fn trace_and_deadline(
+/// The span of one HTTP request, and its trace: continues the caller's W3C trace
+/// (`traceparent`, `tracestate`) or starts one, stamps the request's deadline, runs the
+/// rest of the stack inside both, and logs the outcome. The span carries `request_id` and
+/// `trace_id` (on every log line) and the OpenTelemetry HTTP server attributes; its name
+/// becomes `METHOD /route/{template}` once routing knows the template.
+pub async fn trace_request(
     State(timeout): State<Duration>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let ctx = TraceContext::from_traceparent(
-        request
-            .headers()
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok()),
-    );
-    request
-        .extensions_mut()
-        .insert(Deadline(Instant::now() + timeout));
-    request.extensions_mut().insert(ctx.clone());
-    ctx.scope(next.run(request)).await
-}
-
-/// The span of one HTTP request: its request id and trace id go on every log line.
-pub fn request_span(request: &http::Request<Body>) -> tracing::Span {
+    let started = Instant::now();
     let request_id = request
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let trace_id = request
-        .extensions()
-        .get::<TraceContext>()
-        .map(|ctx| ctx.trace_id.as_str())
-        .unwrap_or_default();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str())
-        .unwrap_or_else(|| request.uri().path());
-    tracing::info_span!(
+        .unwrap_or_default()
+        .to_owned();
+    let method = request.method().clone();
+    let span = tracing::info_span!(
         "http",
-        method = %request.method(),
-        route = %route,
+        otel.name = %method,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        method = %method,
+        route = tracing::field::Empty,
         request_id = %request_id,
-        trace_id = %trace_id,
-    )
+        trace_id = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        url.path = %request.uri().path(),
+    );
+    let ctx = match borough_telemetry::otel::continue_trace(&span, request.headers()) {
+        Some((trace_id, span_id)) => TraceContext { trace_id, span_id },
+        None => TraceContext::from_traceparent(
+            request
+                .headers()
+                .get(TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+        ),
+    };
+    span.record("trace_id", ctx.trace_id.as_str());
+    request
+        .extensions_mut()
+        .insert(Deadline(Instant::now() + timeout));
+    request.extensions_mut().insert(ctx.clone());
+    let response =
+        tracing::Instrument::instrument(ctx.scope(next.run(request)), span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            latency_ms = started.elapsed().as_secs_f64() * 1e3,
+            "finished processing request"
+        );
+    });
+    response
 }
 
 /// Error responses made by framework layers (404 no route, 405, 408/504 timeout, 413 body
@@ -113,6 +130,11 @@ pub async fn record_metrics(
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    // Now the route template is known: name the request's span after it.
+    let span = tracing::Span::current();
+    span.record("route", route.as_str());
+    span.record("http.route", route.as_str());
+    borough_telemetry::otel::rename(&span, format!("{method} {route}"));
     let response = next.run(request).await;
     metrics.observe(
         borough_telemetry::metrics::HttpLabels {

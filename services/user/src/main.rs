@@ -13,11 +13,14 @@ use sqlx::Connection;
 async fn main() -> anyhow::Result<()> {
     borough_telemetry::init_logging(borough_user::SERVICE);
     let env = Env::process();
-    match std::env::args().nth(1).as_deref() {
+    let result = match std::env::args().nth(1).as_deref() {
         None | Some("serve") => serve(&env).await,
         Some("migrate") => migrate(&env).await,
         Some(other) => anyhow::bail!("unknown command {other:?}; expected `serve` or `migrate`"),
-    }
+    };
+    // Spans still buffered are sent before the process ends.
+    borough_telemetry::otel::flush().await;
+    result
 }
 
 async fn serve(env: &Env) -> anyhow::Result<()> {
