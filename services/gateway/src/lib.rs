@@ -146,6 +146,7 @@ pub fn app_state(settings: &Settings, backends: &Backends) -> AppState {
 /// The HTTP surface: routes and middleware.
 pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router {
     let http_metrics = borough_telemetry::metrics::HttpMetrics::register(metrics);
+    state.limiter.register_metrics(metrics);
     // Whole-tenant streams: their own deadline and body limit.
     let streams = Router::new()
         .route("/api/v1/users:export", get(routes::bulk::export))

@@ -85,6 +85,31 @@ pub struct Decision {
 pub struct RateLimiter {
     policies: watch::Receiver<Policies>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
+    metrics: std::sync::OnceLock<LimiterMetrics>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+/// Admitted and limited requests; the limited ones per tenant (the first 100 tenants
+/// limited, then `other`).
+struct LimiterMetrics {
+    decisions: prometheus_client::metrics::family::Family<
+        DecisionLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    limited: prometheus_client::metrics::family::Family<
+        TenantLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    tenants: borough_telemetry::metrics::LabelCap,
 }
 
 /// Buckets kept before idle full ones are dropped.
@@ -95,6 +120,45 @@ impl RateLimiter {
         RateLimiter {
             policies,
             buckets: Mutex::new(HashMap::new()),
+            metrics: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Counts decisions in `metrics` from now on.
+    pub fn register_metrics(&self, metrics: &borough_telemetry::Metrics) {
+        let limiter = LimiterMetrics {
+            decisions: Default::default(),
+            limited: Default::default(),
+            tenants: borough_telemetry::metrics::LabelCap::new(100),
+        };
+        metrics.register(
+            "rate_limit_decisions",
+            "Tenant requests admitted or limited (429) by the rate limiter",
+            limiter.decisions.clone(),
+        );
+        metrics.register(
+            "rate_limited",
+            "Requests limited (429) per tenant (the first 100 tenants limited, then other)",
+            limiter.limited.clone(),
+        );
+        let _ = self.metrics.set(limiter);
+    }
+
+    fn count(&self, tenant: TenantId, admitted: bool) {
+        let Some(metrics) = self.metrics.get() else {
+            return;
+        };
+        let decision = if admitted { "admitted" } else { "limited" };
+        metrics
+            .decisions
+            .get_or_create(&DecisionLabels { decision })
+            .inc();
+        if !admitted {
+            let tenant = metrics.tenants.label(&tenant.to_string());
+            metrics
+                .limited
+                .get_or_create(&TenantLabels { tenant })
+                .inc();
         }
     }
 
@@ -108,7 +172,14 @@ impl RateLimiter {
     }
 
     /// Takes a token for `tenant`, or says when one will be there.
+    /// Takes a token from the tenant's bucket, or says how long until there is one.
     pub fn check(&self, tenant: TenantId) -> Decision {
+        let decision = self.decide(tenant);
+        self.count(tenant, decision.retry_after.is_none());
+        decision
+    }
+
+    fn decide(&self, tenant: TenantId) -> Decision {
         let policy = self.policy(tenant);
         let (rate, burst) = (
             f64::from(policy.requests_per_second),
