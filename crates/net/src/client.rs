@@ -866,10 +866,7 @@ impl tower::Service<http::Request<Body>> for Backend {
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         // One client span per call (retries included), whose context the server continues.
         let path = request.uri().path();
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or(("", path));
+        let (service, method) = borough_telemetry::trace::rpc_names(path);
         let span = tracing::info_span!(
             "grpc.client",
             otel.name = %path.trim_start_matches('/'),

@@ -19,7 +19,7 @@ use http_body::Frame;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 
 /// The most distinct method labels kept.
 pub const MAX_METHODS: usize = 256;
@@ -38,16 +38,11 @@ pub struct GrpcMetrics {
     methods: Arc<LabelCap>,
 }
 
-fn latency_histogram() -> Histogram {
-    // 100 µs to ~13 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-}
-
 impl GrpcMetrics {
     pub fn register(metrics: &Metrics) -> Self {
         let grpc = GrpcMetrics {
             calls: Family::default(),
-            duration: Family::new_with_constructor(latency_histogram),
+            duration: Family::new_with_constructor(borough_telemetry::metrics::latency_histogram),
             methods: Arc::new(LabelCap::new(MAX_METHODS)),
         };
         metrics.register(

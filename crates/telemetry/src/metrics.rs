@@ -76,7 +76,8 @@ pub struct HttpMetrics {
     >,
 }
 
-fn latency_histogram() -> prometheus_client::metrics::histogram::Histogram {
+/// The latency histogram of every request and call metric: 100 µs to ~13 s.
+pub fn latency_histogram() -> prometheus_client::metrics::histogram::Histogram {
     // 100 µs to ~13 s.
     prometheus_client::metrics::histogram::Histogram::new(
         prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 18),

@@ -73,10 +73,7 @@ pub fn current() -> Option<TraceContext> {
 /// trace id so the service's log lines join the gateway's.
 pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
     let path = request.uri().path();
-    let (service, method) = path
-        .trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or(("", path));
+    let (service, method) = rpc_names(path);
     let span = tracing::info_span!(
         "grpc",
         otel.name = %path.trim_start_matches('/'),
@@ -101,6 +98,14 @@ pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
     };
     span.record("trace_id", trace_id.as_str());
     span
+}
+
+/// `/package.Service/Method` as (`package.Service`, `Method`), the `rpc.service` and
+/// `rpc.method` of OpenTelemetry's RPC conventions.
+pub fn rpc_names(path: &str) -> (&str, &str) {
+    path.trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", path))
 }
 
 fn parse_traceparent(value: &str) -> Option<String> {

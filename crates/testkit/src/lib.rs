@@ -303,3 +303,26 @@ pub async fn wait_for_status(url: &str, expected: u16, timeout: Duration) -> Res
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The value of the first series of metric `name` on the admin port at `admin_url`
+/// (`http://host:port`) whose labels contain `labels` (e.g. `result="miss"`); `None`
+/// when there is none (yet).
+pub async fn scrape_metric(
+    http: &reqwest::Client,
+    admin_url: &str,
+    name: &str,
+    labels: &str,
+) -> Result<Option<f64>> {
+    let text = http
+        .get(format!("{admin_url}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .find(|line| line.contains(labels))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok()))
+}

@@ -104,15 +104,12 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-async fn metric(http: &reqwest::Client, url: &str, name: &str, labels: &str) -> Result<f64> {
-    let text = http.get(url).send().await?.text().await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .find(|l| l.contains(labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0))
+async fn metric(http: &reqwest::Client, admin_url: &str, name: &str, labels: &str) -> Result<f64> {
+    Ok(
+        borough_testkit::scrape_metric(http, admin_url, name, labels)
+            .await?
+            .unwrap_or(0.0),
+    )
 }
 
 async fn create_tenant(http: &reqwest::Client, gateway: &str, name: &str) -> Result<String> {
@@ -197,7 +194,7 @@ async fn breaker(
     }
     proxy.set(Fault::Refuse);
     let failing = Instant::now();
-    let metrics = gateway.admin_url("/metrics");
+    let metrics = gateway.admin_url("");
     let opened = loop {
         http.get(&url).bearer_auth(key).send().await?;
         if metric(

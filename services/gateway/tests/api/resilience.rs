@@ -44,19 +44,11 @@ async fn metric_at(
     name: &str,
     labels: &str,
 ) -> Result<f64> {
-    let text = http
-        .get(format!("{admin_url}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-        .find(|line| line.contains(labels))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0))
+    Ok(
+        borough_testkit::scrape_metric(http, admin_url, name, labels)
+            .await?
+            .unwrap_or(0.0),
+    )
 }
 
 #[tokio::test]
@@ -550,6 +542,25 @@ impl Load {
     }
 }
 
+/// Stops a replica (it drains), starts it again where it was, waits for it to be ready
+/// and gives the gateway's health checks a moment to see it.
+async fn restart(
+    old: Spawned,
+    start: impl AsyncFnOnce(&[std::net::SocketAddr]) -> Result<Spawned>,
+) -> Result<Spawned> {
+    let addrs = old.addrs.clone();
+    old.stop().await?;
+    let new = start(&addrs).await?;
+    wait_for_status(
+        &format!("{}/readyz", new.url(1)),
+        200,
+        Duration::from_secs(10),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(new)
+}
+
 #[tokio::test]
 async fn restarting_every_user_and_query_replica_one_by_one_under_load_fails_no_request()
 -> Result<()> {
@@ -585,29 +596,19 @@ async fn restarting_every_user_and_query_replica_one_by_one_under_load_fails_no_
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..2 {
         let old = users.remove(i);
-        let addrs = old.addrs.clone();
-        old.stop().await?;
-        users.insert(i, respawn_user(user_settings.clone(), &addrs).await?);
-        wait_for_status(
-            &format!("{}/readyz", users[i].url(1)),
-            200,
-            Duration::from_secs(10),
-        )
+        let new = restart(old, async |at| {
+            respawn_user(user_settings.clone(), at).await
+        })
         .await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        users.insert(i, new);
     }
     for i in 0..2 {
         let old = queries.remove(i);
-        let addrs = old.addrs.clone();
-        old.stop().await?;
-        queries.insert(i, respawn_query(query_settings.clone(), &addrs).await?);
-        wait_for_status(
-            &format!("{}/readyz", queries[i].url(1)),
-            200,
-            Duration::from_secs(10),
-        )
+        let new = restart(old, async |at| {
+            respawn_query(query_settings.clone(), at).await
+        })
         .await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        queries.insert(i, new);
     }
     let (ok, failed, errors) = load.finish().await?;
     assert!(ok >= 100, "only {ok} requests made");

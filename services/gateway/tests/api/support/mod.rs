@@ -41,16 +41,42 @@ pub async fn spawn_user(db: &TestDatabase) -> Result<Spawned> {
 }
 
 pub async fn spawn_user_with(settings: borough_user::Settings) -> Result<Spawned> {
-    spawn(2, move |mut l, shutdown| {
+    spawn(2, user_server(settings)).await
+}
+
+/// A service running until its shutdown signal.
+type Serving = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), borough_net::ServeError>> + Send>,
+>;
+
+/// Runs the user service on its two listeners (gRPC, admin).
+fn user_server(
+    settings: borough_user::Settings,
+) -> impl FnOnce(Vec<tokio::net::TcpListener>, borough_testkit::Shutdown) -> Serving {
+    move |mut l, shutdown| {
         let admin = l.remove(1);
         let grpc = l.remove(0);
-        borough_user::serve(
+        Box::pin(borough_user::serve(
             settings,
             borough_user::Listeners { api: grpc, admin },
             shutdown,
-        )
-    })
-    .await
+        ))
+    }
+}
+
+/// Runs the query service on its two listeners (gRPC, admin).
+fn query_server(
+    settings: borough_query::Settings,
+) -> impl FnOnce(Vec<tokio::net::TcpListener>, borough_testkit::Shutdown) -> Serving {
+    move |mut l, shutdown| {
+        let admin = l.remove(1);
+        let grpc = l.remove(0);
+        Box::pin(borough_query::serve(
+            settings,
+            borough_query::Listeners { api: grpc, admin },
+            shutdown,
+        ))
+    }
 }
 
 /// A user service on the addresses a stopped one had (a restarted replica).
@@ -58,16 +84,7 @@ pub async fn respawn_user(
     settings: borough_user::Settings,
     at: &[std::net::SocketAddr],
 ) -> Result<Spawned> {
-    spawn_at(at, move |mut l, shutdown| {
-        let admin = l.remove(1);
-        let grpc = l.remove(0);
-        borough_user::serve(
-            settings,
-            borough_user::Listeners { api: grpc, admin },
-            shutdown,
-        )
-    })
-    .await
+    spawn_at(at, user_server(settings)).await
 }
 
 /// A query service on the addresses a stopped one had (a restarted replica).
@@ -75,16 +92,7 @@ pub async fn respawn_query(
     settings: borough_query::Settings,
     at: &[std::net::SocketAddr],
 ) -> Result<Spawned> {
-    spawn_at(at, move |mut l, shutdown| {
-        let admin = l.remove(1);
-        let grpc = l.remove(0);
-        borough_query::serve(
-            settings,
-            borough_query::Listeners { api: grpc, admin },
-            shutdown,
-        )
-    })
-    .await
+    spawn_at(at, query_server(settings)).await
 }
 
 pub async fn spawn_query(db: &TestDatabase) -> Result<Spawned> {
@@ -92,16 +100,7 @@ pub async fn spawn_query(db: &TestDatabase) -> Result<Spawned> {
 }
 
 pub async fn spawn_query_with(settings: borough_query::Settings) -> Result<Spawned> {
-    spawn(2, move |mut l, shutdown| {
-        let admin = l.remove(1);
-        let grpc = l.remove(0);
-        borough_query::serve(
-            settings,
-            borough_query::Listeners { api: grpc, admin },
-            shutdown,
-        )
-    })
-    .await
+    spawn(2, query_server(settings)).await
 }
 
 pub async fn spawn_config(db: &TestDatabase) -> Result<Spawned> {
@@ -258,19 +257,7 @@ impl Stack {
 
     /// The first series of `name` on a service's admin port whose labels contain `labels`.
     async fn series(&self, service: &Spawned, name: &str, labels: &str) -> Result<Option<f64>> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", service.url(1)))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-            .find(|line| line.contains(labels))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|v| v.parse().ok()))
+        borough_testkit::scrape_metric(&self.http, &service.url(1), name, labels).await
     }
 
     /// The value of the first series of `name` whose labels contain `labels` (e.g.
