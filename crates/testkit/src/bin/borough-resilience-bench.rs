@@ -12,92 +12,17 @@
 #![allow(clippy::print_stdout)] // Its output is the report.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use borough_testkit::TestDatabase;
+use borough_testkit::process::ServiceProcess as Process;
 use borough_testkit::proxy::{Fault, FaultProxy};
-use borough_testkit::{TestDatabase, pg::free_port, wait_for_status};
 use serde_json::json;
-use tokio::process::{Child, Command};
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
-
-/// One service process and the ports it serves.
-struct Process {
-    name: &'static str,
-    api: u16,
-    admin: u16,
-    env: Vec<(String, String)>,
-    child: Child,
-}
-
-impl Process {
-    async fn start(
-        bin: &Path,
-        name: &'static str,
-        api_var: &str,
-        ports: Option<(u16, u16)>,
-        env: &[(String, String)],
-    ) -> Result<Process> {
-        let (api, admin) = match ports {
-            Some(ports) => ports,
-            None => (free_port()?, free_port()?),
-        };
-        let child = Command::new(bin.join(name))
-            .envs(env.iter().cloned())
-            .env(api_var, format!("127.0.0.1:{api}"))
-            .env("BOROUGH_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        let process = Process {
-            name,
-            api,
-            admin,
-            env: env.to_vec(),
-            child,
-        };
-        wait_for_status(&process.admin_url("/readyz"), 200, Duration::from_secs(30))
-            .await
-            .with_context(|| format!("{name} did not become ready"))?;
-        Ok(process)
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api)
-    }
-
-    fn admin_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.admin)
-    }
-
-    /// SIGTERM, then wait for the drain to end.
-    async fn stop(mut self) -> Result<()> {
-        let pid = self.child.id().context("already exited")?;
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .await?;
-        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .with_context(|| format!("{} did not drain in 30 s", self.name))??;
-        Ok(())
-    }
-
-    /// Stops this replica and starts it again where it was.
-    async fn restart(self, bin: &Path, api_var: &str) -> Result<Process> {
-        let (name, ports, env) = (self.name, (self.api, self.admin), self.env.clone());
-        self.stop().await?;
-        Process::start(bin, name, api_var, Some(ports), &env).await
-    }
-}
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
@@ -288,13 +213,10 @@ async fn rolling_restart(
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for (replicas, api_var) in [
-        (&mut *users, "BOROUGH_GRPC_ADDR"),
-        (&mut *queries, "BOROUGH_GRPC_ADDR"),
-    ] {
+    for replicas in [&mut *users, &mut *queries] {
         for i in 0..replicas.len() {
             let old = replicas.remove(i);
-            let new = old.restart(bin, api_var).await?;
+            let new = old.restart(bin).await?;
             replicas.insert(i, new);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

@@ -1,0 +1,546 @@
+//! `make bench`: Borough measured side by side with its baselines, on this machine, with
+//! the release binaries and `wrk` (HTTP) / `pgbench` (PostgreSQL):
+//!
+//! 1. edge: `GET /hello` through the whole gateway vs a bare axum binary;
+//! 2. hop: `GET /api/v1/users/{id}` from the query cache vs `GetUserInfo` over gRPC;
+//! 3. read path: uncached reads (cache off) vs `pgbench -S`, same concurrency;
+//! 4. isolation cost: the uncached read of a shared (RLS) tenant vs a database tenant;
+//! 5. write path: `POST /api/v1/users`;
+//! 6. footprint: idle RSS and time from start to `/readyz` 200 of each service.
+//!
+//! Settings: `BENCH_SECONDS` (10 per measurement), `BENCH_CONNECTIONS` (32),
+//! `BENCH_ROUNDS` (3; medians reported). Writes `target/bench/results.json`.
+
+#![allow(clippy::print_stdout)] // Its output is the report.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use borough_proto::query::v1::GetUserInfoRequest;
+use borough_proto::query::v1::query_service_client::QueryServiceClient;
+use borough_tenancy::TenantContext;
+use borough_testkit::TestDatabase;
+use borough_testkit::process::ServiceProcess;
+use serde_json::{Value, json};
+
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Throughput and latency of one load run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn parse_wrk_duration(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        return None;
+    };
+    number.trim().parse::<f64>().ok().map(|n| n * factor)
+}
+
+/// Runs wrk against `url` (with a Lua `script` for non-GET requests).
+async fn wrk(
+    url: &str,
+    key: Option<&str>,
+    seconds: u64,
+    connections: u32,
+    script: Option<&Path>,
+) -> Result<Load> {
+    let mut command = tokio::process::Command::new("wrk");
+    command
+        .arg("-t1")
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency");
+    if let Some(key) = key {
+        command
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {key}"));
+    }
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let output = command
+        .arg(url)
+        .output()
+        .await
+        .context("running wrk (make bench installs it)")?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    if !output.status.success() {
+        bail!(
+            "wrk failed: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if let Some(line) = text
+        .lines()
+        .find(|l| l.contains("Non-2xx or 3xx responses"))
+    {
+        bail!("wrk saw errors ({}) against {url}:\n{text}", line.trim());
+    }
+    let mut load = Load::default();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("Requests/sec:") {
+            load.rps = rest.trim().parse().unwrap_or(0.0);
+        } else if let Some(rest) = line.strip_prefix("50%") {
+            load.p50_ms = parse_wrk_duration(rest).unwrap_or(f64::NAN);
+        } else if let Some(rest) = line.strip_prefix("99%") {
+            load.p99_ms = parse_wrk_duration(rest).unwrap_or(f64::NAN);
+        }
+    }
+    Ok(load)
+}
+
+/// `GetUserInfo` over gRPC from `connections` concurrent callers for `seconds`.
+async fn grpc_lookups(
+    url: &str,
+    tenant: TenantContext,
+    user: &str,
+    seconds: u64,
+    connections: u32,
+) -> Result<Load> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (mut client, latencies, user) = (
+            QueryServiceClient::new(channel.clone()),
+            latencies.clone(),
+            user.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while Instant::now() < until {
+                let mut request = tonic::Request::new(GetUserInfoRequest {
+                    user_id: user.clone(),
+                    min_version: 0,
+                });
+                tenant.write_metadata(request.metadata_mut());
+                let at = Instant::now();
+                if client.get_user_info(request).await.is_ok() {
+                    mine.push(at.elapsed());
+                }
+            }
+            latencies.lock().map(|mut l| l.extend(mine)).ok();
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut latencies =
+        std::mem::take(&mut *latencies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    latencies.sort();
+    let at = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    };
+    Ok(Load {
+        rps: latencies.len() as f64 / elapsed,
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+    })
+}
+
+/// `pgbench -S` (select-only) at `connections` for `seconds`: transactions a second.
+async fn pgbench(url: &str, seconds: u64, connections: u32) -> Result<f64> {
+    let bin = borough_testkit::pg::pg_bin_dir()?.join("pgbench");
+    let init = tokio::process::Command::new(&bin)
+        .args(["-i", "-q", "-s", "1", url])
+        .output()
+        .await?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    let output = tokio::process::Command::new(&bin)
+        .args(["-S", "-n", "-j", "1"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-T{seconds}"))
+        .arg(url)
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no tps in pgbench's output: {text}"))
+}
+
+async fn create_tenant(
+    http: &reqwest::Client,
+    gateway: &str,
+    name: &str,
+    placement: &str,
+) -> Result<(String, String)> {
+    let response = http
+        .post(format!("{gateway}/admin/v1/tenants"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": name, "placement": placement}))
+        .send()
+        .await?;
+    if response.status() != 201 {
+        bail!("creating a {placement} tenant: {}", response.status());
+    }
+    let body: Value = response.json().await?;
+    Ok((
+        body["tenant"]["id"]
+            .as_str()
+            .context("no tenant id")?
+            .to_owned(),
+        body["api_key"]["key"]
+            .as_str()
+            .context("no api key")?
+            .to_owned(),
+    ))
+}
+
+async fn create_user(
+    http: &reqwest::Client,
+    gateway: &str,
+    key: &str,
+    email: &str,
+) -> Result<String> {
+    let body: Value = http
+        .post(format!("{gateway}/api/v1/users"))
+        .bearer_auth(key)
+        .json(&json!({"name": "Bench", "email": email}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    body["id"].as_str().map(str::to_owned).context("no user id")
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn release_dir() -> Result<PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("no binary directory")?
+        .to_path_buf())
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let seconds: u64 = env_or("BENCH_SECONDS", 10);
+    let connections: u32 = env_or("BENCH_CONNECTIONS", 32);
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
+    let bin = release_dir()?;
+    let out = Path::new("target/bench");
+    std::fs::create_dir_all(out)?;
+
+    let cluster = borough_testkit::own_cluster()?;
+    let db = TestDatabase::create_on(&cluster).await?;
+    let service = |extra: &[(&str, &str)]| {
+        let mut env = pairs(&[
+            ("BOROUGH_DATABASE_URL", &db.service_url),
+            ("BOROUGH_PROVISIONER_DATABASE_URL", &db.admin_url),
+            ("BOROUGH_SHUTDOWN_GRACE", "0s"),
+        ]);
+        env.extend(pairs(extra));
+        env
+    };
+
+    // Footprint: start each service on its own and measure.
+    let user = ServiceProcess::start(
+        &bin,
+        "borough-user",
+        "BOROUGH_GRPC_ADDR",
+        None,
+        &service(&[]),
+    )
+    .await?;
+    let query = ServiceProcess::start(
+        &bin,
+        "borough-query",
+        "BOROUGH_GRPC_ADDR",
+        None,
+        &service(&[]),
+    )
+    .await?;
+    let uncached = ServiceProcess::start(
+        &bin,
+        "borough-query",
+        "BOROUGH_GRPC_ADDR",
+        None,
+        &service(&[("BOROUGH_CACHE_MAX_ENTRIES", "0")]),
+    )
+    .await?;
+    let config = ServiceProcess::start(
+        &bin,
+        "borough-config",
+        "BOROUGH_GRPC_ADDR",
+        None,
+        &service(&[]),
+    )
+    .await?;
+    let gateway_env = |query: &ServiceProcess| {
+        pairs(&[
+            ("BOROUGH_USER_URL", &user.url()),
+            ("BOROUGH_QUERY_URL", &query.url()),
+            ("BOROUGH_CONFIG_URL", &config.url()),
+            ("BOROUGH_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("BOROUGH_RATE_LIMIT_RPS", "100000000"),
+            ("BOROUGH_RATE_LIMIT_BURST", "100000000"),
+            ("BOROUGH_SHUTDOWN_GRACE", "0s"),
+        ])
+    };
+    let gateway = ServiceProcess::start(
+        &bin,
+        "borough-gateway",
+        "BOROUGH_HTTP_ADDR",
+        None,
+        &gateway_env(&query),
+    )
+    .await?;
+    let gateway_uncached = ServiceProcess::start(
+        &bin,
+        "borough-gateway",
+        "BOROUGH_HTTP_ADDR",
+        None,
+        &gateway_env(&uncached),
+    )
+    .await?;
+    let hello = ServiceProcess::start(&bin, "borough-hello", "BOROUGH_HTTP_ADDR", None, &[])
+        .await
+        .ok();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut footprint = Vec::new();
+    for process in [&gateway, &user, &query, &config] {
+        footprint.push(json!({
+            "service": process.name,
+            "idle_rss_mib": process.rss_kib()? as f64 / 1024.0,
+            "ready_ms": process.ready_after.as_secs_f64() * 1e3,
+        }));
+    }
+
+    // Data: a shared and a database tenant, each with a user.
+    let http = reqwest::Client::new();
+    let g = gateway.url();
+    let (shared_id, shared_key) = create_tenant(&http, &g, "bench-shared", "shared").await?;
+    let (_, database_key) = create_tenant(&http, &g, "bench-database", "database").await?;
+    let shared_user = create_user(&http, &g, &shared_key, "reader@example.com").await?;
+    let database_user = create_user(&http, &g, &database_key, "reader@example.com").await?;
+    let shared_ctx = TenantContext::new(
+        shared_id
+            .parse()
+            .map_err(|_| anyhow::anyhow!("bad tenant id"))?,
+    );
+    let post_script = out.join("post-user.lua");
+    std::fs::write(
+        &post_script,
+        r#"-- A user with a new email on every request.
+counter = 0
+request = function()
+  counter = counter + 1
+  local body = string.format('{"name":"Bench","email":"w%d-%d@example.com"}', counter, math.random(1, 1000000000))
+  return wrk.format("POST", "/api/v1/users", {["Content-Type"] = "application/json"}, body)
+end
+"#,
+    )?;
+    let pgbench_url = {
+        let admin = db.admin_pool().await?;
+        sqlx::query("CREATE DATABASE borough_pgbench")
+            .execute(&admin)
+            .await?;
+        db.admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| format!("{base}/borough_pgbench"))
+            .context("admin url")?
+    };
+
+    let mut rounds_out: Vec<Value> = Vec::new();
+    let (mut edge_ratio, mut hop_p50, mut hop_p99, mut read_ratio, mut rls_cost, mut writes) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for round in 1..=rounds {
+        // 1. edge
+        let edge = wrk(&format!("{g}/hello"), None, seconds, connections, None).await?;
+        let bare = match &hello {
+            Some(hello) => {
+                wrk(
+                    &format!("{}/hello", hello.url()),
+                    None,
+                    seconds,
+                    connections,
+                    None,
+                )
+                .await?
+            }
+            None => Load::default(),
+        };
+        // 2. hop: cached GET through the gateway vs the same lookup over gRPC.
+        let cached = wrk(
+            &format!("{g}/api/v1/users/{shared_user}"),
+            Some(&shared_key),
+            seconds,
+            connections,
+            None,
+        )
+        .await?;
+        let direct =
+            grpc_lookups(&query.url(), shared_ctx, &shared_user, seconds, connections).await?;
+        // 3 and 4. uncached reads (shared and database tenants) vs pgbench -S.
+        let gu = gateway_uncached.url();
+        let uncached_shared = wrk(
+            &format!("{gu}/api/v1/users/{shared_user}"),
+            Some(&shared_key),
+            seconds,
+            connections,
+            None,
+        )
+        .await?;
+        let uncached_database = wrk(
+            &format!("{gu}/api/v1/users/{database_user}"),
+            Some(&database_key),
+            seconds,
+            connections,
+            None,
+        )
+        .await?;
+        let pg_tps = pgbench(&pgbench_url, seconds, connections).await?;
+        // 5. writes
+        let write = wrk(
+            &format!("{g}/api/v1/users"),
+            Some(&shared_key),
+            seconds,
+            connections,
+            Some(&post_script),
+        )
+        .await?;
+
+        edge_ratio.push(edge.rps / bare.rps);
+        hop_p50.push((cached.p50_ms - direct.p50_ms) * 1e3);
+        hop_p99.push((cached.p99_ms - direct.p99_ms) * 1e3);
+        read_ratio.push(uncached_shared.rps / pg_tps);
+        rls_cost.push(1.0 - uncached_shared.rps / uncached_database.rps);
+        writes.push(write.rps);
+        println!(
+            "round {round}: edge {:.0}/{:.0} rps ({:.2}x); hop p50 +{:.0} us p99 +{:.0} us; uncached {:.0} rps vs pgbench {:.0} tps ({:.0} %); database tenant {:.0} rps; writes {:.0} rps p99 {:.2} ms",
+            edge.rps,
+            bare.rps,
+            edge.rps / bare.rps,
+            (cached.p50_ms - direct.p50_ms) * 1e3,
+            (cached.p99_ms - direct.p99_ms) * 1e3,
+            uncached_shared.rps,
+            pg_tps,
+            uncached_shared.rps / pg_tps * 100.0,
+            uncached_database.rps,
+            write.rps,
+            write.p99_ms,
+        );
+        rounds_out.push(json!({
+            "round": round,
+            "edge": {"gateway": load_json(edge), "bare_axum": load_json(bare)},
+            "hop": {"gateway_cached": load_json(cached), "grpc_direct": load_json(direct)},
+            "read": {"uncached_shared": load_json(uncached_shared), "uncached_database": load_json(uncached_database), "pgbench_select_tps": pg_tps},
+            "write": load_json(write),
+        }));
+    }
+
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let (edge_m, hop50_m, hop99_m, read_m, rls_m, writes_m) = (
+        median(edge_ratio),
+        median(hop_p50),
+        median(hop_p99),
+        median(read_ratio),
+        median(rls_cost),
+        median(writes),
+    );
+    println!();
+    println!(
+        "| measure (median of {rounds}, {connections} connections, {seconds} s each) | figure | target | |"
+    );
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| edge: gateway /hello vs bare axum | {edge_m:.2}x | >= 0.8x | {} |",
+        verdict(edge_m >= 0.8)
+    );
+    println!(
+        "| hop: REST->gRPC p50 added | {hop50_m:.0} us | <= 100 us | {} |",
+        verdict(hop50_m <= 100.0)
+    );
+    println!(
+        "| hop: REST->gRPC p99 added | {hop99_m:.0} us | <= 300 us | {} |",
+        verdict(hop99_m <= 300.0)
+    );
+    println!(
+        "| read path: uncached read vs pgbench -S | {:.0} % | >= 60 % | {} |",
+        read_m * 100.0,
+        verdict(read_m >= 0.6)
+    );
+    println!(
+        "| isolation: RLS (shared) vs database tenant cost | {:.1} % | <= 10 % | {} |",
+        rls_m * 100.0,
+        verdict(rls_m <= 0.10)
+    );
+    println!("| write path: POST /api/v1/users | {writes_m:.0} rps | | |");
+    for f in &footprint {
+        let rss = f["idle_rss_mib"].as_f64().unwrap_or(f64::NAN);
+        let ready = f["ready_ms"].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| footprint: {} idle RSS / ready | {rss:.1} MiB / {ready:.0} ms | <= 15 MB / <= 100 ms | {} |",
+            f["service"].as_str().unwrap_or("?"),
+            verdict(rss * 1.048_576 <= 15.0 && ready <= 100.0),
+        );
+    }
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&json!({
+            "seconds": seconds,
+            "connections": connections,
+            "footprint": footprint,
+            "rounds": rounds_out,
+        }))?,
+    )?;
+    println!("\nwritten: target/bench/results.json");
+    for process in [gateway, gateway_uncached, user, query, uncached, config] {
+        process.stop().await?;
+    }
+    if let Some(hello) = hello {
+        hello.stop().await?;
+    }
+    Ok(())
+}
+
+fn load_json(load: Load) -> Value {
+    json!({"rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms})
+}

@@ -1,0 +1,125 @@
+//! A Borough service binary as a separate process (benches): its ports, readiness, RSS,
+//! and a graceful stop.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::process::{Child, Command};
+
+use crate::pg::free_port;
+use crate::wait_for_status;
+
+/// One service process and the ports it serves.
+pub struct ServiceProcess {
+    pub name: &'static str,
+    pub api: u16,
+    pub admin: u16,
+    api_var: &'static str,
+    env: Vec<(String, String)>,
+    child: Child,
+    /// From spawn to the first `/readyz` 200.
+    pub ready_after: Duration,
+}
+
+impl ServiceProcess {
+    /// Starts `bin/name` with `env`, its API (`api_var`) and admin ports on 127.0.0.1
+    /// (`ports`, or free ones), and waits until `/readyz` answers 200.
+    pub async fn start(
+        bin: &Path,
+        name: &'static str,
+        api_var: &'static str,
+        ports: Option<(u16, u16)>,
+        env: &[(String, String)],
+    ) -> Result<ServiceProcess> {
+        let (api, admin) = match ports {
+            Some(ports) => ports,
+            None => (free_port()?, free_port()?),
+        };
+        let started = Instant::now();
+        let child = Command::new(bin.join(name))
+            .env("RUST_LOG", "error")
+            .envs(env.iter().cloned())
+            .env(api_var, format!("127.0.0.1:{api}"))
+            .env("BOROUGH_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.join(name).display()))?;
+        let mut process = ServiceProcess {
+            name,
+            api,
+            admin,
+            api_var,
+            env: env.to_vec(),
+            child,
+            ready_after: Duration::ZERO,
+        };
+        let client = reqwest::Client::new();
+        let url = process.admin_url("/readyz");
+        loop {
+            if let Ok(response) = client.get(&url).send().await
+                && response.status() == 200
+            {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                wait_for_status(&url, 200, Duration::ZERO)
+                    .await
+                    .with_context(|| format!("{name} did not become ready"))?;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        process.ready_after = started.elapsed();
+        Ok(process)
+    }
+
+    /// `http://127.0.0.1:<api port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api)
+    }
+
+    /// `http://127.0.0.1:<admin port><path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+
+    /// Resident memory now, in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let pid = self.child.id().context("exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
+    }
+
+    /// SIGTERM, then waits (up to 30 s) for the drain to end.
+    pub async fn stop(mut self) -> Result<()> {
+        let pid = self.child.id().context("already exited")?;
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .with_context(|| format!("{} did not drain in 30 s", self.name))??;
+        Ok(())
+    }
+
+    /// Stops this process and starts it again on the same ports.
+    pub async fn restart(self, bin: &Path) -> Result<ServiceProcess> {
+        let (name, api_var, ports, env) = (
+            self.name,
+            self.api_var,
+            (self.api, self.admin),
+            self.env.clone(),
+        );
+        self.stop().await?;
+        ServiceProcess::start(bin, name, api_var, Some(ports), &env).await
+    }
+}
