@@ -18,7 +18,8 @@
 //!   when every endpoint is open calls fail at once with `UNAVAILABLE` + `retry-after`;
 //!   after `open_for`, a few probe calls decide whether it closes again;
 //! - **retries** only calls that are safe to repeat (methods named idempotent, or writes
-//!   carrying an `idempotency-key`), only after `UNAVAILABLE` or a connection failure, with
+//!   carrying an `idempotency-key`), only after a connection failure or an `UNAVAILABLE`
+//!   from load shedding (not processed at all; a dependency's outage is not retried), with
 //!   exponential backoff and full jitter, a cap on attempts, never past the call's deadline,
 //!   and only while the retry budget (a fraction of recent calls) allows.
 
@@ -679,7 +680,13 @@ impl Shared {
             }
             let outcome = self.attempt(&endpoint, probe, request).await;
             let again = match &outcome {
-                Ok(response) => grpc_status(response) == Some(tonic::Code::Unavailable),
+                // Refused unprocessed by load shedding: another replica may take it. Other
+                // UNAVAILABLE replies say a dependency (the database) is down: every
+                // replica shares it, and the service has already failed fast.
+                Ok(response) => {
+                    grpc_status(response) == Some(tonic::Code::Unavailable)
+                        && response.headers().contains_key(crate::shed::SHED_METADATA)
+                }
                 Err(e) => is_connection_failure(e.as_ref()),
             };
             if !again || attempt >= self.settings.retry.max_attempts {

@@ -224,12 +224,21 @@ pub struct ShedService<S> {
     shedder: Shedder,
 }
 
-/// The gRPC reply to a shed call: `UNAVAILABLE` with `retry-after` (seconds).
+/// Marks a reply refused by load shedding: the call was not processed at all, so a client
+/// may send it to another replica (`borough_net::client` retries only these `UNAVAILABLE`s).
+pub const SHED_METADATA: &str = "x-borough-shed";
+
+/// The gRPC reply to a shed call: `UNAVAILABLE` with `retry-after` (seconds) and
+/// [`SHED_METADATA`].
 fn shed_response(shed: Shed) -> http::Response<tonic::body::Body> {
     let mut status = tonic::Status::unavailable(shed.to_string());
     status.metadata_mut().insert(
         borough_error::RETRY_AFTER_METADATA,
         tonic::metadata::MetadataValue::from(shed.retry_after.as_secs().max(1)),
+    );
+    status.metadata_mut().insert(
+        SHED_METADATA,
+        tonic::metadata::MetadataValue::from_static("true"),
     );
     status.into_http()
 }
