@@ -33,6 +33,19 @@ impl ServiceProcess {
         ports: Option<(u16, u16)>,
         env: &[(String, String)],
     ) -> Result<ServiceProcess> {
+        Self::start_probing(bin, name, api_var, ports, env, None).await
+    }
+
+    /// As [`ServiceProcess::start`], ready when `GET <api><api_probe>` answers 200 instead
+    /// (for a binary without an admin port).
+    pub async fn start_probing(
+        bin: &Path,
+        name: &'static str,
+        api_var: &'static str,
+        ports: Option<(u16, u16)>,
+        env: &[(String, String)],
+        api_probe: Option<&str>,
+    ) -> Result<ServiceProcess> {
         let (api, admin) = match ports {
             Some(ports) => ports,
             None => (free_port()?, free_port()?),
@@ -58,7 +71,10 @@ impl ServiceProcess {
             ready_after: Duration::ZERO,
         };
         let client = reqwest::Client::new();
-        let url = process.admin_url("/readyz");
+        let url = match api_probe {
+            Some(path) => format!("{}{path}", process.url()),
+            None => process.admin_url("/readyz"),
+        };
         loop {
             if let Ok(response) = client.get(&url).send().await
                 && response.status() == 200

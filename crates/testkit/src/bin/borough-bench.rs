@@ -319,8 +319,8 @@ async fn main() -> Result<()> {
             ("BOROUGH_QUERY_URL", &query.url()),
             ("BOROUGH_CONFIG_URL", &config.url()),
             ("BOROUGH_ADMIN_TOKEN", ADMIN_TOKEN),
-            ("BOROUGH_RATE_LIMIT_RPS", "100000000"),
-            ("BOROUGH_RATE_LIMIT_BURST", "100000000"),
+            ("BOROUGH_RATE_LIMIT_RPS", "1000000"),
+            ("BOROUGH_RATE_LIMIT_BURST", "1000000"),
             ("BOROUGH_SHUTDOWN_GRACE", "0s"),
         ])
     };
@@ -340,9 +340,15 @@ async fn main() -> Result<()> {
         &gateway_env(&uncached),
     )
     .await?;
-    let hello = ServiceProcess::start(&bin, "borough-hello", "BOROUGH_HTTP_ADDR", None, &[])
-        .await
-        .ok();
+    let hello = ServiceProcess::start_probing(
+        &bin,
+        "borough-hello",
+        "BOROUGH_HTTP_ADDR",
+        None,
+        &[],
+        Some("/hello"),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut footprint = Vec::new();
     for process in [&gateway, &user, &query, &config] {
@@ -368,12 +374,13 @@ async fn main() -> Result<()> {
     let post_script = out.join("post-user.lua");
     std::fs::write(
         &post_script,
-        r#"-- A user with a new email on every request.
+        r#"-- A user with a new email on every request (the API key comes from -H).
+wrk.headers["Content-Type"] = "application/json"
 counter = 0
 request = function()
   counter = counter + 1
   local body = string.format('{"name":"Bench","email":"w%d-%d@example.com"}', counter, math.random(1, 1000000000))
-  return wrk.format("POST", "/api/v1/users", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/api/v1/users", nil, body)
 end
 "#,
     )?;
@@ -394,19 +401,14 @@ end
     for round in 1..=rounds {
         // 1. edge
         let edge = wrk(&format!("{g}/hello"), None, seconds, connections, None).await?;
-        let bare = match &hello {
-            Some(hello) => {
-                wrk(
-                    &format!("{}/hello", hello.url()),
-                    None,
-                    seconds,
-                    connections,
-                    None,
-                )
-                .await?
-            }
-            None => Load::default(),
-        };
+        let bare = wrk(
+            &format!("{}/hello", hello.url()),
+            None,
+            seconds,
+            connections,
+            None,
+        )
+        .await?;
         // 2. hop: cached GET through the gateway vs the same lookup over gRPC.
         let cached = wrk(
             &format!("{g}/api/v1/users/{shared_user}"),
@@ -532,11 +534,16 @@ end
         }))?,
     )?;
     println!("\nwritten: target/bench/results.json");
-    for process in [gateway, gateway_uncached, user, query, uncached, config] {
+    for process in [
+        gateway,
+        gateway_uncached,
+        user,
+        query,
+        uncached,
+        config,
+        hello,
+    ] {
         process.stop().await?;
-    }
-    if let Some(hello) = hello {
-        hello.stop().await?;
     }
     Ok(())
 }
