@@ -2,7 +2,8 @@
 //! the release binaries and `wrk` (HTTP) / `pgbench` (PostgreSQL):
 //!
 //! 1. edge: `GET /hello` through the whole gateway vs a bare axum binary;
-//! 2. hop: `GET /api/v1/users/{id}` from the query cache vs `GetUserInfo` over gRPC;
+//! 2. hop: `GET /api/v1/users/{id}` from the query cache vs `GetUserInfo` over gRPC, one
+//!    caller at a time (the latency the hop adds, not queueing);
 //! 3. read path: uncached reads (cache off) vs `pgbench -S`, same concurrency;
 //! 4. isolation cost: the uncached read of a shared (RLS) tenant vs a database tenant;
 //! 5. write path: `POST /api/v1/users`;
@@ -409,17 +410,17 @@ end
             None,
         )
         .await?;
-        // 2. hop: cached GET through the gateway vs the same lookup over gRPC.
+        // 2. hop: cached GET through the gateway vs the same lookup over gRPC, one caller
+        //    at a time (at saturation both are queueing; the hop's own cost shows unloaded).
         let cached = wrk(
             &format!("{g}/api/v1/users/{shared_user}"),
             Some(&shared_key),
             seconds,
-            connections,
+            1,
             None,
         )
         .await?;
-        let direct =
-            grpc_lookups(&query.url(), shared_ctx, &shared_user, seconds, connections).await?;
+        let direct = grpc_lookups(&query.url(), shared_ctx, &shared_user, seconds, 1).await?;
         // 3 and 4. uncached reads (shared and database tenants) vs pgbench -S.
         let gu = gateway_uncached.url();
         let uncached_shared = wrk(
