@@ -104,13 +104,7 @@ impl ServiceProcess {
 
     /// Resident memory now, in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
-        let pid = self.child.id().context("exited")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS")
+        rss_kib(self.child.id().context("exited")?)
     }
 
     /// SIGTERM, then waits (up to 30 s) for the drain to end.
@@ -138,4 +132,28 @@ impl ServiceProcess {
         self.stop().await?;
         ServiceProcess::start(bin, name, api_var, Some(ports), &env).await
     }
+}
+
+/// Resident memory of process `pid` now, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS")
+}
+
+/// The directory of the running binary (where the release service binaries are).
+pub fn binary_dir() -> Result<std::path::PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("no binary directory")?
+        .to_path_buf())
+}
+
+/// The median of `values` (NaN when empty).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }

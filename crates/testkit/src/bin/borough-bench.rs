@@ -14,7 +14,7 @@
 
 #![allow(clippy::print_stdout)] // Its output is the report.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -241,18 +241,6 @@ async fn create_user(
     body["id"].as_str().map(str::to_owned).context("no user id")
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn release_dir() -> Result<PathBuf> {
-    Ok(std::env::current_exe()?
-        .parent()
-        .context("no binary directory")?
-        .to_path_buf())
-}
-
 fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
     items
         .iter()
@@ -265,7 +253,7 @@ async fn main() -> Result<()> {
     let seconds: u64 = env_or("BENCH_SECONDS", 10);
     let connections: u32 = env_or("BENCH_CONNECTIONS", 32);
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
-    let bin = release_dir()?;
+    let bin = borough_testkit::process::binary_dir()?;
     let out = Path::new("target/bench");
     std::fs::create_dir_all(out)?;
 
@@ -481,12 +469,12 @@ end
 
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let (edge_m, hop50_m, hop99_m, read_m, rls_m, writes_m) = (
-        median(edge_ratio),
-        median(hop_p50),
-        median(hop_p99),
-        median(read_ratio),
-        median(rls_cost),
-        median(writes),
+        borough_testkit::process::median(edge_ratio),
+        borough_testkit::process::median(hop_p50),
+        borough_testkit::process::median(hop_p99),
+        borough_testkit::process::median(read_ratio),
+        borough_testkit::process::median(rls_cost),
+        borough_testkit::process::median(writes),
     );
     println!();
     println!(

@@ -11,7 +11,7 @@
 
 #![allow(clippy::print_stdout)] // Its output is the report.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,11 +23,6 @@ use borough_testkit::proxy::{Fault, FaultProxy};
 use serde_json::json;
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
 
 async fn metric(http: &reqwest::Client, admin_url: &str, name: &str, labels: &str) -> Result<f64> {
     Ok(
@@ -229,20 +224,13 @@ async fn rolling_restart(
     Ok((ok + failed, failed))
 }
 
-fn release_dir() -> Result<PathBuf> {
-    Ok(std::env::current_exe()?
-        .parent()
-        .context("no binary directory")?
-        .to_path_buf())
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let rounds: usize = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let bin = release_dir()?;
+    let bin = borough_testkit::process::binary_dir()?;
     let cluster = borough_testkit::own_cluster()?;
     let db = TestDatabase::create_on(&cluster).await?;
     let service_env: Vec<(String, String)> = [
@@ -357,10 +345,10 @@ async fn main() -> Result<()> {
     }
 
     let (limiter_m, open_m, p99_m, failed_m) = (
-        median(limiter.clone()),
-        median(open_times.clone()),
-        median(fast_p99.clone()),
-        median(restart_failed.clone()),
+        borough_testkit::process::median(limiter.clone()),
+        borough_testkit::process::median(open_times.clone()),
+        borough_testkit::process::median(fast_p99.clone()),
+        borough_testkit::process::median(restart_failed.clone()),
     );
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!();
@@ -383,7 +371,7 @@ async fn main() -> Result<()> {
     );
     println!(
         "| requests failed in a rolling restart | {failed_m:.0} of {:.0} | 0 | {} |",
-        median(restart_requests.clone()),
+        borough_testkit::process::median(restart_requests.clone()),
         verdict(failed_m == 0.0)
     );
 

@@ -27,15 +27,6 @@ fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
     }
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -87,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_rss = rss_kib(pid)?;
+    let idle_rss = borough_testkit::process::rss_kib(pid)?;
 
     // The watchers: each records when it received each revision.
     let received: Arc<Mutex<HashMap<i64, Vec<Instant>>>> = Arc::default();
@@ -139,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         synced_rx.recv().await.context("a watcher failed")?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let watching_rss = rss_kib(pid)?;
+    let watching_rss = borough_testkit::process::rss_kib(pid)?;
     let per_stream = (watching_rss.saturating_sub(idle_rss) as f64 * 1024.0) / watchers as f64;
 
     println!("borough-config bench: {watchers} watchers, {puts} puts x {rounds} rounds");
