@@ -376,7 +376,13 @@ pub async fn serve(
     }
     tracing::info!(http = %listeners.api.local_addr()?, "gateway listening");
 
-    let result = axum::serve(listeners.api, app)
+    // TCP_NODELAY: a response written in parts is not held back waiting for an ACK.
+    let api = axum::serve::ListenerExt::tap_io(listeners.api, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
+    let result = axum::serve(api, app)
         .with_graceful_shutdown(lifecycle::drain_after(
             shutdown,
             readiness,

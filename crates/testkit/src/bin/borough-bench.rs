@@ -360,19 +360,24 @@ async fn main() -> Result<()> {
             .parse()
             .map_err(|_| anyhow::anyhow!("bad tenant id"))?,
     );
+    // A user with a new email on every request (the API key comes from -H); the prefix
+    // differs per run, so that no run meets the emails of another.
     let post_script = out.join("post-user.lua");
-    std::fs::write(
-        &post_script,
-        r#"-- A user with a new email on every request (the API key comes from -H).
-wrk.headers["Content-Type"] = "application/json"
+    let write_script = |prefix: &str| {
+        std::fs::write(
+            &post_script,
+            format!(
+                r#"wrk.headers["Content-Type"] = "application/json"
 counter = 0
 request = function()
   counter = counter + 1
-  local body = string.format('{"name":"Bench","email":"w%d-%d@example.com"}', counter, math.random(1, 1000000000))
+  local body = string.format('{{"name":"Bench","email":"{prefix}-%d@example.com"}}', counter)
   return wrk.format("POST", "/api/v1/users", nil, body)
 end
-"#,
-    )?;
+"#
+            ),
+        )
+    };
     let pgbench_url = {
         let admin = db.admin_pool().await?;
         sqlx::query("CREATE DATABASE borough_pgbench")
@@ -429,6 +434,7 @@ end
         .await?;
         let pg_tps = pgbench(&pgbench_url, seconds, connections).await?;
         // 5. writes
+        write_script(&uuid::Uuid::now_v7().simple().to_string())?;
         let write = wrk(
             &format!("{g}/api/v1/users"),
             Some(&shared_key),
