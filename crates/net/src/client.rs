@@ -715,10 +715,10 @@ impl Shared {
     }
 
     async fn wait_for_discovery(&self, deadline: Option<Instant>) {
-        let mut discovered = self.discovered.subscribe();
-        if *discovered.borrow() {
-            return;
+        if *self.discovered.borrow() {
+            return; // Every call after the first resolution: no subscription.
         }
+        let mut discovered = self.discovered.subscribe();
         let limit = deadline.map_or(Duration::from_secs(5), |d| {
             d.saturating_duration_since(Instant::now())
         });

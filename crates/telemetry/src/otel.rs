@@ -160,14 +160,17 @@ pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
     })
 }
 
-/// Writes `span`'s context as `traceparent`/`tracestate` into outgoing headers (gRPC
-/// metadata), when exporting; false when not.
-pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) -> bool {
-    if !enabled() {
-        return false;
+/// Writes the trace context of an outgoing call into its headers (gRPC metadata): when
+/// exporting, `span`'s (`traceparent`/`tracestate`); otherwise the `traceparent` of the
+/// request being served on this task, if any ([`crate::trace::current`]).
+pub fn inject(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    if enabled() {
+        TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+    } else if let Some(ctx) = crate::trace::current()
+        && let Ok(value) = http::HeaderValue::from_str(&ctx.traceparent())
+    {
+        headers.insert(crate::trace::TRACEPARENT, value);
     }
-    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
-    true
 }
 
 /// One OpenTelemetry span per SQL statement, from sqlx's `sqlx::query` events (sent when a
@@ -263,5 +266,30 @@ where
             .start_with_context(tracer, &parent);
         let mut span = span;
         opentelemetry::trace::Span::end_with_timestamp(&mut span, end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_export_the_served_requests_traceparent_is_passed_on() {
+        let ctx = crate::trace::TraceContext::new_root();
+        let mut headers = http::HeaderMap::new();
+        inject(&tracing::Span::none(), &mut headers);
+        assert!(
+            headers.is_empty(),
+            "no request being served: nothing to pass on"
+        );
+        let headers = ctx
+            .clone()
+            .scope(async {
+                let mut headers = http::HeaderMap::new();
+                inject(&tracing::Span::none(), &mut headers);
+                headers
+            })
+            .await;
+        assert_eq!(headers["traceparent"], ctx.traceparent().as_str());
     }
 }

@@ -1,14 +1,12 @@
-//! Outgoing gRPC calls: every request carries the tenant, the trace context and the
-//! remaining deadline.
+//! Outgoing gRPC calls: every request carries the tenant and the remaining deadline (the
+//! trace context is added by the backend client, `borough_net::client`, for every call).
 
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use borough_error::{ErrorKind, Problem};
-use borough_telemetry::trace::{self, TRACEPARENT};
 use borough_tenancy::TenantContext;
 use http::request::Parts;
-use tonic::metadata::MetadataValue;
 
 /// When the request being served must be answered by. Set by the deadline middleware from
 /// `BOROUGH_REQUEST_TIMEOUT`; every backend call gets what is left as its `grpc-timeout`.
@@ -42,11 +40,6 @@ pub fn request<T>(
     let mut request = tonic::Request::new(message);
     if let Some(tenant) = tenant {
         tenant.write_metadata(request.metadata_mut());
-    }
-    if let Some(ctx) = trace::current()
-        && let Ok(value) = MetadataValue::try_from(ctx.traceparent())
-    {
-        request.metadata_mut().insert(TRACEPARENT, value);
     }
     request.set_timeout(deadline.remaining());
     request
