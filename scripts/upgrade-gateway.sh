@@ -4,9 +4,10 @@
 #   scripts/upgrade-gateway.sh OLD_PID NEW_BINARY [NEW_ADMIN_ADDR]
 #
 # The old gateway must have been started with BOROUGH_REUSE_PORT=true. The new one is
-# started from this shell's environment (the same BOROUGH_* settings) with
-# BOROUGH_REUSE_PORT=true and its admin port on NEW_ADMIN_ADDR (default 127.0.0.1:9470,
-# so that its readiness can be told apart from the old one's):
+# started with the old one's environment (read from /proc), this shell's BOROUGH_*,
+# OTEL_* and RUST_LOG on top, BOROUGH_REUSE_PORT=true and its admin port on
+# NEW_ADMIN_ADDR (default 127.0.0.1:9470, so that its readiness can be told apart from
+# the old one's):
 #
 # NEW's output is appended to BOROUGH_UPGRADE_LOG (default ./gateway.log).
 #
@@ -42,7 +43,17 @@ fi
 
 # The new process outlives this script: its output goes to a log file, not our pipes.
 log=${BOROUGH_UPGRADE_LOG:-gateway.log}
-BOROUGH_REUSE_PORT=true BOROUGH_ADMIN_ADDR="$new_admin" nohup "$new_bin" >>"$log" 2>&1 </dev/null &
+# The new process runs with the old one's environment (its settings: admin token, backend
+# URLs, config service…), with this shell's BOROUGH_*, OTEL_* and RUST_LOG on top.
+settings=()
+if [ -r "/proc/$old_pid/environ" ]; then
+    while IFS= read -r -d '' kv; do settings+=("$kv"); done < "/proc/$old_pid/environ"
+fi
+while IFS= read -r -d '' kv; do
+    case $kv in BOROUGH_*|OTEL_*|RUST_LOG=*) settings+=("$kv") ;; esac
+done < <(env -0)
+env -i "${settings[@]}" BOROUGH_REUSE_PORT=true BOROUGH_ADMIN_ADDR="$new_admin" \
+    nohup "$new_bin" >>"$log" 2>&1 </dev/null &
 new_pid=$!
 echo "upgrade: started $new_bin as $new_pid (admin $new_admin, log $log); waiting for it to be ready" >&2
 
