@@ -139,9 +139,9 @@ pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) -> Option
 
 /// Renames `span`'s OpenTelemetry span (already started: `otel.name` no longer applies),
 /// e.g. to `GET /api/v1/users/{id}` once routing knows the template.
-pub fn rename(span: &tracing::Span, name: String) {
+pub fn rename(span: &tracing::Span, name: impl FnOnce() -> String) {
     if enabled() {
-        span.context().span().update_name(name);
+        span.context().span().update_name(name());
     }
 }
 

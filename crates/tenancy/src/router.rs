@@ -28,8 +28,9 @@ use borough_telemetry::Metrics;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::db::{self, PoolSettings};
@@ -180,18 +181,81 @@ impl ServiceError for RouteError {
 
 /// A transaction scoped to one tenant, holding one of the tenant's connection permits.
 /// Commit it, or drop it to roll back.
+///
+/// It is begun and scoped in one round trip: `BEGIN` and the `set_config` calls travel as
+/// one simple-protocol message (sqlx's `Transaction` would send them as two, after a third
+/// for its ping). So it manages the transaction itself: `commit`/`rollback` end it, and a
+/// transaction dropped unfinished is rolled back by a background task before its
+/// connection is reused (or the connection is closed if that fails). Do not begin a nested
+/// transaction on its connection: sqlx does not know one is open.
 pub struct TenantTx {
-    tx: Transaction<'static, Postgres>,
+    conn: Option<PoolConnection<Postgres>>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl TenantTx {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    /// Sends `begin` (a `BEGIN …` and the scope, all literals) on `conn`.
+    async fn begin(
+        mut conn: PoolConnection<Postgres>,
+        begin: String,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Self, sqlx::Error> {
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(begin))
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => Ok(TenantTx {
+                conn: Some(conn),
+                _permit: permit,
+            }),
+            Err(e) => {
+                abandon(conn);
+                Err(e)
+            }
+        }
     }
 
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.tx.rollback().await
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.end("COMMIT").await
+    }
+
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        self.end("ROLLBACK").await
+    }
+
+    async fn end(&mut self, statement: &'static str) -> Result<(), sqlx::Error> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        let ended = sqlx::raw_sql(statement).execute(&mut *conn).await;
+        if ended.is_err() {
+            // Its state is unknown: it must not serve anyone else.
+            conn.close_on_drop();
+        }
+        ended.map(|_| ())
+    }
+}
+
+impl Drop for TenantTx {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            abandon(conn);
+        }
+    }
+}
+
+/// Rolls back whatever `conn` has open before the pool hands it out again; a connection
+/// that cannot be rolled back (or outside a runtime) is closed instead.
+fn abandon(mut conn: PoolConnection<Postgres>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move {
+                if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+                    conn.close_on_drop();
+                }
+            });
+        }
+        Err(_) => conn.close_on_drop(),
     }
 }
 
@@ -200,13 +264,17 @@ impl Deref for TenantTx {
     type Target = PgConnection;
 
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        self.conn
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("the connection is only taken when it ends"))
     }
 }
 
 impl DerefMut for TenantTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+        self.conn
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("the connection is only taken when it ends"))
     }
 }
 
@@ -461,7 +529,13 @@ impl PoolRouter {
         lock(&self.inner.routes).remove(&tenant);
     }
 
-    async fn open(&self, ctx: &TenantContext, read: bool) -> Result<TenantTx, RouteError> {
+    /// Everything before a connection: the deadline, the tenant's route and reachability,
+    /// its permit, and the pool to take the connection from.
+    async fn prepare(
+        &self,
+        ctx: &TenantContext,
+        read: bool,
+    ) -> Result<(Arc<Route>, OwnedSemaphorePermit, PgPool, Option<TenantId>), RouteError> {
         if ctx.remaining().is_some_and(|left| left.is_zero()) {
             return Err(RouteError::DeadlineExceeded);
         }
@@ -478,39 +552,73 @@ impl PoolRouter {
         self.check_reachable(db)?;
         let permit = self.admit(ctx.tenant_id).await?;
         let pool = self.pool_for(&route, read);
+        Ok((route, permit, pool, db))
+    }
+
+    async fn open(&self, ctx: &TenantContext, read: bool) -> Result<TenantTx, RouteError> {
+        let (route, permit, pool, db) = self.prepare(ctx, read).await?;
         let begun = async {
-            let mut tx = if read {
-                pool.begin_with("BEGIN READ ONLY").await?
-            } else {
-                pool.begin().await?
-            };
-            // The caller's remaining budget bounds every statement (0 would mean none).
-            let statement_timeout = ctx.remaining().map_or_else(
-                || "0".to_owned(),
-                |left| format!("{}ms", left.as_millis().max(1)),
+            let conn = pool.acquire().await?;
+            let begin = format!(
+                "{}; {}",
+                if read { "BEGIN READ ONLY" } else { "BEGIN" },
+                scope_statement(ctx, &route, false),
             );
-            sqlx::query(
-                "SELECT set_config('borough.tenant_id', $1, true), set_config('search_path', $2, true), \
-                 set_config('statement_timeout', $3, true)",
-            )
-            .bind(ctx.tenant_id.to_string())
-            .bind(quote_ident(&route.schema))
-            .bind(statement_timeout)
-            .execute(&mut *tx)
-            .await?;
-            Ok::<_, sqlx::Error>(tx)
+            TenantTx::begin(conn, begin, permit).await
         }
         .await;
         match begun {
-            Ok(tx) => Ok(TenantTx {
-                tx,
-                _permit: permit,
-            }),
+            Ok(tx) => Ok(tx),
             Err(e) => {
                 self.note_failure(db, &pool, &e);
                 Err(e.into())
             }
         }
+    }
+
+    /// One read-only statement for the tenant in one round trip: the scope and `statement`
+    /// travel as one simple-protocol message, which PostgreSQL runs as one (implicit)
+    /// transaction, so the scope holds for the statement and ends with it. A single-row
+    /// lookup costs one round trip here against three in [`PoolRouter::begin_read`]
+    /// (`BEGIN`+scope, the statement, `COMMIT`), which matters on the read path's miss.
+    ///
+    /// A simple-protocol message has no parameters: `statement` is a fixed text whose `$1`,
+    /// `$2`, … stand for `args`, inlined as `'…'::uuid` literals (a UUID's text cannot
+    /// carry anything else). Rows come in text format: decode types that have a text
+    /// form (uuid, text, integers, timestamptz: sqlx decodes all of them).
+    pub async fn read_one_trip(
+        &self,
+        ctx: &TenantContext,
+        statement: &'static str,
+        args: &[uuid::Uuid],
+    ) -> Result<Vec<sqlx::postgres::PgRow>, RouteError> {
+        use futures_util::TryStreamExt;
+        let (route, _permit, pool, db) = self.prepare(ctx, true).await?;
+        let mut sql = statement.to_owned();
+        for (n, arg) in args.iter().enumerate().rev() {
+            sql = sql.replace(&format!("${}", n + 1), &format!("'{arg}'::uuid"));
+        }
+        let message = format!("{}; {sql}", scope_statement(ctx, &route, true));
+        let rows = async {
+            let mut conn = pool.acquire().await?;
+            let mut results = sqlx::raw_sql(sqlx::AssertSqlSafe(message)).fetch_many(&mut *conn);
+            // The scope's own row and result come first; then the statement's rows.
+            let mut scoped = false;
+            let mut rows = Vec::new();
+            while let Some(item) = results.try_next().await? {
+                match item {
+                    sqlx::Either::Left(_) => scoped = true,
+                    sqlx::Either::Right(row) if scoped => rows.push(row),
+                    sqlx::Either::Right(_) => {}
+                }
+            }
+            Ok::<_, sqlx::Error>(rows)
+        }
+        .await;
+        rows.map_err(|e| {
+            self.note_failure(db, &pool, &e);
+            e.into()
+        })
     }
 
     /// Fails fast while a database recently could not be reached, instead of making every
@@ -633,11 +741,7 @@ impl PoolRouter {
         // gets a pool that fails to connect, reported as the database being unavailable.
         let options = options.unwrap_or_else(|_| PgConnectOptions::new().host("invalid."));
         let settings = &self.inner.settings.tenant_pool;
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.max_connections)
-            .min_connections(0)
-            .acquire_timeout(settings.acquire_timeout)
-            .idle_timeout(Some(self.inner.settings.pool_idle_timeout))
+        let pool = db::pool_options(settings, self.inner.settings.pool_idle_timeout)
             .connect_lazy_with(options);
         let listener = self.inner.feed.as_ref().map(|_| {
             tokio::spawn(follow_tenant_database(
@@ -760,6 +864,43 @@ async fn follow_tenant_database(
 /// `"name"`, with embedded quotes doubled.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The `SELECT set_config(…)` that scopes a transaction to `ctx`'s tenant: its id (for
+/// row-level security), its schema as `search_path`, what is left of the caller's deadline
+/// as `statement_timeout` (0: none), and read-only when `read`. Literals, not parameters
+/// (it travels in simple-protocol messages): a UUID, a quoted identifier and a duration,
+/// each quoted as a string literal.
+fn scope_statement(ctx: &TenantContext, route: &Route, read: bool) -> String {
+    let statement_timeout = ctx.remaining().map_or_else(
+        || "0".to_owned(),
+        |left| format!("{}ms", left.as_millis().max(1)),
+    );
+    format!(
+        "SELECT set_config('borough.tenant_id', {}, true), set_config('search_path', {}, true), \
+         set_config('statement_timeout', {}, true){}",
+        quote_literal(&ctx.tenant_id.to_string()),
+        quote_literal(&quote_ident(&route.schema)),
+        quote_literal(&statement_timeout),
+        if read {
+            ", set_config('transaction_read_only', 'on', true)"
+        } else {
+            ""
+        },
+    )
+}
+
+/// A string literal for `text`, as PostgreSQL's `quote_literal` writes it (`E''` with
+/// doubled backslashes when it has any, so that it means the same whatever
+/// `standard_conforming_strings` says). NUL, which no PostgreSQL text can hold and which
+/// would end a simple-protocol message early, is dropped.
+fn quote_literal(text: &str) -> String {
+    let text = text.replace('\0', "").replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", text.replace('\\', "\\\\"))
+    } else {
+        format!("'{text}'")
+    }
 }
 
 /// Flushes cached routes as `control.tenants` changes. Reconnects forever; every
@@ -886,6 +1027,38 @@ async fn reap(inner: Weak<Inner>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn literals_mean_exactly_their_text_to_postgresql() -> anyhow::Result<()> {
+        let db = borough_testkit::TestDatabase::create().await?;
+        let pool = db.admin_pool().await?;
+        for text in [
+            "plain",
+            "it's",
+            "back\\slash",
+            "\\'; DROP TABLE x; --",
+            "\"t_a\"\"b\"",
+            "",
+        ] {
+            let literal = quote_literal(text);
+            let (back,): (String,) =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {literal}::text")))
+                    .fetch_one(&pool)
+                    .await?;
+            assert_eq!(back, text, "{literal}");
+            // Off as well as on: the E'' form does not depend on the setting.
+            let mut conn = pool.acquire().await?;
+            let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "SET standard_conforming_strings = off; SELECT {literal}::text"
+            )))
+            .fetch_all(&mut *conn)
+            .await?;
+            let back: String = sqlx::Row::try_get(&rows[0], 0)?;
+            assert_eq!(back, text, "{literal} with standard_conforming_strings off");
+            conn.close().await?;
+        }
+        Ok(())
+    }
 
     #[test]
     fn identifiers_are_quoted_for_search_path() {

@@ -218,3 +218,187 @@ async fn a_transaction_gets_the_remaining_deadline_as_its_statement_timeout() ->
     ));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_connection_killed_while_idle_is_replaced_without_an_error() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let pool = borough_tenancy::db::lazy_pool(
+        &db.service_url,
+        &PoolSettings {
+            max_connections: 1,
+            ..PoolSettings::default()
+        },
+    )?;
+    let (before,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await?;
+    // A busy connection is not pinged: the same one serves the next call at once.
+    let (again,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(before, again);
+    // The server ends the idle connection; once idle past the ping threshold, the pool
+    // finds out before handing it out and opens another.
+    let admin = db.admin_pool().await?;
+    let (ended,): (bool,) = sqlx::query_as("SELECT pg_terminate_backend($1)")
+        .bind(before)
+        .fetch_one(&admin)
+        .await?;
+    assert!(ended);
+    tokio::time::sleep(borough_tenancy::db::PING_AFTER_IDLE + Duration::from_millis(200)).await;
+    let (after,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await?;
+    assert_ne!(after, before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_transaction_dropped_unfinished_is_rolled_back_before_its_connection_is_reused()
+-> TestResult {
+    let db = TestDatabase::create().await?;
+    let pool = borough_tenancy::db::lazy_pool(
+        &db.service_url,
+        &PoolSettings {
+            max_connections: 1,
+            ..PoolSettings::default()
+        },
+    )?;
+    let router = PoolRouter::new(
+        pool.clone(),
+        db.service_url.parse()?,
+        RouterSettings::default(),
+        &Metrics::new("test"),
+    );
+    let tenant = db.provision_tenant(Placement::Shared).await?;
+    let ctx = TenantContext::new(tenant);
+    {
+        let mut tx = router.begin(&ctx).await?;
+        sqlx::query(
+            "INSERT INTO users (tenant_id, id, name, email) VALUES ($1, $2, 'A', 'a@x.io')",
+        )
+        .bind(tenant.as_uuid())
+        .bind(uuid::Uuid::now_v7())
+        .execute(&mut *tx)
+        .await?;
+        // Dropped here, neither committed nor rolled back.
+    }
+    // The pool's only connection: its transaction ended (the scope, local to it, is gone).
+    let (scope,): (Option<String>,) =
+        sqlx::query_as("SELECT NULLIF(current_setting('borough.tenant_id', true), '')")
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!(scope, None, "the tenant scope outlived its transaction");
+    let mut tx = router.begin_read(&ctx).await?;
+    let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM users")
+        .fetch_one(&mut *tx)
+        .await?;
+    assert_eq!(rows, 0, "the dropped transaction's insert was kept");
+    // A read-only transaction refuses writes, and ends cleanly after the error.
+    let refused = sqlx::query("DELETE FROM users").execute(&mut *tx).await;
+    assert!(refused.is_err());
+    tx.rollback().await?;
+    let mut tx = router.begin(&ctx).await?;
+    sqlx::query("SELECT 1").execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_one_trip_read_is_scoped_read_only_and_bounded_by_the_deadline() -> TestResult {
+    let db = TestDatabase::create().await?;
+    let pool = borough_tenancy::db::lazy_pool(
+        &db.service_url,
+        &PoolSettings {
+            max_connections: 1,
+            ..PoolSettings::default()
+        },
+    )?;
+    let router = PoolRouter::new(
+        pool.clone(),
+        db.service_url.parse()?,
+        RouterSettings::default(),
+        &Metrics::new("test"),
+    );
+    let (a, b) = (
+        db.provision_tenant(Placement::Shared).await?,
+        db.provision_tenant(Placement::Shared).await?,
+    );
+    let id = uuid::Uuid::now_v7();
+    let mut tx = router.begin(&TenantContext::new(a)).await?;
+    sqlx::query("INSERT INTO users (tenant_id, id, name, email) VALUES ($1, $2, 'A', 'a@x.io')")
+        .bind(a.as_uuid())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+
+    // No tenant filter in the statement: row-level security scopes it.
+    let by_id = "SELECT id FROM users WHERE id = $1";
+    let rows = router
+        .read_one_trip(&TenantContext::new(a), by_id, &[id])
+        .await?;
+    let found: Vec<uuid::Uuid> = rows
+        .iter()
+        .map(|r| sqlx::Row::try_get(r, 0))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(found, vec![id]);
+    let rows = router
+        .read_one_trip(&TenantContext::new(b), by_id, &[id])
+        .await?;
+    assert!(rows.is_empty(), "tenant b saw tenant a's user");
+
+    // Read-only: a write is refused, and nothing of it stays.
+    let refused = router
+        .read_one_trip(
+            &TenantContext::new(a),
+            "DELETE FROM users RETURNING id",
+            &[],
+        )
+        .await;
+    assert!(refused.is_err(), "a write ran in a one-trip read");
+    // The connection (the pool's only one) keeps no scope and no transaction afterwards.
+    let (scope,): (Option<String>,) =
+        sqlx::query_as("SELECT NULLIF(current_setting('borough.tenant_id', true), '')")
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!(scope, None);
+    let rows = router
+        .read_one_trip(&TenantContext::new(a), "SELECT count(*) FROM users", &[])
+        .await?;
+    let count: i64 = sqlx::Row::try_get(&rows[0], 0)?;
+    assert_eq!(count, 1);
+
+    // Each placement lands in its schema and database.
+    for placement in [Placement::Schema, Placement::Database] {
+        let tenant = db.provision_tenant(placement).await?;
+        let rows = router
+            .read_one_trip(
+                &TenantContext::new(tenant),
+                "SELECT current_schema()::text, current_database()::text",
+                &[],
+            )
+            .await?;
+        let (schema, database): (String, String) = sqlx::FromRow::from_row(&rows[0])?;
+        let (in_tx_schema, in_tx_database) = whereabouts(&router, tenant).await?;
+        assert_eq!((schema, database), (in_tx_schema, in_tx_database));
+    }
+
+    // The remaining deadline bounds the statement.
+    let ctx =
+        TenantContext::new(a).with_deadline(Some(Instant::now() + Duration::from_millis(300)));
+    let started = Instant::now();
+    let err = router
+        .read_one_trip(&ctx, "SELECT pg_sleep(5)", &[])
+        .await
+        .expect_err("cancelled at the deadline");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    match err {
+        RouteError::Database(e) => assert_eq!(
+            borough_tenancy::db::classify(&e),
+            borough_error::ErrorKind::DeadlineExceeded
+        ),
+        other => panic!("expected a cancelled statement, got {other}"),
+    }
+    Ok(())
+}

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use borough_net::client::{Backend, ClientMetrics};
 use borough_proto::config::v1::config_service_client::ConfigServiceClient;
@@ -28,13 +29,11 @@ use borough_proto::user::v1::user_service_client::UserServiceClient;
 use borough_telemetry::admin::{AdminServer, AdminState};
 use borough_telemetry::{Metrics, Readiness, lifecycle};
 use borough_tenancy::directory::KeyCache;
-use http::{HeaderValue, StatusCode};
+use http::HeaderValue;
 use tower::ServiceBuilder;
 use tower_http::ServiceBuilderExt;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 
 pub use settings::Settings;
 use state::AppState;
@@ -120,9 +119,10 @@ impl Backends {
     }
 }
 
-/// The application state for `settings` over `backends`.
-pub fn app_state(settings: &Settings, backends: &Backends) -> AppState {
-    AppState {
+/// The application state for `settings` over `backends` (wrapped in an [`AppState`]
+/// once complete).
+pub fn app_state(settings: &Settings, backends: &Backends) -> state::Shared {
+    state::Shared {
         users: UserServiceClient::new(backends.user.clone()),
         tenants: TenantAdminServiceClient::new(backends.user.clone()),
         query: QueryServiceClient::new(backends.query.clone()),
@@ -144,31 +144,43 @@ pub fn app_state(settings: &Settings, backends: &Backends) -> AppState {
 }
 
 /// The HTTP surface: routes and middleware.
-pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router {
+///
+/// Built for the cost per request: axum's `Router::layer` and `route_layer` wrap every
+/// route in a boxed service of its own, cloned (allocated) per request and per layer, so
+/// the routed part has a single layer ([`middleware::Guard`]) and the stack around it is
+/// one tower service wrapping the whole router (docs/performance.md).
+pub fn router(
+    state: AppState,
+    settings: &Settings,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> impl tower::Service<
+    axum::extract::Request,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone
++ Send
++ Sync
++ 'static {
     let http_metrics = borough_telemetry::metrics::HttpMetrics::register(metrics);
     state.limiter.register_metrics(metrics);
+    let guard = |scope| {
+        middleware::GuardLayer::new(middleware::Guard {
+            state: state.clone(),
+            metrics: http_metrics.clone(),
+            scope,
+        })
+    };
     // Whole-tenant streams: their own deadline and body limit.
     let streams = Router::new()
         .route("/api/v1/users:export", get(routes::bulk::export))
         .route("/api/v1/users:import", post(routes::bulk::import))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::shed,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::rate_limit,
-        ))
-        .layer(DefaultBodyLimit::max(settings.import_body_limit))
-        .layer(
-            ServiceBuilder::new()
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    settings.stream_timeout,
-                ))
-                .layer(RequestBodyLimitLayer::new(settings.import_body_limit)),
-        );
-    let api = Router::new()
+        .route_layer(guard(middleware::GuardScope::Stream {
+            timeout: settings.stream_timeout,
+            body_limit: settings.import_body_limit,
+        }));
+    let routes = Router::new()
         .route("/hello", get(routes::hello))
         .route(
             "/api/v1/users",
@@ -232,29 +244,9 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
             "/admin/v1/tenants/{id}/api-keys/{key_id}",
             delete(routes::admin::revoke_key),
         )
-        // The deadline (504 past it) and the body limit (413), as configured now: our
-        // middleware enforces both, so the extractors' own limit is off.
-        // Load shedding inside the tenant's token bucket (taken once authenticated).
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::shed,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::rate_limit,
-        ))
-        .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state(
-            state.limits.clone(),
-            middleware::limits,
-        ))
+        .route_layer(guard(middleware::GuardScope::Api))
         .merge(streams)
-        // RED metrics per route template (routed requests only: the template is known).
-        .route_layer(axum::middleware::from_fn_with_state(
-            http_metrics,
-            middleware::record_metrics,
-        ))
-        .with_state(state);
+        .with_state(state.clone());
 
     let cors = (!settings.cors_origins.is_empty()).then(|| {
         let origins: Vec<HeaderValue> = settings
@@ -269,29 +261,27 @@ pub fn router(state: AppState, settings: &Settings, metrics: &Metrics) -> Router
             .expose_headers(tower_http::cors::Any)
     });
 
-    // The stack, in the order a request meets it (outermost first). It is built in
-    // `Router::layer` steps because axum's function middleware must wrap a `Sync` service
-    // with plain bodies, which each step's `Route` is.
-    //
-    // 1. Every request has an id: the caller's `x-request-id`, or a new one; echoed back.
-    let outer = ServiceBuilder::new()
+    // The stack, in the order a request meets it (outermost first):
+    ServiceBuilder::new()
+        // 1. Every request has an id: the caller's `x-request-id`, or a new one; echoed.
         .set_x_request_id(middleware::MakeRequestHex)
-        .propagate_x_request_id();
-    // 2. The request's span and trace (continued from `traceparent`, or new), its
-    //    deadline, and a log line with its outcome; everything inside runs in them.
-    let trace =
-        axum::middleware::from_fn_with_state(settings.request_timeout, middleware::trace_request);
-    // 3. Framework errors (no route, timeout, too large) become problem+json too.
-    let problems = axum::middleware::map_response(middleware::problem_for_bare_errors);
-    // 4. gzip / br for clients that accept them.
-    let inner = ServiceBuilder::new().layer(CompressionLayer::new().gzip(true).br(true));
-    // 5. Per route group (above): the deadline (504 past it) and the body limit (413).
-    // 6. CORS, innermost, only when origins are configured.
-    let api = match cors {
-        Some(cors) => api.layer(cors),
-        None => api,
-    };
-    api.layer(inner).layer(problems).layer(trace).layer(outer)
+        .propagate_x_request_id()
+        // 2. The request's span and trace (continued from `traceparent`, or new), its
+        //    deadline, and a log line with its outcome; everything inside runs in them.
+        //    Framework errors (no route, 405, too large) become problem+json too, and
+        //    while draining every response says `Connection: close`.
+        .layer(middleware::EdgeLayer {
+            timeout: settings.request_timeout,
+            readiness: readiness.clone(),
+        })
+        // 3. gzip / br for clients that accept them.
+        .map_response(IntoResponse::into_response)
+        .layer(CompressionLayer::new().gzip(true).br(true))
+        // 4. The guard enforces each group's body limit; the extractors' own is off.
+        .layer(DefaultBodyLimit::disable())
+        // 5. CORS, innermost, only when origins are configured.
+        .option_layer(cors)
+        .service(routes)
 }
 
 /// Readiness follows the backends: ready while each of `user` and `query` has a healthy
@@ -359,10 +349,7 @@ pub async fn serve(
         readiness.clone(),
         settings.server.probe_interval,
     ));
-    let app = router(state, &settings, &metrics).layer(axum::middleware::map_response_with_state(
-        readiness.clone(),
-        middleware::close_when_draining,
-    ));
+    let app = router(AppState::new(state), &settings, &metrics, &readiness);
     let admin = AdminServer::spawn(
         listeners.admin,
         AdminState {
@@ -382,7 +369,7 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
-    let result = axum::serve(api, app)
+    let result = axum::serve(api, axum::ServiceExt::into_make_service(app))
         .with_graceful_shutdown(lifecycle::drain_after(
             shutdown,
             readiness,

@@ -1,10 +1,14 @@
 //! The gateway's own middleware; `lib.rs` composes them with tower-http's in order.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use borough_error::{PROBLEM_JSON, Problem};
 use borough_telemetry::trace::{REQUEST_ID, TRACEPARENT, TraceContext};
@@ -12,6 +16,7 @@ use http::{HeaderValue, header};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
 use crate::grpc::Deadline;
+use crate::state::AppState;
 
 /// Request ids for requests that come without one: 32 random hex digits.
 #[derive(Clone, Copy, Default)]
@@ -30,11 +35,10 @@ impl MakeRequestId for MakeRequestHex {
 /// rest of the stack inside both, and logs the outcome. The span carries `request_id` and
 /// `trace_id` (on every log line) and the OpenTelemetry HTTP server attributes; its name
 /// becomes `METHOD /route/{template}` once routing knows the template.
-pub async fn trace_request(
-    State(timeout): State<Duration>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+async fn trace_request<S>(timeout: Duration, mut request: Request, inner: S) -> Response
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
     let started = Instant::now();
     let request_id = request
         .headers()
@@ -71,8 +75,12 @@ pub async fn trace_request(
         .extensions_mut()
         .insert(Deadline(Instant::now() + timeout));
     request.extensions_mut().insert(ctx.clone());
-    let response =
-        tracing::Instrument::instrument(ctx.scope(next.run(request)), span.clone()).await;
+    let response = tracing::Instrument::instrument(
+        // Inside the trace: a problem body carries the request's trace id.
+        ctx.scope(async { problem_for_bare_errors(call(inner, request).await) }),
+        span.clone(),
+    )
+    .await;
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
     if status >= 500 {
@@ -90,7 +98,7 @@ pub async fn trace_request(
 
 /// Error responses made by framework layers (404 no route, 405, 408/504 timeout, 413 body
 /// limit, 415) come as bare text: give them the same problem+json body as ours.
-pub async fn problem_for_bare_errors(response: Response) -> Response {
+pub fn problem_for_bare_errors(response: Response) -> Response {
     let status = response.status();
     let is_problem = response
         .headers()
@@ -117,47 +125,144 @@ pub async fn problem_for_bare_errors(response: Response) -> Response {
     problem
 }
 
-/// Counts each routed request and its latency by route template, method and status.
-pub async fn record_metrics(
-    State(metrics): State<borough_telemetry::metrics::HttpMetrics>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    // Now the route template is known: name the request's span after it.
-    let span = tracing::Span::current();
-    span.record("route", route.as_str());
-    span.record("http.route", route.as_str());
-    borough_telemetry::otel::rename(&span, format!("{method} {route}"));
-    let response = next.run(request).await;
-    metrics.observe(
-        borough_telemetry::metrics::HttpLabels {
-            method,
-            route,
-            status: response.status().as_u16(),
-        },
-        started.elapsed().as_secs_f64(),
-    );
-    response
+/// What a routed request meets inside the router, in one middleware: RED metrics by route
+/// template (and the span named after it), then the group's deadline (504 past it) and
+/// body limit (413), then — for `/api/` routes — authentication and the tenant's token
+/// bucket (429), then load shedding (503). One `from_fn` layer, not four: each layer costs
+/// a boxed clone of the route's service and a boxed future per request, and four of them
+/// cost a quarter of the gateway's throughput on `/hello` (docs/performance.md).
+#[derive(Clone)]
+pub struct Guard {
+    pub state: AppState,
+    pub metrics: borough_telemetry::metrics::HttpMetrics,
+    pub scope: GuardScope,
 }
 
-/// The API routes' deadline and body limit, read from their current configuration: a body
-/// declared or grown past the limit is 413, a request past the deadline is 504.
-pub async fn limits(
-    State(limits): State<tokio::sync::watch::Receiver<crate::state::Limits>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let crate::state::Limits {
-        request_timeout,
-        body_limit,
-    } = *limits.borrow();
+/// Which deadline and body limit a route group has.
+#[derive(Clone, Copy, Debug)]
+pub enum GuardScope {
+    /// The API routes': hot from `platform/gateway` (`http.request_timeout`,
+    /// `http.body_limit`); the request's [`Deadline`] follows it.
+    Api,
+    /// Exports and imports: their own (the handlers set their calls' deadline).
+    Stream {
+        timeout: Duration,
+        body_limit: usize,
+    },
+}
+
+/// [`Guard`] as a layer (for `route_layer`). A hand-written service rather than
+/// `axum::middleware::from_fn`, which boxes the inner service again on every request.
+#[derive(Clone)]
+pub struct GuardLayer(Arc<Guard>);
+
+impl GuardLayer {
+    pub fn new(guard: Guard) -> Self {
+        GuardLayer(Arc::new(guard))
+    }
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = GuardService<S>;
+
+    fn layer(&self, inner: S) -> GuardService<S> {
+        GuardService {
+            guard: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GuardService<S> {
+    guard: Arc<Guard>,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for GuardService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The ready service serves this request; a fresh clone waits for the next one.
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        let guard = self.guard.clone();
+        Box::pin(async move { Ok(guard.run(request, inner).await) })
+    }
+}
+
+impl Guard {
+    async fn run<S>(&self, request: Request, inner: S) -> Response
+    where
+        S: tower::Service<Request, Response = Response, Error = Infallible>,
+    {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let route = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or("unmatched", |p| p.as_str())
+            .to_owned();
+        // Now the route template is known: name the request's span after it.
+        let span = tracing::Span::current();
+        span.record("route", route.as_str());
+        span.record("http.route", route.as_str());
+        borough_telemetry::otel::rename(&span, || format!("{method} {route}"));
+        let response = guarded(self, request, inner).await;
+        self.metrics.observe(
+            borough_telemetry::metrics::HttpLabels {
+                method: method.to_string(),
+                route,
+                status: response.status().as_u16(),
+            },
+            started.elapsed().as_secs_f64(),
+        );
+        response
+    }
+}
+
+/// Runs `inner` (ready) on `request`.
+async fn call<S>(mut inner: S, request: Request) -> Response
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    match inner.call(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// The deadline and body limit around the rest.
+async fn guarded<S>(guard: &Guard, mut request: Request, inner: S) -> Response
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    let (timeout, body_limit) = match guard.scope {
+        GuardScope::Api => {
+            let crate::state::Limits {
+                request_timeout,
+                body_limit,
+            } = *guard.state.limits.borrow();
+            request
+                .extensions_mut()
+                .insert(Deadline(Instant::now() + request_timeout));
+            (request_timeout, body_limit)
+        }
+        GuardScope::Stream {
+            timeout,
+            body_limit,
+        } => (timeout, body_limit),
+    };
     let declared = request
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -170,15 +275,12 @@ pub async fn limits(
         )
         .into_response();
     }
-    request
-        .extensions_mut()
-        .insert(Deadline(Instant::now() + request_timeout));
     let request = request.map(|body| Body::new(http_body_util::Limited::new(body, body_limit)));
-    match tokio::time::timeout(request_timeout, next.run(request)).await {
+    match tokio::time::timeout(timeout, admitted(&guard.state, request, inner)).await {
         Ok(response) => response,
         Err(_) => borough_error::Problem::new(
             borough_error::ErrorKind::DeadlineExceeded,
-            format!("the request took longer than {request_timeout:?}"),
+            format!("the request took longer than {timeout:?}"),
         )
         .into_response(),
     }
@@ -186,95 +288,138 @@ pub async fn limits(
 
 /// Tenant API routes: authenticates the caller (the handler's `Tenant` extractor then
 /// reuses it) and takes a token from its bucket; over the limit, 429 with `Retry-After`,
-/// `RateLimit` and `RateLimit-Policy`.
-pub async fn rate_limit(
-    State(state): State<crate::state::AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// `RateLimit` and `RateLimit-Policy`. Then load shedding: at most so many requests in
+/// flight, a short queue, and 503 with `Retry-After` at once beyond it (limits hot from
+/// `platform/gateway`, `shed.*`) — inside the rate limit, so a flooding tenant is turned
+/// away by its own bucket first.
+async fn admitted<S>(state: &AppState, request: Request, inner: S) -> Response
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
     use axum::extract::FromRequestParts;
-    if !request.uri().path().starts_with("/api/") {
-        return next.run(request).await;
-    }
-    let (mut parts, body) = request.into_parts();
-    let tenant = match crate::auth::Tenant::from_request_parts(&mut parts, &state).await {
-        Ok(tenant) => tenant,
-        Err(rejection) => return rejection.into_response(),
-    };
-    let decision = state.limiter.check(tenant.0.tenant_id);
-    let policy = decision.policy;
-    let mut headers = http::HeaderMap::new();
-    let reset = decision
-        .retry_after
-        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
-    if let Ok(value) = http::HeaderValue::from_str(&format!(
-        "\"tenant\";q={};w=1;burst={}",
-        policy.requests_per_second, policy.burst
-    )) {
-        headers.insert("ratelimit-policy", value);
-    }
-    if let Ok(value) =
-        http::HeaderValue::from_str(&format!("\"tenant\";r={};t={reset}", decision.remaining))
-    {
-        headers.insert("ratelimit", value);
-    }
-    if decision.retry_after.is_some() {
-        let mut response = borough_error::Problem::new(
-            borough_error::ErrorKind::RateLimited,
-            format!(
-                "this tenant is over its rate limit of {} requests per second (burst {})",
-                policy.requests_per_second, policy.burst
-            ),
-        )
-        .with_retry_after(u32::try_from(reset.max(1)).unwrap_or(u32::MAX))
-        .into_response();
-        response.headers_mut().extend(headers);
-        return response;
-    }
-    parts.extensions.insert(tenant);
-    let mut response = next.run(Request::from_parts(parts, body)).await;
-    response.headers_mut().extend(headers);
-    response
-}
-
-/// Load shedding: at most so many requests in flight, a short queue, and 503 with
-/// `Retry-After` at once beyond it (limits hot from `platform/gateway`, `shed.*`). Runs
-/// inside the rate limit, so a flooding tenant is turned away by its own bucket first.
-pub async fn shed(
-    State(state): State<crate::state::AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(shedder) = &state.shedder else {
-        return next.run(request).await;
-    };
-    match shedder.admit().await {
-        Ok(permit) => {
-            let response = next.run(request).await;
-            drop(permit);
-            response
+    let (request, rate_headers) = if request.uri().path().starts_with("/api/") {
+        let (mut parts, body) = request.into_parts();
+        let tenant = match crate::auth::Tenant::from_request_parts(&mut parts, state).await {
+            Ok(tenant) => tenant,
+            Err(rejection) => return rejection.into_response(),
+        };
+        let decision = state.limiter.check(tenant.0.tenant_id);
+        let policy = decision.policy;
+        let mut headers = http::HeaderMap::new();
+        let reset = decision
+            .retry_after
+            .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+        if let Ok(value) = http::HeaderValue::from_str(&format!(
+            "\"tenant\";q={};w=1;burst={}",
+            policy.requests_per_second, policy.burst
+        )) {
+            headers.insert("ratelimit-policy", value);
         }
-        Err(shed) => {
-            borough_error::Problem::new(borough_error::ErrorKind::Unavailable, shed.to_string())
+        if let Ok(value) =
+            http::HeaderValue::from_str(&format!("\"tenant\";r={};t={reset}", decision.remaining))
+        {
+            headers.insert("ratelimit", value);
+        }
+        if decision.retry_after.is_some() {
+            let mut response = borough_error::Problem::new(
+                borough_error::ErrorKind::RateLimited,
+                format!(
+                    "this tenant is over its rate limit of {} requests per second (burst {})",
+                    policy.requests_per_second, policy.burst
+                ),
+            )
+            .with_retry_after(u32::try_from(reset.max(1)).unwrap_or(u32::MAX))
+            .into_response();
+            response.headers_mut().extend(headers);
+            return response;
+        }
+        parts.extensions.insert(tenant);
+        (Request::from_parts(parts, body), Some(headers))
+    } else {
+        (request, None)
+    };
+    let permit = match &state.shedder {
+        Some(shedder) => match shedder.admit().await {
+            Ok(permit) => Some(permit),
+            Err(shed) => {
+                return borough_error::Problem::new(
+                    borough_error::ErrorKind::Unavailable,
+                    shed.to_string(),
+                )
                 .with_retry_after(
                     u32::try_from(shed.retry_after.as_secs().max(1)).unwrap_or(u32::MAX),
                 )
-                .into_response()
-        }
+                .into_response();
+            }
+        },
+        None => None,
+    };
+    let mut response = call(inner, request).await;
+    drop(permit);
+    if let Some(headers) = rate_headers {
+        response.headers_mut().extend(headers);
     }
+    response
 }
 
 /// While draining (readiness failed, listener still open), every response says
 /// `Connection: close`: clients leave this process's keep-alive connections before it
 /// closes them, instead of racing a request against the close.
-pub async fn close_when_draining(
-    State(readiness): State<borough_telemetry::Readiness>,
-    mut response: Response,
-) -> Response {
+fn close_when_draining(readiness: &borough_telemetry::Readiness, response: &mut Response) {
     if readiness.is_shutting_down() {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    response
+}
+
+/// The edge of the stack, as one layer: the request's span, trace and deadline
+/// ([`trace_request`]), problem+json for the framework's bare errors
+/// ([`problem_for_bare_errors`]), and `Connection: close` while draining.
+#[derive(Clone)]
+pub struct EdgeLayer {
+    pub timeout: Duration,
+    pub readiness: borough_telemetry::Readiness,
+}
+
+impl<S> tower::Layer<S> for EdgeLayer {
+    type Service = EdgeService<S>;
+
+    fn layer(&self, inner: S) -> EdgeService<S> {
+        EdgeService {
+            edge: Arc::new(self.clone()),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EdgeService<S> {
+    edge: Arc<EdgeLayer>,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for EdgeService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let inner = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, inner);
+        let edge = self.edge.clone();
+        Box::pin(async move {
+            let mut response = trace_request(edge.timeout, request, inner).await;
+            close_when_draining(&edge.readiness, &mut response);
+            Ok(response)
+        })
+    }
 }

@@ -113,6 +113,10 @@ type UserRow = (Uuid, String, String, i64, DateTime<Utc>, DateTime<Utc>);
 
 const COLUMNS: &str = "id, name, email, version, created_at, updated_at";
 
+/// One user by id (`$1` the tenant, `$2` the user), the [`COLUMNS`].
+const USER_BY_ID: &str = "SELECT id, name, email, version, created_at, updated_at \
+     FROM users WHERE tenant_id = $1 AND id = $2";
+
 fn to_info((id, name, email, version, created_at, updated_at): UserRow) -> UserInfo {
     UserInfo {
         user_id: id.to_string(),
@@ -185,15 +189,12 @@ impl Query {
 
     async fn load(&self, ctx: TenantContext, id: Uuid) -> Result<UserInfo, QueryError> {
         self.metrics.user_reads.inc();
-        let mut tx = self.router.begin_read(&ctx).await?;
-        let row: Option<UserRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM users WHERE tenant_id = $1 AND id = $2"
-        )))
-        .bind(ctx.tenant_id.as_uuid())
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        // One round trip (scope and lookup in one message): the miss path's main cost.
+        let rows = self
+            .router
+            .read_one_trip(&ctx, USER_BY_ID, &[*ctx.tenant_id.as_uuid(), id])
+            .await?;
+        let row: Option<UserRow> = rows.first().map(sqlx::FromRow::from_row).transpose()?;
         row.map(to_info).ok_or(QueryError::NotFound(id))
     }
 

@@ -2,6 +2,9 @@
 
 use borough_config_client::Env;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     borough_telemetry::init_logging(borough_query::SERVICE);

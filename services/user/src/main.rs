@@ -9,6 +9,9 @@ use borough_config_client::Env;
 use borough_tenancy::provision::{Provisioner, migrate_tenants};
 use sqlx::Connection;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     borough_telemetry::init_logging(borough_user::SERVICE);

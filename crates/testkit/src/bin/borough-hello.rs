@@ -1,9 +1,13 @@
 //! Bench-only: a bare axum server answering `GET /hello` with the gateway's body, the
 //! baseline `make bench` compares the gateway's whole stack against.
-//! `BOROUGH_HTTP_ADDR` (127.0.0.1:8090).
+//! `BOROUGH_HTTP_ADDR` (127.0.0.1:8090). Built like the services (same allocator, same
+//! release profile), so the comparison is of the stacks alone.
 
 use axum::Json;
 use axum::routing::get;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
