@@ -26,6 +26,11 @@ pub struct TraceContext {
     pub span_id: String,
 }
 
+/// A new random id of 32 hex digits (a request id, a trace id).
+pub fn new_id() -> String {
+    random_hex::<16>()
+}
+
 impl TraceContext {
     /// A new root context with random ids.
     pub fn new_root() -> Self {

@@ -266,12 +266,11 @@ pub fn router(
         // 1. Every request has an id: the caller's `x-request-id`, or a new one; echoed.
         .set_x_request_id(middleware::MakeRequestHex)
         .propagate_x_request_id()
-        // 2. The request's span and trace (continued from `traceparent`, or new), its
-        //    deadline, and a log line with its outcome; everything inside runs in them.
+        // 2. The request's span and trace (continued from `traceparent`, or new), and a
+        //    log line with its outcome; everything inside runs in them.
         //    Framework errors (no route, 405, too large) become problem+json too, and
         //    while draining every response says `Connection: close`.
         .layer(middleware::EdgeLayer {
-            timeout: settings.request_timeout,
             readiness: readiness.clone(),
         })
         // 3. gzip / br for clients that accept them.

@@ -24,28 +24,27 @@ pub struct MakeRequestHex;
 
 impl MakeRequestId for MakeRequestHex {
     fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&TraceContext::new_root().trace_id)
+        HeaderValue::from_str(&borough_telemetry::trace::new_id())
             .ok()
             .map(RequestId::new)
     }
 }
 
 /// The span of one HTTP request, and its trace: continues the caller's W3C trace
-/// (`traceparent`, `tracestate`) or starts one, stamps the request's deadline, runs the
-/// rest of the stack inside both, and logs the outcome. The span carries `request_id` and
+/// (`traceparent`, `tracestate`) or starts one, runs the rest of the stack inside both
+/// (the deadline is the route group's, set by [`Guard`]), and logs the outcome. The span carries `request_id` and
 /// `trace_id` (on every log line) and the OpenTelemetry HTTP server attributes; its name
 /// becomes `METHOD /route/{template}` once routing knows the template.
-async fn trace_request<S>(timeout: Duration, mut request: Request, inner: S) -> Response
+async fn trace_request<S>(request: Request, inner: S) -> Response
 where
     S: tower::Service<Request, Response = Response, Error = Infallible>,
 {
     let started = Instant::now();
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID)
+    let request_id = request.headers().get(REQUEST_ID).cloned();
+    let request_id = request_id
+        .as_ref()
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+        .unwrap_or_default();
     let method = request.method().clone();
     let span = tracing::info_span!(
         "http",
@@ -71,10 +70,6 @@ where
         ),
     };
     span.record("trace_id", ctx.trace_id.as_str());
-    request
-        .extensions_mut()
-        .insert(Deadline(Instant::now() + timeout));
-    request.extensions_mut().insert(ctx.clone());
     let response = tracing::Instrument::instrument(
         // Inside the trace: a problem body carries the request's trace id.
         ctx.scope(async { problem_for_bare_errors(call(inner, request).await) }),
@@ -378,7 +373,6 @@ fn close_when_draining(readiness: &borough_telemetry::Readiness, response: &mut 
 /// ([`problem_for_bare_errors`]), and `Connection: close` while draining.
 #[derive(Clone)]
 pub struct EdgeLayer {
-    pub timeout: Duration,
     pub readiness: borough_telemetry::Readiness,
 }
 
@@ -417,7 +411,7 @@ where
         let inner = std::mem::replace(&mut self.inner, inner);
         let edge = self.edge.clone();
         Box::pin(async move {
-            let mut response = trace_request(edge.timeout, request, inner).await;
+            let mut response = trace_request(request, inner).await;
             close_when_draining(&edge.readiness, &mut response);
             Ok(response)
         })
