@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use borough_net::client::{Backend, ClientMetrics};
 use borough_proto::config::v1::config_service_client::ConfigServiceClient;
@@ -32,7 +31,6 @@ use borough_tenancy::directory::KeyCache;
 use http::HeaderValue;
 use tower::ServiceBuilder;
 use tower_http::ServiceBuilderExt;
-use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use settings::Settings;
@@ -273,9 +271,8 @@ pub fn router(
         .layer(middleware::EdgeLayer {
             readiness: readiness.clone(),
         })
-        // 3. gzip / br for clients that accept them.
-        .map_response(IntoResponse::into_response)
-        .layer(CompressionLayer::new().gzip(true).br(true))
+        // 3. gzip / br for clients that accept them, on bodies worth it.
+        .layer(middleware::CompressWhenAskedLayer)
         // 4. The guard enforces each group's body limit; the extractors' own is off.
         .layer(DefaultBodyLimit::disable())
         // 5. CORS, innermost, only when origins are configured.
