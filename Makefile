@@ -6,6 +6,8 @@
 #   make build      debug build of every binary
 #   make clean-data forget the local cluster, tokens and demo tenant of `make run`
 #   make bench      the performance suite side by side with its baselines (release; wrk, pgbench)
+#   make bench-smoke  the same suite for one second per measurement on the debug build
+#                   (that it runs end to end, not its figures; CI runs it)
 #   make bench-config  the config service at 1,000 watchers (release build)
 #   make bench-resilience  limiter accuracy, breaker open time and fast-fail p99, rolling restart
 #   make k8s-check  validate docker-compose.yml, the kustomize overlays and the Helm chart offline
@@ -15,7 +17,7 @@
 CARGO ?= cargo
 SERVICE_BINS := --bin borough-config --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
 
-.PHONY: run test lint build fmt clean-data bench bench-config bench-resilience upgrade k8s-check
+.PHONY: run test lint build fmt clean-data wrk bench bench-smoke bench-config bench-resilience upgrade k8s-check
 
 run:
 	$(CARGO) build $(SERVICE_BINS)
@@ -45,14 +47,25 @@ clean-data:
 
 # Borough against its baselines: the gateway vs bare axum, REST vs direct gRPC, uncached
 # reads vs pgbench -S, RLS vs a database tenant, writes, footprint (release build; about
-# five minutes; BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_ROUNDS; target/bench/results.json).
-# wrk comes from Debian's packages (installed here when missing).
-bench:
-	@command -v wrk >/dev/null || { echo "bench: installing wrk"; \
-		if [ "$$(id -u)" -eq 0 ]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi; }
+# five minutes after the build; BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_ROUNDS, BENCH_ONLY;
+# target/bench/results.json).
+bench: wrk
 	$(CARGO) build --release --bin borough-user --bin borough-query --bin borough-config \
 		--bin borough-gateway --bin borough-hello --bin borough-bench
 	./target/release/borough-bench
+
+# wrk comes from Debian's packages, installed here when missing.
+wrk:
+	@command -v wrk >/dev/null || { echo "bench: installing wrk"; \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq wrk >/dev/null; }
+
+# The suite end to end in seconds on the debug build: every measurement for one second,
+# one round (debug figures mean nothing; that it runs does).
+bench-smoke: wrk
+	$(CARGO) build --bin borough-user --bin borough-query --bin borough-config \
+		--bin borough-gateway --bin borough-hello --bin borough-bench
+	BENCH_SECONDS=1 BENCH_ROUNDS=1 ./target/debug/borough-bench
 
 # The config service under 1,000 watchers: put->delivered latency, memory per stream,
 # missed revisions (release build; about a minute).
