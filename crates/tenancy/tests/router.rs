@@ -20,6 +20,30 @@ fn router(db: &TestDatabase, settings: RouterSettings) -> anyhow::Result<PoolRou
     ))
 }
 
+/// The service's pool with a single connection: what a test sees is what the next caller
+/// of that connection gets.
+fn one_connection_pool(db: &TestDatabase) -> anyhow::Result<sqlx::PgPool> {
+    Ok(borough_tenancy::db::lazy_pool(
+        &db.service_url,
+        &PoolSettings {
+            max_connections: 1,
+            ..PoolSettings::default()
+        },
+    )?)
+}
+
+/// A router over [`one_connection_pool`] (the pool returned too, to look behind it).
+fn one_connection_router(db: &TestDatabase) -> anyhow::Result<(sqlx::PgPool, PoolRouter)> {
+    let pool = one_connection_pool(db)?;
+    let router = PoolRouter::new(
+        pool.clone(),
+        db.service_url.parse()?,
+        RouterSettings::default(),
+        &Metrics::new("test"),
+    );
+    Ok((pool, router))
+}
+
 /// `current_schema()` and `current_database()` inside a tenant's transaction.
 async fn whereabouts(router: &PoolRouter, tenant: TenantId) -> anyhow::Result<(String, String)> {
     let mut tx = router.begin(&TenantContext::new(tenant)).await?;
@@ -222,13 +246,7 @@ async fn a_transaction_gets_the_remaining_deadline_as_its_statement_timeout() ->
 #[tokio::test]
 async fn a_connection_killed_while_idle_is_replaced_without_an_error() -> TestResult {
     let db = TestDatabase::create().await?;
-    let pool = borough_tenancy::db::lazy_pool(
-        &db.service_url,
-        &PoolSettings {
-            max_connections: 1,
-            ..PoolSettings::default()
-        },
-    )?;
+    let pool = one_connection_pool(&db)?;
     let (before,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
         .fetch_one(&pool)
         .await?;
@@ -257,19 +275,7 @@ async fn a_connection_killed_while_idle_is_replaced_without_an_error() -> TestRe
 async fn a_transaction_dropped_unfinished_is_rolled_back_before_its_connection_is_reused()
 -> TestResult {
     let db = TestDatabase::create().await?;
-    let pool = borough_tenancy::db::lazy_pool(
-        &db.service_url,
-        &PoolSettings {
-            max_connections: 1,
-            ..PoolSettings::default()
-        },
-    )?;
-    let router = PoolRouter::new(
-        pool.clone(),
-        db.service_url.parse()?,
-        RouterSettings::default(),
-        &Metrics::new("test"),
-    );
+    let (pool, router) = one_connection_router(&db)?;
     let tenant = db.provision_tenant(Placement::Shared).await?;
     let ctx = TenantContext::new(tenant);
     {
@@ -307,19 +313,7 @@ async fn a_transaction_dropped_unfinished_is_rolled_back_before_its_connection_i
 #[tokio::test]
 async fn a_one_trip_read_is_scoped_read_only_and_bounded_by_the_deadline() -> TestResult {
     let db = TestDatabase::create().await?;
-    let pool = borough_tenancy::db::lazy_pool(
-        &db.service_url,
-        &PoolSettings {
-            max_connections: 1,
-            ..PoolSettings::default()
-        },
-    )?;
-    let router = PoolRouter::new(
-        pool.clone(),
-        db.service_url.parse()?,
-        RouterSettings::default(),
-        &Metrics::new("test"),
-    );
+    let (pool, router) = one_connection_router(&db)?;
     let (a, b) = (
         db.provision_tenant(Placement::Shared).await?,
         db.provision_tenant(Placement::Shared).await?,

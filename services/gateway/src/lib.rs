@@ -164,7 +164,7 @@ pub fn router(
     let http_metrics = borough_telemetry::metrics::HttpMetrics::register(metrics);
     state.limiter.register_metrics(metrics);
     let guard = |scope| {
-        middleware::GuardLayer::new(middleware::Guard {
+        middleware::AroundLayer::new(middleware::Guard {
             state: state.clone(),
             metrics: http_metrics.clone(),
             scope,
@@ -268,9 +268,9 @@ pub fn router(
         //    log line with its outcome; everything inside runs in them.
         //    Framework errors (no route, 405, too large) become problem+json too, and
         //    while draining every response says `Connection: close`.
-        .layer(middleware::EdgeLayer {
+        .layer(middleware::AroundLayer::new(middleware::Edge {
             readiness: readiness.clone(),
-        })
+        }))
         // 3. gzip / br for clients that accept them, on bodies worth it.
         .layer(middleware::CompressWhenAskedLayer)
         // 4. The guard enforces each group's body limit; the extractors' own is off.

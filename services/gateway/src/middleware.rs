@@ -147,53 +147,13 @@ pub enum GuardScope {
     },
 }
 
-/// [`Guard`] as a layer (for `route_layer`). A hand-written service rather than
-/// `axum::middleware::from_fn`, which boxes the inner service again on every request.
-#[derive(Clone)]
-pub struct GuardLayer(Arc<Guard>);
-
-impl GuardLayer {
-    pub fn new(guard: Guard) -> Self {
-        GuardLayer(Arc::new(guard))
-    }
-}
-
-impl<S> tower::Layer<S> for GuardLayer {
-    type Service = GuardService<S>;
-
-    fn layer(&self, inner: S) -> GuardService<S> {
-        GuardService {
-            guard: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct GuardService<S> {
-    guard: Arc<Guard>,
-    inner: S,
-}
-
-impl<S> tower::Service<Request> for GuardService<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        // The ready service serves this request; a fresh clone waits for the next one.
-        let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
-        let guard = self.guard.clone();
-        Box::pin(async move { Ok(guard.run(request, inner).await) })
+impl Around for Guard {
+    async fn around<S>(self: Arc<Self>, request: Request, inner: S) -> Response
+    where
+        S: tower::Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send,
+    {
+        self.run(request, inner).await
     }
 }
 
@@ -369,53 +329,100 @@ fn close_when_draining(readiness: &borough_telemetry::Readiness, response: &mut 
     }
 }
 
-/// The edge of the stack, as one layer: the request's span, trace and deadline
-/// ([`trace_request`]), problem+json for the framework's bare errors
-/// ([`problem_for_bare_errors`]), and `Connection: close` while draining.
-#[derive(Clone)]
-pub struct EdgeLayer {
+/// The edge of the stack: the request's span, trace and access log ([`trace_request`]),
+/// problem+json for the framework's bare errors ([`problem_for_bare_errors`]), and
+/// `Connection: close` while draining.
+pub struct Edge {
     pub readiness: borough_telemetry::Readiness,
 }
 
-impl<S> tower::Layer<S> for EdgeLayer {
-    type Service = EdgeService<S>;
+impl Around for Edge {
+    async fn around<S>(self: Arc<Self>, request: Request, inner: S) -> Response
+    where
+        S: tower::Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send,
+    {
+        let mut response = trace_request(request, inner).await;
+        close_when_draining(&self.readiness, &mut response);
+        response
+    }
+}
 
-    fn layer(&self, inner: S) -> EdgeService<S> {
-        EdgeService {
-            edge: Arc::new(self.clone()),
+/// Middleware that runs around the rest of the stack with the request in hand.
+pub trait Around: Send + Sync + 'static {
+    fn around<S>(
+        self: Arc<Self>,
+        request: Request,
+        inner: S,
+    ) -> impl Future<Output = Response> + Send + 'static
+    where
+        S: tower::Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+        S::Future: Send;
+}
+
+/// An [`Around`] as a tower layer. Hand-written rather than `axum::middleware::from_fn`,
+/// which boxes the inner service again on every request; one boxed future per request.
+pub struct AroundLayer<M>(Arc<M>);
+
+impl<M> AroundLayer<M> {
+    pub fn new(around: M) -> Self {
+        AroundLayer(Arc::new(around))
+    }
+}
+
+impl<M> Clone for AroundLayer<M> {
+    fn clone(&self) -> Self {
+        AroundLayer(self.0.clone())
+    }
+}
+
+impl<M, S> tower::Layer<S> for AroundLayer<M> {
+    type Service = AroundService<M, S>;
+
+    fn layer(&self, inner: S) -> AroundService<M, S> {
+        AroundService {
+            around: self.0.clone(),
             inner,
         }
     }
 }
 
-#[derive(Clone)]
-pub struct EdgeService<S> {
-    edge: Arc<EdgeLayer>,
+pub struct AroundService<M, S> {
+    around: Arc<M>,
     inner: S,
 }
 
-impl<S> tower::Service<Request> for EdgeService<S>
+impl<M, S: Clone> Clone for AroundService<M, S> {
+    fn clone(&self) -> Self {
+        AroundService {
+            around: self.around.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<M, S> tower::Service<Request> for AroundService<M, S>
 where
+    M: Around,
     S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
-        let inner = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, inner);
-        let edge = self.edge.clone();
-        Box::pin(async move {
-            let mut response = trace_request(request, inner).await;
-            close_when_draining(&edge.readiness, &mut response);
-            Ok(response)
-        })
+    fn call(&mut self, request: Request) -> ResponseFuture {
+        // The service polled ready serves this request; a fresh clone waits for the next.
+        let fresh = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, fresh);
+        let around = M::around(self.around.clone(), request, inner);
+        Box::pin(async move { Ok(around.await) })
     }
 }
 
@@ -466,7 +473,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Each call drives a clone of its own to readiness (`oneshot`).
