@@ -421,8 +421,9 @@ where
         // The service polled ready serves this request; a fresh clone waits for the next.
         let fresh = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, fresh);
-        let around = M::around(self.around.clone(), request, inner);
-        Box::pin(async move { Ok(around.await) })
+        let around = self.around.clone();
+        // Built inside the box on first poll, not on the stack and then moved into it.
+        Box::pin(async move { Ok(M::around(around, request, inner).await) })
     }
 }
 
