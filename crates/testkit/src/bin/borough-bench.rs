@@ -600,7 +600,7 @@ end
     row(
         "edge: gateway /hello vs bare axum",
         median(edge_ratio),
-        &|v| format!("{v:.2}x"),
+        &|v| format!("{v:.3}x"),
         ">= 0.8x",
         &|v| v >= 0.8,
     );
