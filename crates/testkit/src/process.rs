@@ -11,6 +11,14 @@ use tokio::process::{Child, Command};
 use crate::pg::free_port;
 use crate::wait_for_status;
 
+/// Why a start failed: the process exited before it was ready (worth another try on
+/// other ports), or anything else.
+enum StartError {
+    Exited(anyhow::Error),
+    Failed(anyhow::Error),
+}
+use StartError::{Exited, Failed};
+
 /// One service process and the ports it serves.
 pub struct ServiceProcess {
     pub name: &'static str,
@@ -37,7 +45,10 @@ impl ServiceProcess {
     }
 
     /// As [`ServiceProcess::start`], ready when `GET <api><api_probe>` answers 200 instead
-    /// (for a binary without an admin port).
+    /// (for a binary without an admin port). A process that exits before it is ready (a
+    /// port picked here taken meanwhile, say) is started again on other ports, twice at
+    /// most; its standard error is kept in the temp directory and shown if it never gets
+    /// there.
     pub async fn start_probing(
         bin: &Path,
         name: &'static str,
@@ -46,10 +57,39 @@ impl ServiceProcess {
         env: &[(String, String)],
         api_probe: Option<&str>,
     ) -> Result<ServiceProcess> {
+        let attempts = if ports.is_some() { 1 } else { 3 };
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(bin, name, api_var, ports, env, api_probe).await {
+                Ok(process) => return Ok(process),
+                Err(Exited(e)) if attempt < attempts => {
+                    eprintln!("{name} exited before it was ready ({e:#}); starting it again");
+                    attempt += 1;
+                }
+                Err(Exited(e) | Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn start_once(
+        bin: &Path,
+        name: &'static str,
+        api_var: &'static str,
+        ports: Option<(u16, u16)>,
+        env: &[(String, String)],
+        api_probe: Option<&str>,
+    ) -> Result<ServiceProcess, StartError> {
         let (api, admin) = match ports {
             Some(ports) => ports,
-            None => (free_port()?, free_port()?),
+            None => (free_port().map_err(Failed)?, free_port().map_err(Failed)?),
         };
+        let log = std::env::temp_dir().join(format!(
+            "borough-{name}-{}-{api}.stderr",
+            std::process::id()
+        ));
+        let stderr = std::fs::File::create(&log)
+            .with_context(|| format!("creating {}", log.display()))
+            .map_err(Failed)?;
         let started = Instant::now();
         let child = Command::new(bin.join(name))
             .env("RUST_LOG", "error")
@@ -57,10 +97,11 @@ impl ServiceProcess {
             .env(api_var, format!("127.0.0.1:{api}"))
             .env("BOROUGH_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {}", bin.join(name).display()))?;
+            .with_context(|| format!("starting {}", bin.join(name).display()))
+            .map_err(Failed)?;
         let mut process = ServiceProcess {
             name,
             api,
@@ -81,10 +122,21 @@ impl ServiceProcess {
             {
                 break;
             }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = said.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(Exited(anyhow::anyhow!(
+                    "{name} exited ({status}) before it was ready; its standard error ({}):\n{}",
+                    log.display(),
+                    tail.join("\n")
+                )));
+            }
             if started.elapsed() > Duration::from_secs(30) {
                 wait_for_status(&url, 200, Duration::ZERO)
                     .await
-                    .with_context(|| format!("{name} did not become ready"))?;
+                    .with_context(|| format!("{name} did not become ready"))
+                    .map_err(Failed)?;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
