@@ -13,13 +13,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use borough_telemetry::Metrics;
-use borough_telemetry::metrics::LabelCap;
+use borough_telemetry::metrics::{LabelCap, Red};
 use bytes::Bytes;
 use http_body::Frame;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 
 /// The most distinct method labels kept.
 pub const MAX_METHODS: usize = 256;
@@ -33,29 +30,26 @@ pub struct GrpcLabels {
 /// The server's per-method metrics. Cheap to clone.
 #[derive(Clone)]
 pub struct GrpcMetrics {
-    calls: Family<GrpcLabels, Counter>,
-    duration: Family<GrpcLabels, Histogram, fn() -> Histogram>,
+    red: Red<GrpcLabels>,
     methods: Arc<LabelCap>,
 }
 
 impl GrpcMetrics {
     pub fn register(metrics: &Metrics) -> Self {
-        let grpc = GrpcMetrics {
-            calls: Family::default(),
-            duration: Family::new_with_constructor(borough_telemetry::metrics::latency_histogram),
+        GrpcMetrics {
+            red: Red::register(
+                metrics,
+                (
+                    "grpc_server_calls",
+                    "gRPC calls handled, by method and status code",
+                ),
+                (
+                    "grpc_server_call_duration_seconds",
+                    "gRPC call latency (to the end of the response stream), by method and code",
+                ),
+            ),
             methods: Arc::new(LabelCap::new(MAX_METHODS)),
-        };
-        metrics.register(
-            "grpc_server_calls",
-            "gRPC calls handled, by method and status code",
-            grpc.calls.clone(),
-        );
-        metrics.register(
-            "grpc_server_call_duration_seconds",
-            "gRPC call latency (to the end of the response stream), by method and code",
-            grpc.duration.clone(),
-        );
-        grpc
+        }
     }
 
     fn method_label(&self, path: &str) -> String {
@@ -67,8 +61,7 @@ impl GrpcMetrics {
             method,
             code: code_name(code),
         };
-        self.calls.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(seconds);
+        self.red.observe(&labels, seconds);
     }
 }
 

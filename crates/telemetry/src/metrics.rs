@@ -62,19 +62,52 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
-/// Requests and their latency per route, method and status (RED).
+/// Rate, errors and duration of one kind of traffic: a counter and a latency histogram
+/// over the same labels (the errors are in the labels' status). Cheap to clone.
 #[derive(Clone)]
-pub struct HttpMetrics {
-    pub requests: prometheus_client::metrics::family::Family<
-        HttpLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
+pub struct Red<L> {
+    pub count:
+        prometheus_client::metrics::family::Family<L, prometheus_client::metrics::counter::Counter>,
     pub duration: prometheus_client::metrics::family::Family<
-        HttpLabels,
+        L,
         prometheus_client::metrics::histogram::Histogram,
         fn() -> prometheus_client::metrics::histogram::Histogram,
     >,
 }
+
+impl<L> Red<L>
+where
+    L: Clone
+        + std::fmt::Debug
+        + std::hash::Hash
+        + Eq
+        + prometheus_client::encoding::EncodeLabelSet
+        + Send
+        + Sync
+        + 'static,
+{
+    /// Creates both and registers them in `metrics` as `(name, help)` each.
+    pub fn register(metrics: &Metrics, count: (&str, &str), duration: (&str, &str)) -> Self {
+        let red = Red {
+            count: Default::default(),
+            duration: prometheus_client::metrics::family::Family::new_with_constructor(
+                latency_histogram,
+            ),
+        };
+        metrics.register(count.0, count.1, red.count.clone());
+        metrics.register(duration.0, duration.1, red.duration.clone());
+        red
+    }
+
+    pub fn observe(&self, labels: &L, seconds: f64) {
+        self.count.get_or_create(labels).inc();
+        self.duration.get_or_create(labels).observe(seconds);
+    }
+}
+
+/// Requests and their latency per route, method and status.
+#[derive(Clone)]
+pub struct HttpMetrics(Red<HttpLabels>);
 
 /// The latency histogram of every request and call metric: 100 µs to ~13 s.
 pub fn latency_histogram() -> prometheus_client::metrics::histogram::Histogram {
@@ -87,28 +120,18 @@ pub fn latency_histogram() -> prometheus_client::metrics::histogram::Histogram {
 impl HttpMetrics {
     /// Creates the metrics and registers them in `metrics`.
     pub fn register(metrics: &Metrics) -> Self {
-        let http = HttpMetrics {
-            requests: Default::default(),
-            duration: prometheus_client::metrics::family::Family::new_with_constructor(
-                latency_histogram,
+        HttpMetrics(Red::register(
+            metrics,
+            ("http_requests", "HTTP requests by route, method and status"),
+            (
+                "http_request_duration_seconds",
+                "HTTP request latency by route, method and status",
             ),
-        };
-        metrics.register(
-            "http_requests",
-            "HTTP requests by route, method and status",
-            http.requests.clone(),
-        );
-        metrics.register(
-            "http_request_duration_seconds",
-            "HTTP request latency by route, method and status",
-            http.duration.clone(),
-        );
-        http
+        ))
     }
 
     pub fn observe(&self, labels: HttpLabels, seconds: f64) {
-        self.duration.get_or_create(&labels).observe(seconds);
-        self.requests.get_or_create(&labels).inc();
+        self.0.observe(&labels, seconds);
     }
 }
 
