@@ -130,7 +130,6 @@ pub fn app_state(settings: &Settings, backends: &Backends) -> state::Shared {
         limiter: Arc::new(ratelimit::RateLimiter::new(
             tokio::sync::watch::channel(settings.rate_limits()).1,
         )),
-        request_timeout: settings.request_timeout,
         limits: tokio::sync::watch::channel(settings.limits()).1,
         stream_timeout: settings.stream_timeout,
         recent_writes: Arc::new(state::RecentWrites::new(

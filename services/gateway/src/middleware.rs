@@ -123,10 +123,10 @@ pub fn problem_for_bare_errors(response: Response) -> Response {
 /// What a routed request meets inside the router, in one middleware: RED metrics by route
 /// template (and the span named after it), then the group's deadline (504 past it) and
 /// body limit (413), then — for `/api/` routes — authentication and the tenant's token
-/// bucket (429), then load shedding (503). One `from_fn` layer, not four: each layer costs
-/// a boxed clone of the route's service and a boxed future per request, and four of them
-/// cost a quarter of the gateway's throughput on `/hello` (docs/performance.md).
-#[derive(Clone)]
+/// bucket (429), then load shedding (503). One layer ([`AroundLayer`]), not four: each
+/// axum layer costs a boxed clone of the route's service and a boxed future per request,
+/// and four of them cost a quarter of the gateway's throughput on `/hello`
+/// (docs/performance.md).
 pub struct Guard {
     pub state: AppState,
     pub metrics: borough_telemetry::metrics::HttpMetrics,

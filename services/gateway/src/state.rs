@@ -42,7 +42,6 @@ pub struct Shared {
     /// SHA-256 of the admin token; `None`: the admin API is off. From
     /// `BOROUGH_ADMIN_TOKEN`, rotated hot by `admin.token_sha256` in `platform/gateway`.
     pub admin_token_hash: tokio::sync::watch::Receiver<Option<[u8; 32]>>,
-    pub request_timeout: Duration,
     /// The request deadline and body limit of the API routes, hot-reloaded from
     /// `platform/gateway` (`http.request_timeout`, `http.body_limit`).
     pub limits: tokio::sync::watch::Receiver<Limits>,
