@@ -204,8 +204,34 @@ pub fn binary_dir() -> Result<std::path::PathBuf> {
         .to_path_buf())
 }
 
+/// The `p` quantile (0.0–1.0) of `sorted` latencies, by nearest rank (`None` when empty).
+pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    let last = sorted.len().checked_sub(1)?;
+    let index = (last as f64 * p).round() as usize;
+    sorted.get(index.min(last)).copied()
+}
+
 /// The median of `values` (NaN when empty).
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_nearest_rank_and_nothing_from_no_samples() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let sorted: Vec<Duration> = (1..=100).map(ms).collect();
+        assert_eq!(percentile(&sorted, 0.5), Some(ms(51)));
+        assert_eq!(percentile(&sorted, 0.99), Some(ms(99)));
+        assert_eq!(percentile(&sorted, 1.0), Some(ms(100)));
+        assert_eq!(percentile(&sorted, 0.0), Some(ms(1)));
+        assert_eq!(percentile(&[ms(7)], 0.99), Some(ms(7)));
+        assert_eq!(percentile(&[], 0.5), None);
+        assert!(median(vec![]).is_nan());
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
 }

@@ -224,8 +224,7 @@ async fn http_lookups(url: &str, key: &str, seconds: u64) -> Result<Load> {
 fn load_of(mut latencies: Vec<Duration>, elapsed: Duration) -> Load {
     latencies.sort();
     let at = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+        borough_testkit::process::percentile(&latencies, p)
             .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     };
     Load {

@@ -142,7 +142,7 @@ async fn breaker(
         }
     }
     latencies.sort();
-    let p99 = latencies[latencies.len() * 99 / 100];
+    let p99 = borough_testkit::process::percentile(&latencies, 0.99).unwrap_or_default();
     gateway.stop().await?;
     Ok((opened, p99))
 }

@@ -28,11 +28,7 @@ fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
+    borough_testkit::process::percentile(sorted, p).unwrap_or_default()
 }
 
 #[tokio::main]
