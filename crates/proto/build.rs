@@ -10,6 +10,13 @@ const PROTOS: &[&str] = &[
     "borough/query/v1/query.proto",
 ];
 
+/// Messages holding an API key or a database URL: no derived `Debug`.
+const SECRET_BEARING: [&str; 3] = [
+    ".borough.user.v1.IssuedApiKey",
+    ".borough.user.v1.CreateTenantRequest",
+    ".borough.user.v1.AuthenticateApiKeyRequest",
+];
+
 /// Compiled with [`LEAN_CODEC`]: services holding many long-lived streams.
 const LEAN_PROTOS: &[&str] = &["borough/config/v1/config.proto"];
 const LEAN_CODEC: &str = "crate::codec::LeanCodec";
@@ -28,7 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(protoc) => config.protoc_executable(protoc),
             None => config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?),
         };
-        let mut builder = tonic_prost_build::configure();
+        // Messages carrying secrets get a hand-written `Debug` that hides them (src/lib.rs).
+        let mut builder = tonic_prost_build::configure().skip_debug(SECRET_BEARING);
         if let Some(codec) = codec {
             builder = builder.codec_path(codec);
         }

@@ -139,18 +139,84 @@ impl Env {
         }
     }
 
-    /// A byte size: `1048576`, `64KiB`, `1MiB`.
+    /// A byte size: `1048576`, `64KiB`, `1MiB`, `2GiB`.
     pub fn bytes(&self, name: &str, default: usize) -> Result<usize, SettingsError> {
         match self.raw(name) {
             None => Ok(default),
             Some(value) => parse_bytes(&value).ok_or_else(|| SettingsError::Invalid {
                 name: name.to_owned(),
                 value,
-                reason: "expected a size such as 65536, 64KiB or 1MiB".to_owned(),
+                reason: "expected a size such as 65536, 64KiB, 1MiB or 1GiB".to_owned(),
             }),
         }
     }
+
+    /// A value parsed with `FromStr` that must lie in `range`.
+    pub fn parse_in<T>(
+        &self,
+        name: &str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, SettingsError>
+    where
+        T: FromStr + PartialOrd + std::fmt::Display,
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parse(name, default)?;
+        check_range(name, value, &range, |v| v.to_string())
+    }
+
+    /// A duration ([`Env::duration`]) that must lie in `range`.
+    pub fn duration_in(
+        &self,
+        name: &str,
+        default: Duration,
+        range: std::ops::RangeInclusive<Duration>,
+    ) -> Result<Duration, SettingsError> {
+        let value = self.duration(name, default)?;
+        check_range(name, value, &range, |d| format!("{d:?}"))
+    }
+
+    /// A byte size ([`Env::bytes`]) that must lie in `range`.
+    pub fn bytes_in(
+        &self,
+        name: &str,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, SettingsError> {
+        let value = self.bytes(name, default)?;
+        check_range(name, value, &range, |b| b.to_string())
+    }
 }
+
+/// `value` if it lies in `range`; otherwise an error naming the variable and the range.
+pub fn check_range<T: PartialOrd>(
+    name: &str,
+    value: T,
+    range: &std::ops::RangeInclusive<T>,
+    show: impl Fn(&T) -> String,
+) -> Result<T, SettingsError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(SettingsError::Invalid {
+            name: name.to_owned(),
+            value: show(&value),
+            reason: format!(
+                "must be between {} and {}",
+                show(range.start()),
+                show(range.end())
+            ),
+        })
+    }
+}
+
+/// The longest duration any setting accepts (deadlines are computed as `now + d`: this
+/// keeps them far from overflowing).
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The largest byte size any setting accepts.
+pub const MAX_BYTES: usize = 1 << 40;
 
 /// What every server reads: where it listens and how it shuts down.
 #[derive(Debug, Clone)]
@@ -236,6 +302,40 @@ impl ShedLimits {
     }
 }
 
+/// A URL that may carry a password (a database URL): its `Debug` shows it with the
+/// password replaced by `***`, so no settings dump, log line or error prints the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        SecretUrl(url.into())
+    }
+
+    /// The URL itself, password included: for connecting, never for printing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+impl Env {
+    /// A URL holding a secret ([`Env::url`], kept as a [`SecretUrl`]).
+    pub fn secret_url(
+        &self,
+        name: &str,
+        default: &str,
+        schemes: &[&str],
+    ) -> Result<SecretUrl, SettingsError> {
+        self.url(name, default, schemes).map(SecretUrl)
+    }
+}
+
 /// Replaces the password of `scheme://user:password@host/...` with `***`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -268,7 +368,9 @@ pub(crate) fn parse_duration(value: &str) -> Option<Duration> {
         "h" => number * 3600.0,
         _ => return None,
     };
-    Duration::try_from_secs_f64(seconds).ok()
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| *d <= MAX_DURATION)
 }
 
 pub(crate) fn parse_bytes(value: &str) -> Option<usize> {
@@ -282,9 +384,10 @@ pub(crate) fn parse_bytes(value: &str) -> Option<usize> {
         "" | "B" => 1,
         "KiB" | "K" | "KB" => 1024,
         "MiB" | "M" | "MB" => 1024 * 1024,
+        "GiB" | "G" | "GB" => 1024 * 1024 * 1024,
         _ => return None,
     };
-    number.checked_mul(multiplier)
+    number.checked_mul(multiplier).filter(|n| *n <= MAX_BYTES)
 }
 
 #[cfg(test)]
@@ -330,11 +433,46 @@ mod tests {
 
     #[test]
     fn byte_sizes_accept_binary_units() {
-        let env = Env::from_pairs([("A", "64KiB"), ("B", "1MiB"), ("C", "100"), ("D", "1GiB")]);
+        let env = Env::from_pairs([("A", "64KiB"), ("B", "1MiB"), ("C", "100"), ("D", "1TiB")]);
         assert_eq!(env.bytes("A", 0), Ok(65536));
         assert_eq!(env.bytes("B", 0), Ok(1 << 20));
         assert_eq!(env.bytes("C", 0), Ok(100));
-        assert!(env.bytes("D", 0).is_err());
+        assert!(env.bytes("D", 0).is_err(), "no TiB unit");
+    }
+
+    #[test]
+    fn huge_durations_and_sizes_are_refused_when_parsed() {
+        let env = Env::from_pairs([
+            ("A", "100000000h"),
+            ("B", "99999999999999999999"),
+            ("C", "1000000000GiB"),
+            ("D", "2GiB"),
+        ]);
+        assert!(env.duration("A", Duration::ZERO).is_err());
+        assert!(env.duration("B", Duration::ZERO).is_err());
+        assert!(env.bytes("C", 0).is_err());
+        assert_eq!(env.bytes("D", 0), Ok(2 << 30));
+        assert_eq!(parse_duration("3650d"), None, "no day unit");
+        assert!(parse_duration(&format!("{}", MAX_DURATION.as_secs() + 1)).is_none());
+    }
+
+    #[test]
+    fn ranged_settings_name_the_variable_and_the_range() {
+        let env = Env::from_pairs([("T", "2h"), ("N", "0"), ("S", "1GiB")]);
+        let err = env
+            .duration_in(
+                "T",
+                Duration::ZERO,
+                Duration::ZERO..=Duration::from_secs(3600),
+            )
+            .expect_err("over the range");
+        assert!(
+            err.to_string().contains("T=") && err.to_string().contains("between"),
+            "{err}"
+        );
+        assert!(env.parse_in("N", 5u32, 1..=10).is_err());
+        assert!(env.bytes_in("S", 0, 0..=1024).is_err());
+        assert_eq!(env.parse_in("M", 5u32, 1..=10), Ok(5));
     }
 
     #[test]
@@ -378,6 +516,14 @@ mod tests {
         )
         .expect_err("bad duration");
         assert!(err.to_string().contains("BOROUGH_SHUTDOWN_GRACE"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_url_never_shows_its_password_in_debug() {
+        let url = SecretUrl::new("postgres://app:hunter2@db:5432/x");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(format!("{url:?}").contains("app:***@db"));
+        assert_eq!(url.expose(), "postgres://app:hunter2@db:5432/x");
     }
 
     #[test]

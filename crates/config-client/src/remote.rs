@@ -213,22 +213,35 @@ async fn follow(
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
             let mut client = ConfigServiceClient::new(channel);
             if !listed {
-                // The whole namespace once; from then on, only changes.
-                let list = client
-                    .list(ListRequest {
-                        namespace: namespace.clone(),
-                        prefix: String::new(),
-                    })
-                    .await?
-                    .into_inner();
+                // The whole namespace once, page by page; from then on, only changes. The
+                // watch starts from the first page's revision: what changed while the
+                // later pages were read is replayed (and applied again, harmlessly).
                 let mut values = BTreeMap::new();
-                for entry in list.entries {
-                    if let Ok(value) = serde_json::from_str(&entry.value_json) {
-                        values.insert(entry.key, value);
+                let mut revision = None;
+                let mut page_token = String::new();
+                loop {
+                    let page = client
+                        .list(ListRequest {
+                            namespace: namespace.clone(),
+                            prefix: String::new(),
+                            page_size: 1000,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    revision.get_or_insert(page.revision);
+                    for entry in page.entries {
+                        if let Ok(value) = serde_json::from_str(&entry.value_json) {
+                            values.insert(entry.key, value);
+                        }
                     }
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
                 }
                 let snapshot = Snapshot {
-                    revision: list.revision,
+                    revision: revision.unwrap_or(0),
                     values,
                 };
                 save(&settings.snapshot, &snapshot);
@@ -287,6 +300,17 @@ async fn follow(
             Ok::<(), tonic::Status>(())
         }
         .await;
+        if let Err(status) = &result
+            && status.metadata().contains_key(COMPACTED_METADATA)
+        {
+            // History this client had not seen was pruned: start again from a list.
+            tracing::warn!(
+                message = status.message(),
+                "config history compacted: listing again"
+            );
+            listed = false;
+            continue;
+        }
         if let Err(status) = result {
             if !warned {
                 let revision = snapshot_tx.borrow().revision;
@@ -305,13 +329,18 @@ async fn follow(
     }
 }
 
+/// gRPC metadata of a watch that cannot replay what its client missed because history
+/// was pruned (the config service's `x-borough-compacted`).
+pub const COMPACTED_METADATA: &str = "x-borough-compacted";
+
 /// A duration from a config value: `"5s"`, `"250ms"`, or a number of milliseconds.
 pub fn duration_value(value: &Value) -> Result<Duration, String> {
     match value {
         Value::Number(n) => n
             .as_u64()
             .map(Duration::from_millis)
-            .ok_or_else(|| format!("{n} is not a whole number of milliseconds")),
+            .filter(|d| *d <= crate::MAX_DURATION)
+            .ok_or_else(|| format!("{n} is not a whole number of milliseconds up to ten years")),
         Value::String(s) => {
             crate::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration"))
         }
@@ -325,7 +354,8 @@ pub fn bytes_value(value: &Value) -> Result<usize, String> {
         Value::Number(n) => n
             .as_u64()
             .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| format!("{n} is not a byte size")),
+            .filter(|n| *n <= crate::MAX_BYTES)
+            .ok_or_else(|| format!("{n} is not a byte size up to 1 TiB")),
         Value::String(s) => {
             crate::parse_bytes(s).ok_or_else(|| format!("{s:?} is not a byte size"))
         }
@@ -351,6 +381,10 @@ mod tests {
         assert!(duration_value(&Value::from(-1)).is_err());
         assert_eq!(bytes_value(&Value::from("1MiB")), Ok(1024 * 1024));
         assert!(bytes_value(&Value::Bool(true)).is_err());
+        // Bounded: a huge value is refused, never a deadline that overflows.
+        assert!(duration_value(&Value::from(u64::MAX)).is_err());
+        assert!(duration_value(&Value::from("100000000h")).is_err());
+        assert!(bytes_value(&Value::from(u64::MAX)).is_err());
     }
 
     #[tokio::test]

@@ -41,8 +41,11 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// Well-formed, but its content breaks a rule (e.g. a JSON Schema).
     Unprocessable,
-    /// The caller is over a limit or quota.
+    /// The caller is over a rate limit; retrying later may succeed.
     RateLimited,
+    /// The caller has used all of a quota (keys, bytes, namespaces): retrying will not
+    /// help until something is removed or the quota raised.
+    QuotaExceeded,
     /// The caller went away.
     Cancelled,
     /// The deadline passed before the work finished.
@@ -109,6 +112,7 @@ pub const TABLE: &[KindInfo] = &[
     row(ErrorKind::UnsupportedMediaType, Code::InvalidArgument,    StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type",   false, true),
     row(ErrorKind::Unprocessable,        Code::InvalidArgument,    StatusCode::UNPROCESSABLE_ENTITY,   "unprocessable",          "Unprocessable content",    false, true),
     row(ErrorKind::RateLimited,          Code::ResourceExhausted,  StatusCode::TOO_MANY_REQUESTS,      "rate-limited",           "Too many requests",        true,  true),
+    row(ErrorKind::QuotaExceeded,        Code::ResourceExhausted,  StatusCode::CONFLICT,               "quota-exceeded",         "Quota exceeded",           false, false),
     row(ErrorKind::Cancelled,            Code::Cancelled,          CLIENT_CLOSED_REQUEST,              "cancelled",              "Request cancelled",        true,  true),
     row(ErrorKind::DeadlineExceeded,     Code::DeadlineExceeded,   StatusCode::GATEWAY_TIMEOUT,        "deadline-exceeded",      "Deadline exceeded",        true,  true),
     row(ErrorKind::Unavailable,          Code::Unavailable,        StatusCode::SERVICE_UNAVAILABLE,    "unavailable",            "Service unavailable",      true,  true),
@@ -415,7 +419,7 @@ mod tests {
         let kinds: Vec<_> = ErrorKind::all().collect();
         let unique: HashSet<_> = kinds.iter().collect();
         assert_eq!(kinds.len(), unique.len(), "a kind appears twice in TABLE");
-        assert_eq!(kinds.len(), 16, "a new kind needs a row in TABLE");
+        assert_eq!(kinds.len(), 17, "a new kind needs a row in TABLE");
     }
 
     #[test]
@@ -542,6 +546,7 @@ mod tests {
             (ErrorKind::PayloadTooLarge, Code::OutOfRange, 413),
             (ErrorKind::UnsupportedMediaType, Code::InvalidArgument, 415),
             (ErrorKind::RateLimited, Code::ResourceExhausted, 429),
+            (ErrorKind::QuotaExceeded, Code::ResourceExhausted, 409),
             (ErrorKind::Cancelled, Code::Cancelled, 499),
             (ErrorKind::DeadlineExceeded, Code::DeadlineExceeded, 504),
             (ErrorKind::Unavailable, Code::Unavailable, 503),

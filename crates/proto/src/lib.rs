@@ -5,6 +5,103 @@ pub mod user {
     pub mod v1 {
         tonic::include_proto!("borough.user.v1");
     }
+
+    // The messages that carry secrets show them as `<redacted>` (their `Debug` derive is
+    // skipped in build.rs), so no log line or panic message can print one.
+    impl std::fmt::Debug for v1::IssuedApiKey {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("IssuedApiKey")
+                .field("key", &self.key)
+                .field("secret", &"<redacted>")
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for v1::CreateTenantRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let redacted = |url: &Option<String>| url.as_ref().map(|_| "<redacted>");
+            f.debug_struct("CreateTenantRequest")
+                .field("name", &self.name)
+                .field("placement", &self.placement)
+                .field("database_url", &redacted(&self.database_url))
+                .field("read_url", &redacted(&self.read_url))
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for v1::AuthenticateApiKeyRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("AuthenticateApiKeyRequest")
+                .field("api_key", &"<redacted>")
+                .finish()
+        }
+    }
+
+    /// The most rejected rows an import reply lists in full (the rest are counted).
+    pub const MAX_IMPORT_REJECTIONS: usize = 10_000;
+    /// The most failed chunks an import reply lists in full (the rest are counted).
+    pub const MAX_IMPORT_FAILED_CHUNKS: usize = 100;
+    /// The longest reason given for a rejected row, in characters.
+    pub const MAX_REASON_CHARS: usize = 200;
+
+    /// `reason`, cut to [`MAX_REASON_CHARS`] characters (with `…` when cut): a reason may
+    /// quote the caller's input, and a report must not grow with it.
+    pub fn bounded_reason(reason: String) -> String {
+        match reason.char_indices().nth(MAX_REASON_CHARS) {
+            None => reason,
+            Some((at, _)) => {
+                let mut cut = reason;
+                cut.truncate(at);
+                cut.push('…');
+                cut
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn messages_carrying_secrets_hide_them_in_debug() {
+            let issued = v1::IssuedApiKey {
+                key: None,
+                secret: "bk_0123456789ab_s3cr3t".into(),
+            };
+            let create = v1::CreateTenantRequest {
+                name: "acme".into(),
+                placement: 3,
+                database_url: Some("postgres://u:s3cr3t@db/x".into()),
+                read_url: None,
+            };
+            let auth = v1::AuthenticateApiKeyRequest {
+                api_key: "bk_0123456789ab_s3cr3t".into(),
+            };
+            for debug in [
+                format!("{issued:?}"),
+                format!("{create:?}"),
+                format!("{auth:?}"),
+                format!(
+                    "{:?}",
+                    v1::CreateTenantResponse {
+                        tenant: None,
+                        api_key: Some(issued.clone())
+                    }
+                ),
+            ] {
+                assert!(!debug.contains("s3cr3t"), "{debug}");
+            }
+            assert!(format!("{create:?}").contains("acme"));
+        }
+
+        #[test]
+        fn reasons_are_cut_at_200_characters() {
+            assert_eq!(bounded_reason("short".into()), "short");
+            let cut = bounded_reason("é".repeat(1000));
+            assert_eq!(cut.chars().count(), MAX_REASON_CHARS + 1);
+            assert!(cut.ends_with('…'));
+        }
+    }
 }
 
 pub mod query {

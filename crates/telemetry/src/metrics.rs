@@ -57,7 +57,8 @@ impl Metrics {
 /// (`/api/v1/users/{id}`), never the raw path, so cardinality stays bounded.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
+    /// A known method, or `_OTHER`: never the raw method of the request.
+    pub method: &'static str,
     pub route: String,
     pub status: u16,
 }

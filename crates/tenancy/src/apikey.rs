@@ -11,12 +11,22 @@ const SCHEME: &str = "bk";
 const PREFIX_BYTES: usize = 6;
 const SECRET_BYTES: usize = 16;
 
-/// A newly issued key: the plain text is returned to the caller once.
-#[derive(Debug, Clone)]
+/// A newly issued key: the plain text is returned to the caller once (and never shown
+/// by `Debug`).
+#[derive(Clone)]
 pub struct IssuedKey {
     pub prefix: String,
     pub plain: String,
     pub hash: [u8; 32],
+}
+
+impl std::fmt::Debug for IssuedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedKey")
+            .field("prefix", &self.prefix)
+            .field("plain", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// A key as presented by a caller, split for lookup.
@@ -97,6 +107,13 @@ mod tests {
         assert_eq!(presented.prefix, key.prefix);
         assert!(digests_equal(&presented.hash, &key.hash));
         assert!(key.plain.starts_with("bk_"));
+    }
+
+    #[test]
+    fn an_issued_key_never_shows_its_secret_in_debug() {
+        let key = issue().expect("rng");
+        let secret = key.plain.rsplit('_').next().unwrap_or_default().to_owned();
+        assert!(!format!("{key:?}").contains(&secret));
     }
 
     #[test]

@@ -45,6 +45,19 @@ pub fn classify(err: &sqlx::Error) -> ErrorKind {
     }
 }
 
+/// What a caller may read of a database error: a sentence for its kind, never the
+/// driver's text (which names tables, constraints and values).
+pub fn public_detail(err: &sqlx::Error) -> String {
+    match classify(err) {
+        ErrorKind::AlreadyExists => "a record with the same unique value already exists",
+        ErrorKind::Conflict => "the change conflicted with a concurrent one; retry it",
+        ErrorKind::DeadlineExceeded => "the database did not finish within the request's deadline",
+        ErrorKind::NotFound => "no such record",
+        kind => kind.title(),
+    }
+    .to_owned()
+}
+
 /// The SQLSTATE of a database error, if it is one.
 pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
     match err {
@@ -83,7 +96,7 @@ impl Default for PoolSettings {
 pub struct DatabaseSettings {
     /// `BOROUGH_DATABASE_URL`: the control plane and the shared tenant tables, as the
     /// service role.
-    pub url: String,
+    pub url: borough_config_client::SecretUrl,
     /// `BOROUGH_DB_MAX_CONNECTIONS` (10) and `BOROUGH_DB_ACQUIRE_TIMEOUT` (3s).
     pub pool: PoolSettings,
     /// Per-tenant pools and caps (`BOROUGH_MAX_TENANT_POOLS`, `BOROUGH_TENANT_*`).
@@ -102,7 +115,7 @@ impl DatabaseSettings {
             acquire_timeout: env.duration("BOROUGH_DB_ACQUIRE_TIMEOUT", Duration::from_secs(3))?,
         };
         Ok(DatabaseSettings {
-            url: env.url(
+            url: env.secret_url(
                 "BOROUGH_DATABASE_URL",
                 DEFAULT_DATABASE_URL,
                 &["postgres", "postgresql"],
@@ -117,8 +130,8 @@ impl DatabaseSettings {
         &self,
         metrics: &borough_telemetry::Metrics,
     ) -> Result<crate::PoolRouter, sqlx::Error> {
-        let options: PgConnectOptions = self.url.parse()?;
-        let pool = lazy_pool(&self.url, &self.pool)?;
+        let options: PgConnectOptions = self.url.expose().parse()?;
+        let pool = lazy_pool(self.url.expose(), &self.pool)?;
         Ok(crate::PoolRouter::new(
             pool,
             options,
@@ -139,8 +152,8 @@ impl DatabaseSettings {
         ),
         sqlx::Error,
     > {
-        let options: PgConnectOptions = self.url.parse()?;
-        let pool = lazy_pool(&self.url, &self.pool)?;
+        let options: PgConnectOptions = self.url.expose().parse()?;
+        let pool = lazy_pool(self.url.expose(), &self.pool)?;
         Ok(crate::PoolRouter::with_feed(
             pool,
             options,
@@ -259,7 +272,12 @@ mod tests {
     #[test]
     fn database_settings_default_to_make_run_and_name_bad_variables() {
         let settings = DatabaseSettings::from_env(&Env::from_pairs([("", "")])).expect("defaults");
-        assert_eq!(settings.url, DEFAULT_DATABASE_URL);
+        assert_eq!(settings.url.expose(), DEFAULT_DATABASE_URL);
+        let debug = format!("{settings:?}");
+        assert!(
+            !debug.contains(":borough@"),
+            "the password shows in {debug}"
+        );
         assert_eq!(settings.pool.max_connections, 10);
         for (name, value) in [
             ("BOROUGH_DATABASE_URL", "localhost:5432"),

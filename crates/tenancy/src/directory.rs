@@ -79,18 +79,27 @@ impl KeyCache {
 
     /// The cached principal of a presented key, if fresh.
     pub fn get(&self, presented: &str) -> Option<Principal> {
+        self.get_hash(&apikey::hash(presented))
+    }
+
+    /// The cached principal of a key by its hash, if fresh.
+    pub fn get_hash(&self, hash: &[u8; 32]) -> Option<Principal> {
         if self.ttl.is_zero() {
             return None;
         }
-        let hash = apikey::hash(presented);
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries
-            .get(&hash)
+            .get(hash)
             .filter(|(_, at)| at.elapsed() < self.ttl)
             .map(|(principal, _)| *principal)
     }
 
     pub fn insert(&self, presented: &str, principal: Principal) {
+        self.insert_hash(apikey::hash(presented), principal);
+    }
+
+    /// Caches a key's principal by the key's hash.
+    pub fn insert_hash(&self, hash: [u8; 32], principal: Principal) {
         if self.ttl.is_zero() {
             return;
         }
@@ -102,7 +111,7 @@ impl KeyCache {
                 entries.clear();
             }
         }
-        entries.insert(apikey::hash(presented), (principal, Instant::now()));
+        entries.insert(hash, (principal, Instant::now()));
     }
 
     /// Forgets every entry of one key (after a revocation).

@@ -61,6 +61,11 @@ const CONTROL: &[Migration] = &[
         name: "config_instances_per_service",
         sql: include_str!("../../../migrations/control/0004_config_instances_per_service.sql"),
     },
+    Migration {
+        version: 5,
+        name: "config_bounds",
+        sql: include_str!("../../../migrations/control/0005_config_bounds.sql"),
+    },
 ];
 
 const TENANT: &[Migration] = &[

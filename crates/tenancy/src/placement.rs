@@ -236,6 +236,11 @@ pub async fn load_all_routes(
 /// Checks an operator-given database URL: `postgres://` or `postgresql://`, a host and a
 /// database name. The error never repeats the URL (it may hold a password).
 pub fn validate_database_url(field: &str, raw: &str) -> Result<(), String> {
+    if raw.len() > 2048 || raw.chars().any(char::is_control) {
+        return Err(format!(
+            "{field} must be at most 2048 characters, with no control characters"
+        ));
+    }
     let options: Result<sqlx::postgres::PgConnectOptions, _> = raw.parse();
     let scheme_ok = raw.starts_with("postgres://") || raw.starts_with("postgresql://");
     match options {

@@ -34,14 +34,51 @@ pub enum ProvisionError {
     Database(#[from] sqlx::Error),
 }
 
-/// Short, URL-free description of a connection failure.
+impl ProvisionError {
+    /// What the operator is told (stored as the tenant's `failure_reason`): a short
+    /// description with the SQLSTATE where there is one, never a URL nor the server's or
+    /// driver's own message text (the full error goes to the log).
+    pub fn public(&self) -> String {
+        match self {
+            ProvisionError::Migrate(MigrateError::Failed {
+                scope,
+                version,
+                name,
+                source,
+            }) => format!(
+                "migration {scope}/{version:04} ({name}) failed: {}",
+                describe(source)
+            ),
+            ProvisionError::Migrate(MigrateError::Database(e)) | ProvisionError::Database(e) => {
+                format!("preparing the tenant's storage failed: {}", describe(e))
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Short, URL-free description of a database failure, by its class.
 fn describe(err: &sqlx::Error) -> String {
     match err {
         // std's I/O messages name no host or URL ("Connection refused (os error 111)").
         sqlx::Error::Io(io) => io.to_string(),
-        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            let what = match code.as_str() {
+                c if c.starts_with("28") => "authentication failed",
+                "3D000" => "the database does not exist",
+                "42501" => "permission denied",
+                "42P04" => "the database already exists",
+                "53300" => "too many connections",
+                c if c.starts_with("08") => "the connection failed",
+                c if c.starts_with("57") => "the server is shutting down or not ready",
+                _ => "the server refused a statement",
+            };
+            format!("{what} (SQLSTATE {code})")
+        }
         sqlx::Error::Tls(_) => "TLS failed".to_owned(),
         sqlx::Error::Configuration(_) => "the URL is not usable".to_owned(),
+        sqlx::Error::PoolTimedOut => "timed out".to_owned(),
         _ => "connection failed".to_owned(),
     }
 }

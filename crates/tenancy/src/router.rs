@@ -161,6 +161,7 @@ impl ServiceError for RouteError {
         match self {
             // The caller's own tenant: safe and useful to say.
             RouteError::Busy { .. } | RouteError::Unreachable { .. } => self.to_string(),
+            RouteError::Database(e) => db::public_detail(e),
             _ if self.kind().is_server_fault() => self.kind().title().to_owned(),
             _ => self.to_string(),
         }

@@ -154,6 +154,11 @@ impl ServiceProcess {
         format!("http://127.0.0.1:{}{path}", self.admin)
     }
 
+    /// The process id (`None` once it has exited).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Resident memory now, in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
         rss_kib(self.child.id().context("exited")?)

@@ -18,9 +18,9 @@ use borough_config_client::{Env, ServerSettings, SettingsError};
 use borough_proto::config::v1::config_service_server::{ConfigService, ConfigServiceServer};
 use borough_proto::config::v1::{
     DeleteRequest, DeleteResponse, Entry, GetRequest, GetSchemaRequest, HistoryRequest,
-    HistoryResponse, InstanceStatus, ListRequest, ListResponse, PutRequest, ReportAppliedRequest,
-    ReportAppliedResponse, RollbackRequest, SetSchemaRequest, SetSchemaResponse, StatusRequest,
-    StatusResponse, WatchEvent, WatchRequest,
+    HistoryResponse, InstanceStatus, ListRequest, ListResponse, PurgeTenantRequest,
+    PurgeTenantResponse, PutRequest, ReportAppliedRequest, ReportAppliedResponse, RollbackRequest,
+    SetSchemaRequest, SetSchemaResponse, StatusRequest, StatusResponse, WatchEvent, WatchRequest,
 };
 use borough_proto::time::to_timestamp;
 use borough_telemetry::Metrics;
@@ -31,8 +31,10 @@ use futures_util::{Stream, StreamExt};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::store::{ConfigError, Store, check_key, check_namespace, parse_value};
-use crate::watch::Hub;
+use crate::store::{
+    ConfigError, Quotas, Store, check_key, check_namespace, check_prefix, parse_schema, parse_value,
+};
+use crate::watch::{Hub, WatchLimits};
 
 pub use borough_net::{Listeners, ServeError};
 
@@ -48,6 +50,11 @@ pub struct Settings {
     pub server: ServerSettings,
     /// `BOROUGH_DATABASE_URL` (the control database) and the pool's limits.
     pub database: DatabaseSettings,
+    /// Per-tenant quotas and history retention (`BOROUGH_CONFIG_MAX_*`,
+    /// `BOROUGH_CONFIG_HISTORY_*`).
+    pub quotas: Quotas,
+    /// `BOROUGH_CONFIG_MAX_WATCHES`, `BOROUGH_CONFIG_MAX_WATCHES_PER_TENANT`.
+    pub watches: WatchLimits,
 }
 
 impl Settings {
@@ -61,6 +68,8 @@ impl Settings {
                 "127.0.0.1:9463",
             )?,
             database: DatabaseSettings::from_env(env)?,
+            quotas: Quotas::from_env(env)?,
+            watches: WatchLimits::from_env(env)?,
         })
     }
 }
@@ -108,8 +117,8 @@ pub struct Config {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
 
-/// Buffered events per watch stream.
-const WATCH_BUFFER: usize = 64;
+/// Events buffered per watch stream (each at most two 64 KiB values).
+const WATCH_BUFFER: usize = 8;
 
 #[tonic::async_trait]
 impl ConfigService for Config {
@@ -127,8 +136,16 @@ impl ConfigService for Config {
         let caller = Caller::from_metadata(request.metadata())?;
         let req = request.get_ref();
         caller.check(&req.namespace)?;
-        let (entries, revision) = self.store.list(&req.namespace, &req.prefix).await?;
-        Ok(Response::new(ListResponse { entries, revision }))
+        check_prefix(&req.prefix)?;
+        let page = self
+            .store
+            .list(&req.namespace, &req.prefix, req.page_size, &req.page_token)
+            .await?;
+        Ok(Response::new(ListResponse {
+            entries: page.entries,
+            revision: page.revision,
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<Entry>, Status> {
@@ -181,15 +198,14 @@ impl ConfigService for Config {
         let req = request.get_ref();
         caller.check(&req.namespace)?;
         check_key(&req.key)?;
-        let limit = match req.limit {
-            0 => 100,
-            n if (1..=1000).contains(&n) => i64::from(n),
-            _ => {
-                return Err(ConfigError::Invalid("limit must be between 1 and 1000".into()).into());
-            }
-        };
-        let changes = self.store.history(&req.namespace, &req.key, limit).await?;
-        Ok(Response::new(HistoryResponse { changes }))
+        let (changes, next_page_token) = self
+            .store
+            .history(&req.namespace, &req.key, req.limit, &req.page_token)
+            .await?;
+        Ok(Response::new(HistoryResponse {
+            changes,
+            next_page_token,
+        }))
     }
 
     async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<Entry>, Status> {
@@ -214,7 +230,7 @@ impl ConfigService for Config {
         caller.check(&req.namespace)?;
         let schema = match req.schema_json.trim() {
             "" => None,
-            text => Some(parse_value(text)?),
+            text => Some(parse_schema(text)?),
         };
         self.store.set_schema(&req.namespace, schema).await?;
         Ok(Response::new(SetSchemaResponse {
@@ -254,11 +270,17 @@ impl ConfigService for Config {
         if req.from_revision < 0 {
             return Err(ConfigError::Invalid("from_revision must not be negative".into()).into());
         }
+        if req.namespaces.len() > 16 {
+            return Err(ConfigError::Invalid("watch at most 16 namespaces at once".into()).into());
+        }
+        let subscription = self
+            .hub
+            .subscribe(&req.namespaces, caller.tenant.map(|t| t.tenant_id))?;
         let (out, events) = tokio::sync::mpsc::channel(WATCH_BUFFER);
         tokio::spawn(watch::serve_watch(
             self.hub.clone(),
             self.store.clone(),
-            req.namespaces,
+            subscription,
             req.from_revision,
             out,
         ));
@@ -307,21 +329,39 @@ impl ConfigService for Config {
             .instances()
             .await?
             .into_iter()
-            .map(
-                |(instance, service, applied, last_seen, wanted)| InstanceStatus {
-                    instance,
-                    service,
-                    applied_revision: applied,
-                    // Revisions of its own namespace it has not applied yet.
-                    lag: (wanted - applied).max(0),
-                    last_seen: Some(to_timestamp(last_seen)),
-                },
-            )
+            .map(|row| InstanceStatus {
+                instance: row.instance,
+                service: row.service,
+                applied_revision: row.applied,
+                // Revisions of its own namespace it has not applied yet.
+                lag: (row.wanted - row.applied).max(0),
+                last_seen: Some(to_timestamp(row.last_seen)),
+            })
             .collect();
         Ok(Response::new(StatusResponse {
             revision,
             instances,
         }))
+    }
+
+    async fn purge_tenant(
+        &self,
+        request: Request<PurgeTenantRequest>,
+    ) -> Result<Response<PurgeTenantResponse>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        if caller.tenant.is_some() {
+            return Err(ConfigError::Forbidden("purging a tenant".into()).into());
+        }
+        let tenant: borough_tenancy::TenantId =
+            request.get_ref().tenant_id.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "{} is not a tenant id",
+                    store::shown(&request.get_ref().tenant_id)
+                ))
+            })?;
+        let entries = self.store.purge_tenant(tenant, &caller.actor).await?;
+        tracing::warn!(tenant = %tenant, entries, actor = %caller.actor, "tenant configuration purged");
+        Ok(Response::new(PurgeTenantResponse { entries }))
     }
 }
 
@@ -332,16 +372,17 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let pool = db::lazy_pool(&settings.database.url, &settings.database.pool)
+    let pool = db::lazy_pool(settings.database.url.expose(), &settings.database.pool)
         .map_err(ServeError::DatabaseUrl)?;
     let options = settings
         .database
         .url
+        .expose()
         .parse()
         .map_err(ServeError::DatabaseUrl)?;
-    let store = Store::new(pool.clone());
+    let store = Store::new(pool.clone(), settings.quotas);
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let hub = Hub::start(store.clone(), options, stopping);
+    let hub = Hub::start(store.clone(), options, settings.watches, stopping);
     let shutdown = async move {
         shutdown.await;
         // Watch streams never end on their own: end them, or draining would wait forever.

@@ -96,6 +96,7 @@ async fn cas_history_rollback_delete_and_list_by_prefix() -> anyhow::Result<()> 
             namespace: NS.into(),
             key: "http.timeout".into(),
             limit: 0,
+            page_token: String::new(),
         })
         .await?
         .into_inner()
@@ -148,6 +149,8 @@ async fn cas_history_rollback_delete_and_list_by_prefix() -> anyhow::Result<()> 
         .list(ListRequest {
             namespace: NS.into(),
             prefix: "http.".into(),
+            page_size: 0,
+            page_token: String::new(),
         })
         .await?
         .into_inner();
@@ -330,6 +333,7 @@ async fn a_value_breaking_the_namespace_schema_is_rejected_with_its_errors_and_n
             namespace: NS.into(),
             key: "listen".into(),
             limit: 0,
+            page_token: String::new(),
         })
         .await?
         .into_inner();

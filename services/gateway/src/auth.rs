@@ -12,7 +12,9 @@ use http::request::Parts;
 use http::{HeaderValue, header};
 use uuid::Uuid;
 
+use crate::auth_guard::Source;
 use crate::grpc::{self, Deadline};
+use crate::server::Peer;
 use crate::state::AppState;
 
 /// A 401 with the `WWW-Authenticate` challenge RFC 9110 asks for.
@@ -53,6 +55,28 @@ fn bearer(parts: &Parts) -> Result<&str, Unauthorized> {
     Ok(token.trim())
 }
 
+/// Where failures are counted for this request: its connection's peer (`0.0.0.0` when
+/// served in-process without one).
+fn source(parts: &Parts) -> Source {
+    let ip = parts
+        .extensions
+        .get::<Peer>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |peer| peer.0.ip());
+    Source::of(ip)
+}
+
+/// 429 for a source over its failure budget.
+fn too_many_failures(wait: std::time::Duration) -> Unauthorized {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Unauthorized(
+        Problem::new(
+            ErrorKind::RateLimited,
+            "too many failed authentications from this address; retry later",
+        )
+        .with_retry_after(u32::try_from(seconds.max(1)).unwrap_or(u32::MAX)),
+    )
+}
+
 /// The tenant a request acts for, from its API key.
 #[derive(Debug, Clone, Copy)]
 pub struct Tenant(pub TenantContext);
@@ -60,39 +84,46 @@ pub struct Tenant(pub TenantContext);
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = Unauthorized;
 
+    /// A malformed key, a key refused lately or a source over its failure budget is
+    /// refused here without a call; an unknown key costs one directory call (and then
+    /// counts against its source); a known one is served from the cache.
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        // Already authenticated by the rate-limit layer of this route.
+        // Already authenticated by the guard of this route.
         if let Some(tenant) = parts.extensions.get::<Tenant>() {
             return Ok(*tenant);
         }
-        let key = bearer(parts)?.to_owned();
-        let key = key.as_str();
-        if apikey::parse(key).is_err() {
+        let key = bearer(parts)?;
+        let Ok(presented) = apikey::parse(key) else {
             return Err(unauthorized("the API key is not valid"));
-        }
-        if let Some(principal) = state.keys.get(key) {
+        };
+        if let Some(principal) = state.keys.get_hash(&presented.hash) {
             return Ok(Tenant(TenantContext::new(principal.tenant_id)));
         }
+        if state.refused_keys.contains(&presented.hash) {
+            return Err(unauthorized("the API key is not valid"));
+        }
+        let source = source(parts);
+        if let Some(wait) = state.auth_failures.refused_for(source) {
+            return Err(too_many_failures(wait));
+        }
+        let key = key.to_owned();
         let deadline = Deadline::from_request_parts(parts, state)
             .await
             .map_err(Unauthorized)?;
-        let request = grpc::request(
-            AuthenticateApiKeyRequest {
-                api_key: key.to_owned(),
-            },
-            None,
-            deadline,
-        );
-        let reply = state
-            .tenants
-            .clone()
-            .authenticate_api_key(request)
-            .await
-            .map_err(|status| Unauthorized(Problem::from_status(&status)))?
-            .into_inner();
+        let request = grpc::request(AuthenticateApiKeyRequest { api_key: key }, None, deadline);
+        let reply = match state.tenants.clone().authenticate_api_key(request).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                if status.code() == tonic::Code::Unauthenticated {
+                    state.refused_keys.insert(presented.hash);
+                    state.auth_failures.fail(source);
+                }
+                return Err(Unauthorized(Problem::from_status(&status)));
+            }
+        };
         let principal = Principal {
             tenant_id: TenantId(Uuid::parse_str(&reply.tenant_id).map_err(|_| {
                 Unauthorized(Problem::new(ErrorKind::Internal, "bad directory reply"))
@@ -101,12 +132,13 @@ impl FromRequestParts<AppState> for Tenant {
                 Unauthorized(Problem::new(ErrorKind::Internal, "bad directory reply"))
             })?,
         };
-        state.keys.insert(key, principal);
+        state.keys.insert_hash(presented.hash, principal);
         Ok(Tenant(TenantContext::new(principal.tenant_id)))
     }
 }
 
-/// The platform admin, by `BOROUGH_ADMIN_TOKEN`.
+/// The platform admin, by `BOROUGH_ADMIN_TOKEN`. Wrong tokens count against their
+/// source's failure budget like unknown API keys.
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
 
@@ -124,9 +156,14 @@ impl FromRequestParts<AppState> for Admin {
             ));
         };
         let token = bearer(parts)?;
+        let source = source(parts);
+        if let Some(wait) = state.auth_failures.refused_for(source) {
+            return Err(too_many_failures(wait));
+        }
         if apikey::digests_equal(&apikey::hash(token), &expected) {
             Ok(Admin)
         } else {
+            state.auth_failures.fail(source);
             Err(unauthorized("the admin token is not valid"))
         }
     }

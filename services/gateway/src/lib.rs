@@ -5,13 +5,16 @@
 //! HTTP surface with its middleware, for in-process use.
 
 pub mod auth;
+pub mod auth_guard;
 pub mod extract;
 pub mod grpc;
 pub mod middleware;
 pub mod ratelimit;
 pub mod routes;
+pub mod server;
 pub mod settings;
 pub mod state;
+pub mod watches;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +33,6 @@ use borough_telemetry::{Metrics, Readiness, lifecycle};
 use borough_tenancy::directory::KeyCache;
 use http::HeaderValue;
 use tower::ServiceBuilder;
-use tower_http::ServiceBuilderExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use settings::Settings;
@@ -137,6 +139,10 @@ pub fn app_state(settings: &Settings, backends: &Backends) -> state::Shared {
             100_000,
         )),
         shedder: None,
+        refused_keys: auth_guard::NegativeCache::new(settings.auth.negative_ttl),
+        auth_failures: auth_guard::FailureLimiter::new(&settings.auth),
+        watches: watches::WatchSlots::new(settings.watches),
+        import_report_limit: settings.import_report_limit,
     }
 }
 
@@ -162,6 +168,7 @@ pub fn router(
 + 'static {
     let http_metrics = borough_telemetry::metrics::HttpMetrics::register(metrics);
     state.limiter.register_metrics(metrics);
+    state.watches.register_metrics(metrics);
     let guard = |scope| {
         middleware::AroundLayer::new(middleware::Guard {
             state: state.clone(),
@@ -260,21 +267,19 @@ pub fn router(
 
     // The stack, in the order a request meets it (outermost first):
     ServiceBuilder::new()
-        // 1. Every request has an id: the caller's `x-request-id`, or a new one; echoed.
-        .set_x_request_id(middleware::MakeRequestHex)
-        .propagate_x_request_id()
-        // 2. The request's span and trace (continued from `traceparent`, or new), and a
-        //    log line with its outcome; everything inside runs in them.
+        // 1. The request's id (the caller's `x-request-id` when it is short and plain,
+        //    else a new one; echoed), its span and trace (continued from `traceparent`,
+        //    or new), and a log line with its outcome; everything inside runs in them.
         //    Framework errors (no route, 405, too large) become problem+json too, and
         //    while draining every response says `Connection: close`.
         .layer(middleware::AroundLayer::new(middleware::Edge {
             readiness: readiness.clone(),
         }))
-        // 3. gzip / br for clients that accept them, on bodies worth it.
+        // 2. gzip / br for clients that accept them, on bodies worth it.
         .layer(middleware::CompressWhenAskedLayer)
-        // 4. The guard enforces each group's body limit; the extractors' own is off.
+        // 3. The guard enforces each group's body limit; the extractors' own is off.
         .layer(DefaultBodyLimit::disable())
-        // 5. CORS, innermost, only when origins are configured.
+        // 4. CORS, innermost, only when origins are configured.
         .option_layer(cors)
         .service(routes)
 }
@@ -345,6 +350,7 @@ pub async fn serve(
         settings.server.probe_interval,
     ));
     let app = router(AppState::new(state), &settings, &metrics, &readiness);
+    let connection_metrics = server::ConnectionMetrics::register(&metrics);
     let admin = AdminServer::spawn(
         listeners.admin,
         AdminState {
@@ -358,19 +364,14 @@ pub async fn serve(
     }
     tracing::info!(http = %listeners.api.local_addr()?, "gateway listening");
 
-    // TCP_NODELAY: a response written in parts is not held back waiting for an ACK.
-    let api = axum::serve::ListenerExt::tap_io(listeners.api, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let result = axum::serve(api, axum::ServiceExt::into_make_service(app))
-        .with_graceful_shutdown(lifecycle::drain_after(
-            shutdown,
-            readiness,
-            settings.server.shutdown_grace,
-        ))
-        .await;
+    let result = server::serve(
+        listeners.api,
+        app,
+        settings.connections,
+        connection_metrics,
+        lifecycle::drain_after(shutdown, readiness, settings.server.shutdown_grace),
+    )
+    .await;
 
     probe.abort();
     admin.stop().await?;

@@ -13,20 +13,48 @@ use axum::response::{IntoResponse, Response};
 use borough_error::{PROBLEM_JSON, Problem};
 use borough_telemetry::trace::{REQUEST_ID, TRACEPARENT, TraceContext};
 use http::{HeaderValue, header};
-use tower_http::request_id::{MakeRequestId, RequestId};
 
 use crate::grpc::Deadline;
 use crate::state::AppState;
 
-/// Request ids for requests that come without one: 32 random hex digits.
-#[derive(Clone, Copy, Default)]
-pub struct MakeRequestHex;
+/// The longest `x-request-id` kept as the caller sent it.
+pub const MAX_REQUEST_ID: usize = 64;
 
-impl MakeRequestId for MakeRequestHex {
-    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&borough_telemetry::trace::new_id())
-            .ok()
-            .map(RequestId::new)
+/// The caller's request id if it is 1 to [`MAX_REQUEST_ID`] characters of
+/// `[A-Za-z0-9._:-]` (it goes on every log line and back in the response); otherwise a
+/// new one, 32 random hex digits, which replaces it on the request.
+fn request_id(request: &mut Request) -> HeaderValue {
+    let given = request.headers().get(REQUEST_ID).filter(|v| {
+        let bytes = v.as_bytes();
+        (1..=MAX_REQUEST_ID).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    });
+    if let Some(id) = given {
+        return id.clone();
+    }
+    let id = HeaderValue::from_str(&borough_telemetry::trace::new_id())
+        .unwrap_or_else(|_| HeaderValue::from_static("0"));
+    request.headers_mut().insert(REQUEST_ID, id.clone());
+    id
+}
+
+/// The HTTP method as a metric label and span name part: the methods of RFC 9110 and
+/// PATCH as they are, anything else `_OTHER` (OpenTelemetry's convention), so a caller
+/// inventing methods cannot grow the series.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::TRACE => "TRACE",
+        http::Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
     }
 }
 
@@ -35,27 +63,24 @@ impl MakeRequestId for MakeRequestHex {
 /// (the deadline is the route group's, set by [`Guard`]), and logs the outcome. The span carries `request_id` and
 /// `trace_id` (on every log line) and the OpenTelemetry HTTP server attributes; its name
 /// becomes `METHOD /route/{template}` once routing knows the template.
-async fn trace_request<S>(request: Request, inner: S) -> Response
+async fn trace_request<S>(mut request: Request, inner: S) -> Response
 where
     S: tower::Service<Request, Response = Response, Error = Infallible>,
 {
     let started = Instant::now();
-    let request_id = request.headers().get(REQUEST_ID).cloned();
-    let request_id = request_id
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let method = request.method().clone();
+    let request_id_value = request_id(&mut request);
+    let request_id = request_id_value.to_str().unwrap_or_default();
+    let method = method_label(request.method());
     let span = tracing::info_span!(
         "http",
-        otel.name = %method,
+        otel.name = method,
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
-        method = %method,
+        method,
         route = tracing::field::Empty,
         request_id = %request_id,
         trace_id = tracing::field::Empty,
-        http.request.method = %method,
+        http.request.method = method,
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         url.path = %request.uri().path(),
@@ -70,12 +95,15 @@ where
         ),
     };
     span.record("trace_id", ctx.trace_id.as_str());
-    let response = tracing::Instrument::instrument(
+    let mut response = tracing::Instrument::instrument(
         // Inside the trace: a problem body carries the request's trace id.
         ctx.scope(async { problem_for_bare_errors(call(inner, request).await) }),
         span.clone(),
     )
     .await;
+    response
+        .headers_mut()
+        .insert(REQUEST_ID, request_id_value.clone());
     let status = response.status().as_u16();
     span.record("http.response.status_code", status);
     if status >= 500 {
@@ -163,7 +191,7 @@ impl Guard {
         S: tower::Service<Request, Response = Response, Error = Infallible>,
     {
         let started = Instant::now();
-        let method = request.method().clone();
+        let method = method_label(request.method());
         let route = request
             .extensions()
             .get::<axum::extract::MatchedPath>()
@@ -177,7 +205,7 @@ impl Guard {
         let response = guarded(self, request, inner).await;
         self.metrics.observe(
             borough_telemetry::metrics::HttpLabels {
-                method: method.to_string(),
+                method,
                 route,
                 status: response.status().as_u16(),
             },
@@ -242,17 +270,34 @@ where
     }
 }
 
-/// Tenant API routes: authenticates the caller (the handler's `Tenant` extractor then
-/// reuses it) and takes a token from its bucket; over the limit, 429 with `Retry-After`,
-/// `RateLimit` and `RateLimit-Policy`. Then load shedding: at most so many requests in
-/// flight, a short queue, and 503 with `Retry-After` at once beyond it (limits hot from
-/// `platform/gateway`, `shed.*`) — inside the rate limit, so a flooding tenant is turned
-/// away by its own bucket first.
+/// Load shedding first (at most so many requests in flight, a short queue, then 503 with
+/// `Retry-After` at once; limits hot from `platform/gateway`, `shed.*`), so that even
+/// authentication — a directory call for an unknown key — is bounded; then, for tenant
+/// API routes, authentication (the handler's `Tenant` extractor reuses it) and the
+/// tenant's token bucket: over it, 429 with `Retry-After`, `RateLimit` and
+/// `RateLimit-Policy`. A flooding tenant holds a shed slot only for the moment its bucket
+/// takes to say no.
 async fn admitted<S>(state: &AppState, request: Request, inner: S) -> Response
 where
     S: tower::Service<Request, Response = Response, Error = Infallible>,
 {
     use axum::extract::FromRequestParts;
+    let permit = match &state.shedder {
+        Some(shedder) => match shedder.admit().await {
+            Ok(permit) => Some(permit),
+            Err(shed) => {
+                return borough_error::Problem::new(
+                    borough_error::ErrorKind::Unavailable,
+                    shed.to_string(),
+                )
+                .with_retry_after(
+                    u32::try_from(shed.retry_after.as_secs().max(1)).unwrap_or(u32::MAX),
+                )
+                .into_response();
+            }
+        },
+        None => None,
+    };
     let (request, rate_headers) = if request.uri().path().starts_with("/api/") {
         let (mut parts, body) = request.into_parts();
         let tenant = match crate::auth::Tenant::from_request_parts(&mut parts, state).await {
@@ -293,22 +338,6 @@ where
         (Request::from_parts(parts, body), Some(headers))
     } else {
         (request, None)
-    };
-    let permit = match &state.shedder {
-        Some(shedder) => match shedder.admit().await {
-            Ok(permit) => Some(permit),
-            Err(shed) => {
-                return borough_error::Problem::new(
-                    borough_error::ErrorKind::Unavailable,
-                    shed.to_string(),
-                )
-                .with_retry_after(
-                    u32::try_from(shed.retry_after.as_secs().max(1)).unwrap_or(u32::MAX),
-                )
-                .into_response();
-            }
-        },
-        None => None,
     };
     let mut response = call(inner, request).await;
     drop(permit);

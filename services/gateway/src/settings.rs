@@ -41,7 +41,25 @@ pub struct Settings {
     /// Discovery, balancing, circuit breaking and retries of backend calls
     /// (`BOROUGH_RESOLVE_INTERVAL`, `BOROUGH_BREAKER_*`, `BOROUGH_RETRY_*`, …).
     pub client: borough_net::client::ClientSettings,
+    /// Connection bounds of the HTTP server (`BOROUGH_HTTP_MAX_CONNECTIONS`,
+    /// `BOROUGH_HTTP_HEADER_TIMEOUT`, `BOROUGH_HTTP_IDLE_TIMEOUT`, …).
+    pub connections: crate::server::ConnectionLimits,
+    /// Bounds of failed authentication (`BOROUGH_AUTH_NEGATIVE_TTL`,
+    /// `BOROUGH_AUTH_FAILURES_PER_SEC`, `BOROUGH_AUTH_FAILURE_BURST`).
+    pub auth: crate::auth_guard::AuthLimits,
+    /// Bounds of config watches (`BOROUGH_WATCH_MAX`, `BOROUGH_WATCH_MAX_PER_TENANT`,
+    /// `BOROUGH_WATCH_MAX_DURATION`).
+    pub watches: crate::watches::WatchLimits,
+    /// `BOROUGH_IMPORT_REPORT_LIMIT` (1000): rejected import lines reported in full; the
+    /// rest are counted.
+    pub import_report_limit: usize,
 }
+
+/// The range `BOROUGH_REQUEST_TIMEOUT` and `http.request_timeout` must lie in.
+pub const REQUEST_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(3600);
+/// The range `BOROUGH_BODY_LIMIT` and `http.body_limit` must lie in.
+pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1..=1024 * 1024 * 1024;
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
@@ -79,9 +97,21 @@ impl Settings {
                 &["http", "https"],
             )?,
             admin_token: admin_token.map(SecretString::from),
-            request_timeout: env.duration("BOROUGH_REQUEST_TIMEOUT", Duration::from_secs(10))?,
-            stream_timeout: env.duration("BOROUGH_STREAM_TIMEOUT", Duration::from_secs(600))?,
-            import_body_limit: env.bytes("BOROUGH_IMPORT_BODY_LIMIT", 256 * 1024 * 1024)?,
+            request_timeout: env.duration_in(
+                "BOROUGH_REQUEST_TIMEOUT",
+                Duration::from_secs(10),
+                REQUEST_TIMEOUT_RANGE,
+            )?,
+            stream_timeout: env.duration_in(
+                "BOROUGH_STREAM_TIMEOUT",
+                Duration::from_secs(600),
+                Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
+            )?,
+            import_body_limit: env.bytes_in(
+                "BOROUGH_IMPORT_BODY_LIMIT",
+                256 * 1024 * 1024,
+                1..=64 * 1024 * 1024 * 1024,
+            )?,
             rate_limit: {
                 let policy = crate::ratelimit::Policy {
                     requests_per_second: env.parse("BOROUGH_RATE_LIMIT_RPS", 100)?,
@@ -95,10 +125,25 @@ impl Settings {
                 policy
             },
             client: borough_net::client::ClientSettings::from_env(env)?,
-            read_your_writes_ttl: env
-                .duration("BOROUGH_READ_YOUR_WRITES_TTL", Duration::from_secs(60))?,
-            body_limit: env.bytes("BOROUGH_BODY_LIMIT", 1024 * 1024)?,
-            auth_cache_ttl: env.duration("BOROUGH_AUTH_CACHE_TTL", Duration::from_secs(5))?,
+            read_your_writes_ttl: env.duration_in(
+                "BOROUGH_READ_YOUR_WRITES_TTL",
+                Duration::from_secs(60),
+                Duration::ZERO..=Duration::from_secs(24 * 3600),
+            )?,
+            body_limit: env.bytes_in("BOROUGH_BODY_LIMIT", 1024 * 1024, BODY_LIMIT_RANGE)?,
+            auth_cache_ttl: env.duration_in(
+                "BOROUGH_AUTH_CACHE_TTL",
+                Duration::from_secs(5),
+                Duration::ZERO..=Duration::from_secs(3600),
+            )?,
+            connections: crate::server::ConnectionLimits::from_env(env)?,
+            auth: crate::auth_guard::AuthLimits::from_env(env)?,
+            watches: crate::watches::WatchLimits::from_env(env)?,
+            import_report_limit: env.parse_in(
+                "BOROUGH_IMPORT_REPORT_LIMIT",
+                1000,
+                1..=borough_proto::user::MAX_IMPORT_REJECTIONS,
+            )?,
             cors_origins: env
                 .optional("BOROUGH_CORS_ORIGINS")
                 .map(|v| {
@@ -162,20 +207,25 @@ pub fn parse_limits(
     snapshot: &borough_config_client::remote::Snapshot,
     defaults: &crate::state::Limits,
 ) -> Result<crate::state::Limits, String> {
+    use borough_config_client::check_range;
     use borough_config_client::remote::{bytes_value, duration_value};
     let mut limits = *defaults;
     if let Some(value) = snapshot.values.get("http.request_timeout") {
-        limits.request_timeout =
-            duration_value(value).map_err(|e| format!("http.request_timeout: {e}"))?;
-        if limits.request_timeout.is_zero() {
-            return Err("http.request_timeout must be more than zero".to_owned());
-        }
+        let timeout = duration_value(value).map_err(|e| format!("http.request_timeout: {e}"))?;
+        limits.request_timeout = check_range(
+            "http.request_timeout",
+            timeout,
+            &REQUEST_TIMEOUT_RANGE,
+            |d| format!("{d:?}"),
+        )
+        .map_err(|e| e.to_string())?;
     }
     if let Some(value) = snapshot.values.get("http.body_limit") {
-        limits.body_limit = bytes_value(value).map_err(|e| format!("http.body_limit: {e}"))?;
-        if limits.body_limit == 0 {
-            return Err("http.body_limit must be more than zero".to_owned());
-        }
+        let limit = bytes_value(value).map_err(|e| format!("http.body_limit: {e}"))?;
+        limits.body_limit = check_range("http.body_limit", limit, &BODY_LIMIT_RANGE, |b| {
+            b.to_string()
+        })
+        .map_err(|e| e.to_string())?;
     }
     Ok(limits)
 }
@@ -204,10 +254,44 @@ mod tests {
             ("BOROUGH_REQUEST_TIMEOUT", "forever"),
             ("BOROUGH_BODY_LIMIT", "big"),
             ("BOROUGH_ADMIN_TOKEN", "short"),
+            ("BOROUGH_REQUEST_TIMEOUT", "100000000h"),
+            ("BOROUGH_REQUEST_TIMEOUT", "2h"),
+            ("BOROUGH_BODY_LIMIT", "2GiB"),
+            ("BOROUGH_HTTP_MAX_CONNECTIONS", "0"),
+            ("BOROUGH_HTTP_HEADER_TIMEOUT", "0s"),
+            ("BOROUGH_WATCH_MAX_PER_TENANT", "0"),
+            ("BOROUGH_AUTH_FAILURES_PER_SEC", "-1"),
+            ("BOROUGH_IMPORT_REPORT_LIMIT", "1000000"),
         ] {
             let err = Settings::from_env(&Env::from_pairs([(name, value)])).expect_err(name);
             assert!(err.to_string().contains(name), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn a_huge_or_zero_hot_request_timeout_or_body_limit_is_refused_not_applied() {
+        let defaults = Settings::from_env(&Env::from_pairs([("", "")]))
+            .expect("defaults")
+            .limits();
+        for (key, value) in [
+            ("http.request_timeout", serde_json::json!("100000000h")),
+            ("http.request_timeout", serde_json::json!(u64::MAX)),
+            ("http.request_timeout", serde_json::json!("2h")),
+            ("http.request_timeout", serde_json::json!("0s")),
+            ("http.body_limit", serde_json::json!(0)),
+            ("http.body_limit", serde_json::json!("2GiB")),
+        ] {
+            let mut snapshot = borough_config_client::remote::Snapshot::default();
+            snapshot.values.insert(key.to_owned(), value.clone());
+            let err = parse_limits(&snapshot, &defaults).expect_err(&format!("{key}={value}"));
+            assert!(err.contains(key), "{err}");
+        }
+        let mut snapshot = borough_config_client::remote::Snapshot::default();
+        snapshot
+            .values
+            .insert("http.request_timeout".into(), serde_json::json!("30s"));
+        let limits = parse_limits(&snapshot, &defaults).expect("in range");
+        assert_eq!(limits.request_timeout, Duration::from_secs(30));
     }
 
     #[test]

@@ -52,6 +52,14 @@ pub struct Shared {
     pub recent_writes: Arc<RecentWrites>,
     /// Load shedding of the API routes (set by `serve`; `None`: no bound, in-process use).
     pub shedder: Option<borough_net::shed::Shedder>,
+    /// API keys the directory refused lately (`BOROUGH_AUTH_NEGATIVE_TTL`).
+    pub refused_keys: crate::auth_guard::NegativeCache,
+    /// Failed authentications per source address.
+    pub auth_failures: crate::auth_guard::FailureLimiter,
+    /// Config watches open, per tenant and in total.
+    pub watches: Arc<crate::watches::WatchSlots>,
+    /// Rejected import lines reported in full (the rest are counted).
+    pub import_report_limit: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

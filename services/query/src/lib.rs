@@ -86,6 +86,15 @@ impl ServiceError for QueryError {
         }
     }
 
+    fn public_detail(&self) -> String {
+        match self {
+            QueryError::Database(e) => db::public_detail(e),
+            QueryError::Route(e) => e.public_detail(),
+            _ if self.kind().is_server_fault() => self.kind().title().to_owned(),
+            _ => self.to_string(),
+        }
+    }
+
     fn retry_after(&self) -> Option<std::time::Duration> {
         self.is_unreachable()
             .then_some(std::time::Duration::from_secs(1))
@@ -227,6 +236,12 @@ impl Query {
             return Err(QueryError::Invalid(format!(
                 "the search text is longer than {MAX_QUERY_LEN} characters"
             )));
+        }
+        if query.contains('\0') {
+            // No PostgreSQL text can hold a NUL: refused here, not as a database error.
+            return Err(QueryError::Invalid(
+                "q must not contain a NUL character".to_owned(),
+            ));
         }
         let bound = |ts: &Option<prost_types::Timestamp>, what: &str| {
             ts.as_ref()

@@ -30,7 +30,7 @@ pub struct Settings {
     /// `BOROUGH_PROVISIONER_DATABASE_URL`: an owner role on the default server, which
     /// creates and migrates schema and database tenants. Unset: only shared tenants and
     /// databases given by URL can be created.
-    pub provisioner_url: Option<String>,
+    pub provisioner_url: Option<borough_config_client::SecretUrl>,
     /// `BOROUGH_IDEMPOTENCY_TTL` (24h): how long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: std::time::Duration,
 }
@@ -47,7 +47,7 @@ impl Settings {
             )?,
             database: DatabaseSettings::from_env(env)?,
             provisioner_url: match env.optional("BOROUGH_PROVISIONER_DATABASE_URL") {
-                Some(_) => Some(env.url(
+                Some(_) => Some(env.secret_url(
                     "BOROUGH_PROVISIONER_DATABASE_URL",
                     "",
                     &["postgres", "postgresql"],
@@ -74,8 +74,8 @@ pub async fn serve(
         .database
         .router(&metrics)
         .map_err(ServeError::DatabaseUrl)?;
-    let provisioner =
-        Provisioner::new(settings.provisioner_url.as_deref()).map_err(ServeError::DatabaseUrl)?;
+    let provisioner = Provisioner::new(settings.provisioner_url.as_ref().map(|u| u.expose()))
+        .map_err(ServeError::DatabaseUrl)?;
     let pool = router.shared_pool().clone();
     let routes = tonic::service::Routes::new(UserServiceServer::new(users::Users::new(
         router.clone(),
@@ -107,6 +107,22 @@ mod tests {
         let settings = Settings::from_env(&Env::from_pairs([("", "")])).expect("defaults parse");
         assert_eq!(settings.server.api_addr.port(), 50051);
         assert_eq!(settings.server.admin_addr.port(), 9461);
+    }
+
+    #[test]
+    fn settings_debug_never_shows_a_database_password() {
+        let env = Env::from_pairs([
+            (
+                "BOROUGH_DATABASE_URL",
+                "postgres://svc:s3cr3t-one@db/borough",
+            ),
+            (
+                "BOROUGH_PROVISIONER_DATABASE_URL",
+                "postgres://owner:s3cr3t-two@db/borough",
+            ),
+        ]);
+        let debug = format!("{:?}", Settings::from_env(&env).expect("valid"));
+        assert!(!debug.contains("s3cr3t"), "{debug}");
     }
 
     #[test]

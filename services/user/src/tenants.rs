@@ -72,6 +72,7 @@ impl ServiceError for TenantError {
         match self {
             // Written for the operator, free of URLs and internals.
             TenantError::ProvisioningFailed { .. } => self.to_string(),
+            TenantError::Database(e) => db::public_detail(e),
             _ if self.kind().is_server_fault() => self.kind().title().to_owned(),
             _ => self.to_string(),
         }
@@ -384,9 +385,9 @@ impl Tenants {
         let id = *route.tenant_id.as_uuid();
         tracing::info!(tenant = %id, name = %req.name, placement = %placement, "provisioning tenant");
         if let Err(e) = self.provisioner.prepare(&route).await {
-            let reason = e.to_string();
+            let reason = e.public();
             self.count(placement, "failed");
-            tracing::warn!(tenant = %id, placement = %placement, reason = %reason, "provisioning failed");
+            tracing::warn!(tenant = %id, placement = %placement, error = %e, "provisioning failed");
             sqlx::query(
                 "UPDATE control.tenants
                     SET status = 'provisioning_failed', failure_reason = $2, status_changed_at = now()
@@ -454,14 +455,14 @@ impl Tenants {
         let route = placement::load_route(&self.control, TenantId(id))
             .await?
             .ok_or(TenantError::NotFound(id))?;
-        self.provisioner
-            .purge(&route)
-            .await
-            .map_err(|e| TenantError::ProvisioningFailed {
+        self.provisioner.purge(&route).await.map_err(|e| {
+            tracing::warn!(tenant = %id, error = %e, "purging failed");
+            TenantError::ProvisioningFailed {
                 id,
                 placement: route.placement.as_str(),
-                reason: format!("purging its data: {e}"),
-            })?;
+                reason: format!("purging its data: {}", e.public()),
+            }
+        })?;
         sqlx::query("DELETE FROM control.tenants WHERE id = $1")
             .bind(id)
             .execute(&self.control)

@@ -56,6 +56,15 @@ impl ServiceError for UserError {
             UserError::Route(e) => e.kind(),
         }
     }
+
+    fn public_detail(&self) -> String {
+        match self {
+            UserError::Database(e) => db::public_detail(e),
+            UserError::Route(e) => e.public_detail(),
+            _ if self.kind().is_server_fault() => self.kind().title().to_owned(),
+            _ => self.to_string(),
+        }
+    }
 }
 
 impl From<UserError> for Status {
@@ -449,6 +458,59 @@ impl Users {
 /// Valid import rows committed per transaction.
 pub const IMPORT_CHUNK: usize = 500;
 
+/// An import's report as it is built, bounded whatever the input: the rejected rows with
+/// the lowest line numbers (at most `MAX_IMPORT_REJECTIONS`, kept in a max-heap so a later
+/// chunk's earlier lines still make the cut) and the first failed chunks, in full, and
+/// counts of all of them.
+#[derive(Default)]
+struct Report {
+    received: u64,
+    created: u64,
+    rejected: std::collections::BinaryHeap<(u64, String)>,
+    rejected_count: u64,
+    failed_chunks: Vec<ImportFailedChunk>,
+    failed_chunk_count: u64,
+}
+
+impl Report {
+    fn reject(&mut self, line: u64, reason: String) {
+        use borough_proto::user::{MAX_IMPORT_REJECTIONS, bounded_reason};
+        self.rejected_count += 1;
+        if self.rejected.len() < MAX_IMPORT_REJECTIONS {
+            self.rejected.push((line, bounded_reason(reason)));
+        } else if self.rejected.peek().is_some_and(|(last, _)| line < *last) {
+            self.rejected.pop();
+            self.rejected.push((line, bounded_reason(reason)));
+        }
+    }
+
+    fn fail_chunk(&mut self, chunk: ImportFailedChunk) {
+        self.failed_chunk_count += 1;
+        if self.failed_chunks.len() < borough_proto::user::MAX_IMPORT_FAILED_CHUNKS {
+            self.failed_chunks.push(ImportFailedChunk {
+                reason: borough_proto::user::bounded_reason(chunk.reason),
+                ..chunk
+            });
+        }
+    }
+
+    fn finish(self) -> ImportUsersResponse {
+        ImportUsersResponse {
+            received: self.received,
+            created: self.created,
+            rejected: self
+                .rejected
+                .into_sorted_vec()
+                .into_iter()
+                .map(|(line, reason)| ImportRejection { line, reason })
+                .collect(),
+            rejected_count: self.rejected_count,
+            failed_chunks: self.failed_chunks,
+            failed_chunk_count: self.failed_chunk_count,
+        }
+    }
+}
+
 /// A validated import row.
 struct ImportRow {
     line: u64,
@@ -478,7 +540,7 @@ impl Users {
             next: 0,
             replayed: false,
         };
-        let mut report = ImportUsersResponse::default();
+        let mut report = Report::default();
         let mut chunk: Vec<ImportRow> = Vec::with_capacity(IMPORT_CHUNK);
         while let Some(row) = rows.message().await? {
             report.received += 1;
@@ -491,10 +553,7 @@ impl Users {
                     name,
                     email,
                 }),
-                Err(reason) => report.rejected.push(ImportRejection {
-                    line: row.line,
-                    reason,
-                }),
+                Err(reason) => report.reject(row.line, reason),
             }
             if chunk.len() == IMPORT_CHUNK {
                 self.import_chunk(ctx, &mut chunk, &mut report, &mut chunks)
@@ -505,13 +564,13 @@ impl Users {
             self.import_chunk(ctx, &mut chunk, &mut report, &mut chunks)
                 .await?;
         }
-        report.rejected.sort_by_key(|r| r.line);
+        let report = report.finish();
         tracing::info!(
             tenant = %ctx.tenant_id,
             received = report.received,
             created = report.created,
-            rejected = report.rejected.len(),
-            failed_chunks = report.failed_chunks.len(),
+            rejected = report.rejected_count,
+            failed_chunks = report.failed_chunk_count,
             replayed = chunks.replayed,
             "users imported"
         );
@@ -525,7 +584,7 @@ impl Users {
         &self,
         ctx: &TenantContext,
         chunk: &mut Vec<ImportRow>,
-        report: &mut ImportUsersResponse,
+        report: &mut Report,
         chunks: &mut ChunkKeys<'_>,
     ) -> Result<(), UserError> {
         let rows = std::mem::take(chunk);
@@ -534,12 +593,14 @@ impl Users {
             Ok((outcome, replayed)) => {
                 chunks.replayed |= replayed;
                 report.created += outcome.created;
-                report.rejected.extend(outcome.rejected);
+                for rejection in outcome.rejected {
+                    report.reject(rejection.line, rejection.reason);
+                }
             }
             Err(e @ (UserError::KeyReused(_) | UserError::KeyInProgress(_))) => return Err(e),
             Err(e) => {
                 let status = Status::from(e);
-                report.failed_chunks.push(ImportFailedChunk {
+                report.fail_chunk(ImportFailedChunk {
                     first_line: rows.first().map_or(0, |r| r.line),
                     last_line: rows.last().map_or(0, |r| r.line),
                     rows: rows.len() as u64,
@@ -595,16 +656,18 @@ impl Users {
         .await?
         .into_iter()
         .collect();
+        let rejected: Vec<ImportRejection> = rows
+            .iter()
+            .filter(|r| !created.contains(&r.id))
+            .map(|row| ImportRejection {
+                line: row.line,
+                reason: format!("a user with email {:?} already exists", row.email),
+            })
+            .collect();
         let outcome = ImportUsersResponse {
             created: created.len() as u64,
-            rejected: rows
-                .iter()
-                .filter(|r| !created.contains(&r.id))
-                .map(|row| ImportRejection {
-                    line: row.line,
-                    reason: format!("a user with email {:?} already exists", row.email),
-                })
-                .collect(),
+            rejected_count: rejected.len() as u64,
+            rejected,
             ..ImportUsersResponse::default()
         };
         if let (Some(key), Some(hash)) = (key, &hash) {

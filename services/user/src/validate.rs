@@ -20,8 +20,15 @@ pub fn name(raw: &str) -> Result<String, String> {
 /// no spaces. Deliverability is not checked; uniqueness is per tenant, ignoring case.
 pub fn email(raw: &str) -> Result<String, String> {
     let email = raw.trim();
+    if email.len() > 254 {
+        // Not echoed: an error must not grow with the input.
+        return Err(format!(
+            "email is {} bytes long; an address is at most 254",
+            email.len()
+        ));
+    }
     let invalid = || Err(format!("email {email:?} is not a valid address"));
-    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return invalid();
     }
     let Some((local, domain)) = email.rsplit_once('@') else {

@@ -36,6 +36,7 @@ async fn migrate_brings_an_empty_database_to_the_latest_schema_and_is_idempotent
             ("control".to_owned(), 2),
             ("control".to_owned(), 3),
             ("control".to_owned(), 4),
+            ("control".to_owned(), 5),
             ("tenant".to_owned(), 1),
             ("tenant".to_owned(), 2),
             ("tenant".to_owned(), 3)

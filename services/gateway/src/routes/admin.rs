@@ -83,13 +83,23 @@ impl From<ApiKey> for ApiKeyDto {
     }
 }
 
-/// A key as issued: `key` is the full secret, shown this once.
-#[derive(Debug, Serialize)]
+/// A key as issued: `key` is the full secret, shown this once (never by `Debug`).
+#[derive(Serialize)]
 pub struct IssuedKeyDto {
     pub id: String,
     pub prefix: String,
     pub key: String,
     pub created_at: String,
+}
+
+impl std::fmt::Debug for IssuedKeyDto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedKeyDto")
+            .field("id", &self.id)
+            .field("prefix", &self.prefix)
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 impl TryFrom<IssuedApiKey> for IssuedKeyDto {
@@ -108,7 +118,8 @@ impl TryFrom<IssuedApiKey> for IssuedKeyDto {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `Debug` hides the URLs (secrets).
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantBody {
     pub name: String,
@@ -120,6 +131,18 @@ pub struct CreateTenantBody {
     /// `database` placement with `database_url` only: a read replica for reads (a secret).
     #[serde(default)]
     pub read_url: Option<String>,
+}
+
+impl std::fmt::Debug for CreateTenantBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |url: &Option<String>| url.as_ref().map(|_| "<redacted>");
+        f.debug_struct("CreateTenantBody")
+            .field("name", &self.name)
+            .field("placement", &self.placement)
+            .field("database_url", &redacted(&self.database_url))
+            .field("read_url", &redacted(&self.read_url))
+            .finish()
+    }
 }
 
 #[derive(Debug, Serialize)]

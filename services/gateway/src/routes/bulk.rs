@@ -58,10 +58,20 @@ fn wants_csv(headers: &HeaderMap) -> bool {
         })
 }
 
-/// One CSV field: quoted when it holds a comma, a quote or a line break.
+/// One CSV field: quoted when it holds a comma, a quote or a line break. A field a
+/// spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, a tab or a
+/// carriage return: OWASP's CSV injection rule) gets a leading `'`, so it is shown as
+/// text; the JSON export keeps the value as it is.
 fn csv_field(out: &mut String, value: &str) {
-    if value.contains([',', '"', '\n', '\r']) {
+    let formula = value.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let quote = formula || value.contains([',', '"', '\n', '\r']);
+    if quote {
         out.push('"');
+    }
+    if formula {
+        out.push('\'');
+    }
+    if quote {
         out.push_str(&value.replace('"', "\"\""));
         out.push('"');
     } else {
@@ -165,9 +175,34 @@ pub struct ImportReport {
     /// Non-empty lines read.
     pub received: u64,
     pub created: u64,
+    /// The first rejected lines (`BOROUGH_IMPORT_REPORT_LIMIT`, 1000), in line order.
     pub rejected: Vec<RejectedLine>,
-    /// Chunks whose transaction failed: none of their rows were created.
+    /// Every rejected line, listed or not.
+    pub rejected_count: u64,
+    /// The first chunks whose transaction failed (none of their rows were created).
     pub failed_chunks: Vec<FailedChunk>,
+    /// Every failed chunk, listed or not.
+    pub failed_chunk_count: u64,
+}
+
+/// The lines rejected here (not JSON, too long, not UTF-8): the first `limit` in full
+/// (they arrive in line order), and a count of all.
+struct LocalRejections {
+    limit: usize,
+    listed: Vec<RejectedLine>,
+    count: u64,
+}
+
+impl LocalRejections {
+    fn push(&mut self, line: u64, reason: String) {
+        self.count += 1;
+        if self.listed.len() < self.limit {
+            self.listed.push(RejectedLine {
+                line,
+                reason: borough_proto::user::bounded_reason(reason),
+            });
+        }
+    }
 }
 
 /// Splits a byte stream into lines as it arrives; `MAX_IMPORT_LINE` bounds each.
@@ -269,7 +304,11 @@ pub async fn import(
     };
 
     // Read the body line by line as it arrives, passing good rows on at once.
-    let mut local: Vec<RejectedLine> = Vec::new();
+    let mut local = LocalRejections {
+        limit: state.import_report_limit,
+        listed: Vec::new(),
+        count: 0,
+    };
     let mut received = 0_u64;
     let mut lines = Lines::new();
     let mut ready = Vec::new();
@@ -330,14 +369,20 @@ pub async fn import(
     let mut rejected: Vec<RejectedLine> = reply
         .rejected
         .into_iter()
-        .map(|ImportRejection { line, reason }| RejectedLine { line, reason })
-        .chain(local)
+        .map(|ImportRejection { line, reason }| RejectedLine {
+            line,
+            reason: borough_proto::user::bounded_reason(reason),
+        })
+        .chain(local.listed)
         .collect();
     rejected.sort_by_key(|r| r.line);
+    rejected.truncate(state.import_report_limit);
     let report = ImportReport {
         received,
         created: reply.created,
         rejected,
+        rejected_count: reply.rejected_count + local.count,
+        failed_chunk_count: reply.failed_chunk_count,
         failed_chunks: reply
             .failed_chunks
             .into_iter()
@@ -371,13 +416,13 @@ pub async fn import(
 async fn forward(
     ready: &mut Vec<Line>,
     rows: &tokio::sync::mpsc::Sender<ImportUsersRequest>,
-    rejected: &mut Vec<RejectedLine>,
+    rejected: &mut LocalRejections,
     received: &mut u64,
 ) -> bool {
     for line in ready.drain(..) {
         *received += 1;
         match line {
-            Line::Bad(line, reason) => rejected.push(RejectedLine { line, reason }),
+            Line::Bad(line, reason) => rejected.push(line, reason),
             Line::Text(line, text) => match serde_json::from_str::<ImportLine>(&text) {
                 Ok(ImportLine { name, email }) => {
                     let row = ImportUsersRequest { line, name, email };
@@ -385,10 +430,10 @@ async fn forward(
                         return false;
                     }
                 }
-                Err(e) => rejected.push(RejectedLine {
+                Err(e) => rejected.push(
                     line,
-                    reason: format!("not a JSON object with \"name\" and \"email\": {e}"),
-                }),
+                    format!("not a JSON object with \"name\" and \"email\": {e}"),
+                ),
             },
         }
     }
@@ -555,6 +600,27 @@ mod tests {
             "{row}"
         );
         assert!(row.ends_with("\r\n"));
+    }
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_as_formulas_are_neutralised() {
+        for (value, cell) in [
+            (
+                "=HYPERLINK(\"http://x\")",
+                "\"'=HYPERLINK(\"\"http://x\"\")\"",
+            ),
+            ("+1+1", "\"'+1+1\""),
+            ("-2", "\"'-2\""),
+            ("@SUM(A1)", "\"'@SUM(A1)\""),
+            ("\tcmd", "\"'\tcmd\""),
+            ("\rcmd", "\"'\rcmd\""),
+            ("Ada", "Ada"),
+            ("Ada-Lovelace", "Ada-Lovelace"),
+        ] {
+            let mut out = String::new();
+            csv_field(&mut out, value);
+            assert_eq!(out, cell, "{value:?}");
+        }
     }
 
     #[test]

@@ -167,6 +167,9 @@ fn cas_problem(status: tonic::Status, conditional: bool) -> Problem {
 pub struct NamespaceQuery {
     pub prefix: Option<String>,
     pub from_revision: Option<i64>,
+    /// Entries per page, 1 to 1000 (default 100).
+    pub limit: Option<i32>,
+    pub cursor: Option<String>,
 }
 
 /// `GET {ns}` (list) or `GET {ns}:watch` (SSE).
@@ -185,6 +188,8 @@ async fn namespace(
         ListRequest {
             namespace: target.namespace.clone(),
             prefix: query.prefix.unwrap_or_default(),
+            page_size: page_limit(query.limit)?,
+            page_token: query.cursor.unwrap_or_default(),
         },
         deadline,
     );
@@ -193,6 +198,7 @@ async fn namespace(
     struct ListDto {
         items: Vec<EntryDto>,
         revision: i64,
+        next_cursor: Option<String>,
     }
     Ok(with_headers(
         StatusCode::OK,
@@ -200,6 +206,7 @@ async fn namespace(
         ListDto {
             items: list.entries.into_iter().map(EntryDto::from).collect(),
             revision: list.revision,
+            next_cursor: Some(list.next_page_token).filter(|t| !t.is_empty()),
         },
     ))
 }
@@ -223,16 +230,33 @@ async fn watch_sse(
         })
         .transpose()?;
     let from_revision = last_event_id.or(query.from_revision).unwrap_or(0);
-    // A watch lives as long as its client: no request deadline.
+    if from_revision < 0 {
+        return Err(Problem::new(
+            ErrorKind::InvalidArgument,
+            "from_revision must not be negative",
+        ));
+    }
+    // A slot of this gateway's (and this tenant's) watches, held by the stream below for
+    // as long as it lives.
+    let slot = state
+        .watches
+        .take(target.tenant.as_ref().map(|t| t.tenant_id))?;
+    // A watch lasts at most BOROUGH_WATCH_MAX_DURATION, then ends; the client resumes
+    // with Last-Event-ID. The config service is told the same deadline (and a little).
+    let lifetime = state.watches.limits().max_duration;
     let request = target.request(
         WatchRequest {
             namespaces: vec![target.namespace.clone()],
             from_revision,
         },
-        Deadline(Instant::now() + Duration::from_secs(365 * 24 * 3600)),
+        Deadline(Instant::now() + lifetime + Duration::from_secs(5)),
     );
     let events = state.config.clone().watch(request).await?.into_inner();
-    let stream = events.filter_map(|event| async move {
+    let events = events.take_until(tokio::time::sleep(lifetime));
+    let stream = events.filter_map(move |event| {
+        // Moved into every item's future: the slot lives exactly as long as the stream.
+        let _slot = &slot;
+        async move {
         match event {
             Ok(event) => match event.event {
                 Some(Event::Change(change)) => {
@@ -253,6 +277,7 @@ async fn watch_sse(
                     .event("error")
                     .data(serde_json::to_string(&problem.body()).unwrap_or_default())))
             }
+        }
         }
     });
     Ok(Sse::new(stream)
@@ -366,7 +391,21 @@ pub struct RollbackBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
+    /// Changes per page, 1 to 100 (default 20).
     pub limit: Option<i32>,
+    pub cursor: Option<String>,
+}
+
+/// A `limit` parameter: absent (the service's default) or positive.
+fn page_limit(limit: Option<i32>) -> Result<i32, Problem> {
+    match limit {
+        None => Ok(0),
+        Some(n) if n >= 1 => Ok(n),
+        Some(_) => Err(Problem::new(
+            ErrorKind::InvalidArgument,
+            "limit must be a positive number",
+        )),
+    }
 }
 
 async fn history(
@@ -380,22 +419,20 @@ async fn history(
         HistoryRequest {
             namespace: target.namespace.clone(),
             key,
-            limit: query.limit.unwrap_or(0),
+            limit: page_limit(query.limit)?,
+            page_token: query.cursor.unwrap_or_default(),
         },
         deadline,
     );
-    let changes = state
-        .config
-        .clone()
-        .history(request)
-        .await?
-        .into_inner()
-        .changes;
-    let items: Vec<ChangeDto> = changes.into_iter().map(ChangeDto::from).collect();
+    let page = state.config.clone().history(request).await?.into_inner();
+    let items: Vec<ChangeDto> = page.changes.into_iter().map(ChangeDto::from).collect();
     Ok(with_headers(
         StatusCode::OK,
         HeaderMap::new(),
-        serde_json::json!({ "items": items }),
+        serde_json::json!({
+            "items": items,
+            "next_cursor": Some(page.next_page_token).filter(|t| !t.is_empty()),
+        }),
     ))
 }
 
