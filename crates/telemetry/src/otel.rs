@@ -64,6 +64,14 @@ where
         .build();
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
+        .with_sampler(sampler(
+            service,
+            std::env::var("OTEL_TRACES_SAMPLER").ok().as_deref(),
+            std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().as_deref(),
+            std::env::var("BOROUGH_TRACE_CLIENT_SAMPLING")
+                .ok()
+                .as_deref(),
+        ))
         .with_resource(resource.build())
         .build();
     let tracer = provider.tracer("borough");
@@ -87,6 +95,77 @@ where
         .with_filter(spans);
     let sql = SqlSpans.with_filter(Targets::new().with_target("sqlx::query", LevelFilter::DEBUG));
     Some(Box::new(otel.and_then(sql)))
+}
+
+/// The sampler of `service`: `OTEL_TRACES_SAMPLER` (`always_on`, `always_off`,
+/// `traceidratio`, and their `parentbased_` forms; default `parentbased_always_on`) with
+/// `OTEL_TRACES_SAMPLER_ARG` (the ratio).
+///
+/// The gateway is the edge: the `traceparent` it receives comes from anyone, and its
+/// sampled flag must not let a client force every request to be traced (at the
+/// operator's cost). So at the gateway a remote parent's flag is ignored and the root
+/// sampler decides (`BOROUGH_TRACE_CLIENT_SAMPLING=honour` restores the W3C default of
+/// following it); the trace id is still continued. Inside, services follow the gateway's
+/// decision.
+pub fn sampler(
+    service: &str,
+    name: Option<&str>,
+    arg: Option<&str>,
+    client_sampling: Option<&str>,
+) -> ServiceSampler {
+    use opentelemetry_sdk::trace::Sampler;
+    let ratio = arg
+        .and_then(|a| a.trim().parse::<f64>().ok())
+        .filter(|r| (0.0..=1.0).contains(r))
+        .unwrap_or(1.0);
+    let name = name.map(str::trim).unwrap_or("parentbased_always_on");
+    let root = match name.trim_start_matches("parentbased_") {
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
+        _ => Sampler::AlwaysOn,
+    };
+    if !name.starts_with("parentbased_") {
+        return ServiceSampler::Plain(root);
+    }
+    let honour = client_sampling.is_some_and(|v| v.trim() == "honour");
+    if service == "gateway" && !honour {
+        ServiceSampler::Edge(
+            Sampler::parent_based(root.clone())
+                .with_remote_parent_sampled(root.clone())
+                .with_remote_parent_not_sampled(root),
+        )
+    } else {
+        ServiceSampler::Plain(Sampler::ParentBased(Box::new(root)))
+    }
+}
+
+/// A service's sampler ([`sampler`]).
+#[derive(Debug, Clone)]
+pub enum ServiceSampler {
+    Plain(opentelemetry_sdk::trace::Sampler),
+    /// Remote parents' flags ignored: the root sampler decides.
+    Edge(opentelemetry_sdk::trace::ParentBasedSampler),
+}
+
+impl opentelemetry_sdk::trace::ShouldSample for ServiceSampler {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: opentelemetry::trace::TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        match self {
+            ServiceSampler::Plain(s) => {
+                s.should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+            }
+            ServiceSampler::Edge(s) => {
+                s.should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+            }
+        }
+    }
 }
 
 /// Exports what is buffered and stops the exporter (at the end of `main`; waits at most
@@ -272,6 +351,50 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decide(sampler: &ServiceSampler, sampled_remote_parent: bool) -> bool {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample};
+        let flags = if sampled_remote_parent {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let parent = Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128),
+            SpanId::from(0x00f0_67aa_0ba9_02b7_u64),
+            flags,
+            true,
+            TraceState::default(),
+        ));
+        let result = sampler.should_sample(
+            Some(&parent),
+            TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736_u128),
+            "GET /hello",
+            &SpanKind::Server,
+            &[],
+            &[],
+        );
+        result.decision == SamplingDecision::RecordAndSample
+    }
+
+    #[test]
+    fn a_client_traceparent_cannot_force_sampling_at_the_gateway_unless_told_to_honour_it() {
+        let off = Some("parentbased_traceidratio");
+        let edge = sampler("gateway", off, Some("0"), None);
+        assert!(
+            !decide(&edge, true),
+            "a sampled client parent forced a trace"
+        );
+        let honouring = sampler("gateway", off, Some("0"), Some("honour"));
+        assert!(decide(&honouring, true));
+        // Inside, services follow the gateway's decision.
+        let service = sampler("user", off, Some("0"), None);
+        assert!(decide(&service, true));
+        assert!(!decide(&service, false));
+        // And the default samples everything, as before.
+        assert!(decide(&sampler("gateway", None, None, None), false));
+    }
 
     #[tokio::test]
     async fn without_export_the_served_requests_traceparent_is_passed_on() {

@@ -305,6 +305,25 @@ pub async fn wait_for_status(url: &str, expected: u16, timeout: Duration) -> Res
     }
 }
 
+/// Polls `condition` every 20 ms until it holds, or fails after `timeout` (a test never
+/// sleeps a fixed time to wait for something).
+pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("the condition did not hold within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The value of the first series of metric `name` on the admin port at `admin_url`
 /// (`http://host:port`) whose labels contain `labels` (e.g. `result="miss"`); `None`
 /// when there is none (yet).

@@ -73,6 +73,7 @@ mod retry {
             "/borough.config.v1.ConfigService/GetSchema",
             "/borough.config.v1.ConfigService/Status",
             "/borough.config.v1.ConfigService/Watch",
+            "/borough.config.v1.ConfigService/PurgeTenant",
         ],
         keyed: &[],
     };

@@ -158,6 +158,14 @@ pub struct TenantDetailDto {
     pub api_keys: Vec<ApiKeyDto>,
 }
 
+/// `Cache-Control: no-store`: the response carries a secret no cache may keep.
+fn no_store(headers: &mut HeaderMap) {
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+}
+
 fn missing(what: &str) -> Problem {
     Problem::new(
         ErrorKind::Internal,
@@ -199,7 +207,8 @@ pub async fn create_tenant(
         .into_inner();
     let tenant: TenantDto = reply.tenant.ok_or_else(|| missing("tenant"))?.into();
     let api_key = reply.api_key.ok_or_else(|| missing("key"))?.try_into()?;
-    let headers = location(&format!("/admin/v1/tenants/{}", tenant.id));
+    let mut headers = location(&format!("/admin/v1/tenants/{}", tenant.id));
+    no_store(&mut headers);
     Ok(with_headers(
         StatusCode::CREATED,
         headers,
@@ -265,7 +274,8 @@ pub struct DeleteQuery {
 }
 
 /// `DELETE /admin/v1/tenants/{id}`: suspends the tenant (200, the tenant; its keys stop at
-/// once); with `?purge=true`, then removes its data and record (204).
+/// once); with `?purge=true`, then removes its configuration (namespaces, history,
+/// schemas, rate-limit override), its data and its record (204).
 pub async fn delete_tenant(
     State(state): State<AppState>,
     _: Admin,
@@ -273,15 +283,40 @@ pub async fn delete_tenant(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> Result<Response, Problem> {
-    let request = grpc::request(
-        DeleteTenantRequest {
-            id: id.clone(),
-            purge: query.purge,
-        },
-        None,
-        deadline,
-    );
-    let reply = state.tenants.clone().delete_tenant(request).await;
+    let delete = |purge| {
+        grpc::request(
+            DeleteTenantRequest {
+                id: id.clone(),
+                purge,
+            },
+            None,
+            deadline,
+        )
+    };
+    if query.purge {
+        // Suspended first (it writes nothing more), then its configuration, then its
+        // data and record; each step can be repeated.
+        let tenant = tenant_id(&id)?;
+        state.tenants.clone().delete_tenant(delete(false)).await?;
+        state.keys.evict_tenant(tenant);
+        let mut purge = grpc::request(
+            borough_proto::config::v1::PurgeTenantRequest {
+                tenant_id: tenant.to_string(),
+            },
+            None,
+            deadline,
+        );
+        purge.metadata_mut().insert(
+            "x-borough-actor",
+            tonic::metadata::MetadataValue::from_static("admin"),
+        );
+        state.config.clone().purge_tenant(purge).await?;
+    }
+    let reply = state
+        .tenants
+        .clone()
+        .delete_tenant(delete(query.purge))
+        .await;
     // Suspension happened even if a purge then failed: stop its keys here either way.
     if let Ok(tenant) = id.parse() {
         state.keys.evict_tenant(tenant);
@@ -320,7 +355,8 @@ pub async fn issue_key(
         .api_key
         .ok_or_else(|| missing("key"))?;
     let key: IssuedKeyDto = issued.try_into()?;
-    let headers = location(&format!("/admin/v1/tenants/{tenant_id}"));
+    let mut headers = location(&format!("/admin/v1/tenants/{tenant_id}"));
+    no_store(&mut headers);
     Ok(with_headers(StatusCode::CREATED, headers, key))
 }
 

@@ -3,6 +3,7 @@
 
 mod config;
 mod errors;
+mod hostile;
 mod isolation;
 mod limits;
 mod metrics;
