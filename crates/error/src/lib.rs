@@ -375,16 +375,21 @@ impl From<tonic::Status> for Problem {
     }
 }
 
-/// The serialised form of a [`Problem`].
-#[derive(Debug, Serialize)]
+/// The serialised form of a [`Problem`]: an RFC 9457 problem, `application/problem+json`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
 pub struct ProblemBody<'a> {
+    /// `urn:borough:problem:<kind>`: stable, for programs.
     #[serde(rename = "type")]
     pub type_: String,
     pub title: &'static str,
+    /// The HTTP status.
     pub status: u16,
+    /// What went wrong, for people; never internal detail.
     pub detail: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<&'a str>,
+    /// The request's trace id, to quote.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
 }

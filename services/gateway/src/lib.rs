@@ -9,6 +9,7 @@ pub mod auth_guard;
 pub mod extract;
 pub mod grpc;
 pub mod middleware;
+pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
 pub mod server;
@@ -144,6 +145,7 @@ pub fn app_state(settings: &Settings, backends: &Backends) -> state::Shared {
         auth_failures: auth_guard::FailureLimiter::new(&settings.auth),
         watches: watches::WatchSlots::new(settings.watches),
         import_report_limit: settings.import_report_limit,
+        openapi: openapi::document(),
     }
 }
 
@@ -177,82 +179,9 @@ pub fn router(
             scope,
         })
     };
-    // Whole-tenant streams: their own deadline and body limit.
-    let streams = Router::new()
-        .route("/api/v1/users:export", get(routes::bulk::export))
-        .route("/api/v1/users:import", post(routes::bulk::import))
-        .route_layer(guard(middleware::GuardScope::Stream {
-            timeout: settings.stream_timeout,
-            body_limit: settings.import_body_limit,
-        }));
-    let routes = Router::new()
-        .route("/hello", get(routes::hello))
-        .route(
-            "/api/v1/users",
-            post(routes::users::create).get(routes::users::list),
-        )
-        .route(
-            "/api/v1/users/{id}",
-            get(routes::users::get)
-                .patch(routes::users::update)
-                .delete(routes::users::delete),
-        )
-        .route("/api/v1/users:batchGet", post(routes::bulk::batch_get))
-        .route(
-            "/api/v1/config/{name}",
-            get(routes::config::get_namespace).put(routes::config::put_namespace),
-        )
-        .route(
-            "/api/v1/config/{name}/{key}",
-            get(routes::config::get_key)
-                .put(routes::config::put_key)
-                .delete(routes::config::delete_key)
-                .post(routes::config::post_key),
-        )
-        .route(
-            "/api/v1/config/{name}/{key}/history",
-            get(routes::config::get_history),
-        )
-        .route("/admin/v1/config/status", get(routes::config::status))
-        .route(
-            "/admin/v1/config/platform/{name}",
-            get(routes::config::get_namespace).put(routes::config::put_namespace),
-        )
-        .route(
-            "/admin/v1/config/platform/{name}/{key}",
-            get(routes::config::get_key)
-                .put(routes::config::put_key)
-                .delete(routes::config::delete_key)
-                .post(routes::config::post_key),
-        )
-        .route(
-            "/admin/v1/config/platform/{name}/{key}/history",
-            get(routes::config::get_history),
-        )
-        .route(
-            "/admin/v1/tenants",
-            post(routes::admin::create_tenant).get(routes::admin::list_tenants),
-        )
-        .route(
-            "/admin/v1/tenants/{id}",
-            get(routes::admin::get_tenant).delete(routes::admin::delete_tenant),
-        )
-        .route(
-            "/admin/v1/tenants/{id}/limits",
-            get(routes::admin::get_limits).put(routes::admin::put_limits),
-        )
-        .route(
-            "/admin/v1/tenants/{id}/api-keys",
-            post(routes::admin::issue_key),
-        )
-        .route(
-            "/admin/v1/tenants/{id}/api-keys/{key_id}",
-            delete(routes::admin::revoke_key),
-        )
-        .route_layer(guard(middleware::GuardScope::Api))
-        .merge(streams)
+    let routes = route_table(settings, guard)
+        .router
         .with_state(state.clone());
-
     let cors = (!settings.cors_origins.is_empty()).then(|| {
         let origins: Vec<HeaderValue> = settings
             .cors_origins
@@ -283,6 +212,124 @@ pub fn router(
         // 4. CORS, innermost, only when origins are configured.
         .option_layer(cors)
         .service(routes)
+}
+
+/// The router and the path of every route, as registered (tests check each against the
+/// OpenAPI document).
+pub struct RouteTable {
+    pub router: Router<AppState>,
+    pub paths: Vec<&'static str>,
+}
+
+impl RouteTable {
+    fn new() -> Self {
+        RouteTable {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    fn route(mut self, path: &'static str, methods: axum::routing::MethodRouter<AppState>) -> Self {
+        self.paths.push(path);
+        self.router = self.router.route(path, methods);
+        self
+    }
+
+    /// Every route of `group` behind one guard of `scope`.
+    fn group(
+        mut self,
+        group: RouteTable,
+        guard: middleware::AroundLayer<middleware::Guard>,
+    ) -> Self {
+        self.paths.extend(group.paths);
+        self.router = self.router.merge(group.router.route_layer(guard));
+        self
+    }
+}
+
+/// Every route, grouped by scope: who may call it (nobody in particular, a tenant by its
+/// API key, the platform admin by its token) and with which deadline and body limit. The
+/// scope is the group's: no handler or middleware looks at the path to decide it.
+pub fn route_table(
+    settings: &Settings,
+    guard: impl Fn(middleware::GuardScope) -> middleware::AroundLayer<middleware::Guard>,
+) -> RouteTable {
+    use middleware::GuardScope;
+    use routes::{admin, bulk, config, users};
+    let public = RouteTable::new()
+        .route("/hello", get(routes::hello))
+        .route("/openapi.json", get(routes::openapi_json));
+    let tenant = RouteTable::new()
+        .route("/api/v1/users", post(users::create).get(users::list))
+        .route(
+            "/api/v1/users/{id}",
+            get(users::get).patch(users::update).delete(users::delete),
+        )
+        .route("/api/v1/users:batchGet", post(bulk::batch_get))
+        .route(
+            "/api/v1/config/{name}",
+            get(config::tenant_namespace).put(config::tenant_put_namespace),
+        )
+        .route(
+            "/api/v1/config/{name}/{key}",
+            get(config::tenant_get_key)
+                .put(config::tenant_put_key)
+                .delete(config::tenant_delete_key)
+                .post(config::tenant_post_key),
+        )
+        .route(
+            "/api/v1/config/{name}/{key}/history",
+            get(config::tenant_history),
+        );
+    // Whole-tenant streams: their own deadline and body limit.
+    let streams = RouteTable::new()
+        .route("/api/v1/users:export", get(bulk::export))
+        .route("/api/v1/users:import", post(bulk::import));
+    let admin = RouteTable::new()
+        .route("/admin/v1/config/status", get(config::status))
+        .route(
+            "/admin/v1/config/platform/{service}",
+            get(config::platform_namespace).put(config::platform_put_namespace),
+        )
+        .route(
+            "/admin/v1/config/platform/{service}/{key}",
+            get(config::platform_get_key)
+                .put(config::platform_put_key)
+                .delete(config::platform_delete_key)
+                .post(config::platform_post_key),
+        )
+        .route(
+            "/admin/v1/config/platform/{service}/{key}/history",
+            get(config::platform_history),
+        )
+        .route(
+            "/admin/v1/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route(
+            "/admin/v1/tenants/{id}",
+            get(admin::get_tenant).delete(admin::delete_tenant),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/limits",
+            get(admin::get_limits).put(admin::put_limits),
+        )
+        .route("/admin/v1/tenants/{id}/api-keys", post(admin::issue_key))
+        .route(
+            "/admin/v1/tenants/{id}/api-keys/{key_id}",
+            delete(admin::revoke_key),
+        );
+    RouteTable::new()
+        .group(public, guard(GuardScope::Public))
+        .group(tenant, guard(GuardScope::Tenant))
+        .group(
+            streams,
+            guard(GuardScope::TenantStream {
+                timeout: settings.stream_timeout,
+                body_limit: settings.import_body_limit,
+            }),
+        )
+        .group(admin, guard(GuardScope::Admin))
 }
 
 /// Readiness follows the backends: ready while each of `user` and `query` has a healthy

@@ -150,8 +150,9 @@ pub fn problem_for_bare_errors(response: Response) -> Response {
 
 /// What a routed request meets inside the router, in one middleware: RED metrics by route
 /// template (and the span named after it), then the group's deadline (504 past it) and
-/// body limit (413), then — for `/api/` routes — authentication and the tenant's token
-/// bucket (429), then load shedding (503). One layer ([`AroundLayer`]), not four: each
+/// body limit (413), then load shedding (503), then the group's credential — a tenant's
+/// API key and its token bucket (429), or the admin token. One layer ([`AroundLayer`]),
+/// not four: each
 /// axum layer costs a boxed clone of the route's service and a boxed future per request,
 /// and four of them cost a quarter of the gateway's throughput on `/hello`
 /// (docs/performance.md).
@@ -161,18 +162,23 @@ pub struct Guard {
     pub scope: GuardScope,
 }
 
-/// Which deadline and body limit a route group has.
+/// Who may call a route group, and its deadline and body limit. Every group's
+/// [`Deadline`] (what authentication and the handlers' calls get) is the API's, hot from
+/// `platform/gateway` (`http.request_timeout`, `http.body_limit`).
 #[derive(Clone, Copy, Debug)]
 pub enum GuardScope {
-    /// The API routes': hot from `platform/gateway` (`http.request_timeout`,
-    /// `http.body_limit`). Every group's [`Deadline`] (what authentication and the
-    /// handlers' calls get) is the API's.
-    Api,
-    /// Exports and imports: their own (their handlers give the stream call its deadline).
-    Stream {
+    /// Anyone; the API's deadline and body limit.
+    Public,
+    /// A tenant, by its API key (within its rate limit); the API's deadline and limit.
+    Tenant,
+    /// A tenant's whole-data streams (exports, imports): their own deadline and body limit
+    /// (their handlers give the stream call its deadline).
+    TenantStream {
         timeout: Duration,
         body_limit: usize,
     },
+    /// The platform admin, by the admin token; the API's deadline and body limit.
+    Admin,
 }
 
 impl Around for Guard {
@@ -241,11 +247,13 @@ where
         .extensions_mut()
         .insert(Deadline(Instant::now() + request_timeout));
     let (timeout, body_limit) = match guard.scope {
-        GuardScope::Api => (request_timeout, body_limit),
-        GuardScope::Stream {
+        GuardScope::TenantStream {
             timeout,
             body_limit,
         } => (timeout, body_limit),
+        GuardScope::Public | GuardScope::Tenant | GuardScope::Admin => {
+            (request_timeout, body_limit)
+        }
     };
     let declared = request
         .headers()
@@ -260,7 +268,7 @@ where
         .into_response();
     }
     let request = request.map(|body| Body::new(http_body_util::Limited::new(body, body_limit)));
-    match tokio::time::timeout(timeout, admitted(&guard.state, request, inner)).await {
+    match tokio::time::timeout(timeout, admitted(&guard.state, guard.scope, request, inner)).await {
         Ok(response) => response,
         Err(_) => borough_error::Problem::new(
             borough_error::ErrorKind::DeadlineExceeded,
@@ -277,7 +285,7 @@ where
 /// tenant's token bucket: over it, 429 with `Retry-After`, `RateLimit` and
 /// `RateLimit-Policy`. A flooding tenant holds a shed slot only for the moment its bucket
 /// takes to say no.
-async fn admitted<S>(state: &AppState, request: Request, inner: S) -> Response
+async fn admitted<S>(state: &AppState, scope: GuardScope, request: Request, inner: S) -> Response
 where
     S: tower::Service<Request, Response = Response, Error = Infallible>,
 {
@@ -298,46 +306,56 @@ where
         },
         None => None,
     };
-    let (request, rate_headers) = if request.uri().path().starts_with("/api/") {
-        let (mut parts, body) = request.into_parts();
-        let tenant = match crate::auth::Tenant::from_request_parts(&mut parts, state).await {
-            Ok(tenant) => tenant,
-            Err(rejection) => return rejection.into_response(),
-        };
-        let decision = state.limiter.check(tenant.0.tenant_id);
-        let policy = decision.policy;
-        let mut headers = http::HeaderMap::new();
-        let reset = decision
-            .retry_after
-            .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
-        if let Ok(value) = http::HeaderValue::from_str(&format!(
-            "\"tenant\";q={};w=1;burst={}",
-            policy.requests_per_second, policy.burst
-        )) {
-            headers.insert("ratelimit-policy", value);
+    let (request, rate_headers) = match scope {
+        GuardScope::Public => (request, None),
+        GuardScope::Admin => {
+            let (mut parts, body) = request.into_parts();
+            if let Err(rejection) = crate::auth::Admin::from_request_parts(&mut parts, state).await
+            {
+                return rejection.into_response();
+            }
+            (Request::from_parts(parts, body), None)
         }
-        if let Ok(value) =
-            http::HeaderValue::from_str(&format!("\"tenant\";r={};t={reset}", decision.remaining))
-        {
-            headers.insert("ratelimit", value);
+        GuardScope::Tenant | GuardScope::TenantStream { .. } => {
+            let (mut parts, body) = request.into_parts();
+            let tenant = match crate::auth::Tenant::from_request_parts(&mut parts, state).await {
+                Ok(tenant) => tenant,
+                Err(rejection) => return rejection.into_response(),
+            };
+            let decision = state.limiter.check(tenant.0.tenant_id);
+            let policy = decision.policy;
+            let mut headers = http::HeaderMap::new();
+            let reset = decision
+                .retry_after
+                .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+            if let Ok(value) = http::HeaderValue::from_str(&format!(
+                "\"tenant\";q={};w=1;burst={}",
+                policy.requests_per_second, policy.burst
+            )) {
+                headers.insert("ratelimit-policy", value);
+            }
+            if let Ok(value) = http::HeaderValue::from_str(&format!(
+                "\"tenant\";r={};t={reset}",
+                decision.remaining
+            )) {
+                headers.insert("ratelimit", value);
+            }
+            if decision.retry_after.is_some() {
+                let mut response = borough_error::Problem::new(
+                    borough_error::ErrorKind::RateLimited,
+                    format!(
+                        "this tenant is over its rate limit of {} requests per second (burst {})",
+                        policy.requests_per_second, policy.burst
+                    ),
+                )
+                .with_retry_after(u32::try_from(reset.max(1)).unwrap_or(u32::MAX))
+                .into_response();
+                response.headers_mut().extend(headers);
+                return response;
+            }
+            parts.extensions.insert(tenant);
+            (Request::from_parts(parts, body), Some(headers))
         }
-        if decision.retry_after.is_some() {
-            let mut response = borough_error::Problem::new(
-                borough_error::ErrorKind::RateLimited,
-                format!(
-                    "this tenant is over its rate limit of {} requests per second (burst {})",
-                    policy.requests_per_second, policy.burst
-                ),
-            )
-            .with_retry_after(u32::try_from(reset.max(1)).unwrap_or(u32::MAX))
-            .into_response();
-            response.headers_mut().extend(headers);
-            return response;
-        }
-        parts.extensions.insert(tenant);
-        (Request::from_parts(parts, body), Some(headers))
-    } else {
-        (request, None)
     };
     let mut response = call(inner, request).await;
     drop(permit);

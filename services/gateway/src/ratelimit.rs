@@ -17,10 +17,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// A token bucket's rate and size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// 1 to 1,000,000.
+    #[schema(minimum = 1, maximum = 1000000)]
     pub requests_per_second: u32,
+    /// 1 to 1,000,000.
+    #[schema(minimum = 1, maximum = 1000000)]
     pub burst: u32,
 }
 

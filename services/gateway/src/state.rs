@@ -60,6 +60,8 @@ pub struct Shared {
     pub watches: Arc<crate::watches::WatchSlots>,
     /// Rejected import lines reported in full (the rest are counted).
     pub import_report_limit: usize,
+    /// The OpenAPI document served at `/openapi.json`.
+    pub openapi: bytes::Bytes,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

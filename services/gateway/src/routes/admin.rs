@@ -17,14 +17,17 @@ use crate::auth::Admin;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::grpc::{self, Deadline};
 use crate::state::AppState;
+use borough_error::ProblemBody;
 
 /// A tenant as the admin API shows it. Database URLs given at creation are secrets and
 /// never appear: only whether there is one (`external_database`, `read_replica`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantDto {
     pub id: String,
     pub name: String,
+    /// `shared`, `schema` or `database`.
     pub placement: &'static str,
+    /// `provisioning`, `provisioning_failed`, `active` or `suspended`.
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
@@ -64,7 +67,8 @@ impl From<Tenant> for TenantDto {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// An API key, by its public prefix (the secret is never shown again).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyDto {
     pub id: String,
     pub prefix: String,
@@ -84,7 +88,7 @@ impl From<ApiKey> for ApiKeyDto {
 }
 
 /// A key as issued: `key` is the full secret, shown this once (never by `Debug`).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct IssuedKeyDto {
     pub id: String,
     pub prefix: String,
@@ -118,11 +122,13 @@ impl TryFrom<IssuedApiKey> for IssuedKeyDto {
     }
 }
 
-/// `Debug` hides the URLs (secrets).
-#[derive(Deserialize)]
+/// A new tenant. `Debug` hides the URLs (secrets).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantBody {
+    /// 1 to 64 lowercase letters, digits and `-`, not starting or ending with `-`.
     pub name: String,
+    /// `shared` (default), `schema` or `database`.
     #[serde(default)]
     pub placement: Option<String>,
     /// `database` placement only: the tenant's own database elsewhere (a secret).
@@ -145,13 +151,15 @@ impl std::fmt::Debug for CreateTenantBody {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A created tenant and its first API key (shown this once).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedTenantDto {
     pub tenant: TenantDto,
     pub api_key: IssuedKeyDto,
 }
 
-#[derive(Debug, Serialize)]
+/// A tenant and its keys.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantDetailDto {
     #[serde(flatten)]
     pub tenant: TenantDto,
@@ -183,6 +191,20 @@ fn placement(raw: Option<&str>) -> Result<Placement, Problem> {
 }
 
 /// `POST /admin/v1/tenants` -> 201: the tenant and its first API key.
+#[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin-tenants",
+    summary = "Create (or finish provisioning) a tenant, with its first API key",
+    security(("adminToken" = [])),
+    request_body = CreateTenantBody,
+    responses(
+        (status = 201, description = "Created; the key is shown this once", body = CreatedTenantDto, headers(
+            ("Location" = String, description = "/admin/v1/tenants/{id}"),
+            ("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "A bad name, placement or URL", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The name is taken, or being provisioned", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "Schema and database tenants need BOROUGH_PROVISIONER_DATABASE_URL", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Provisioning failed: retry the same request", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     _: Admin,
@@ -217,6 +239,14 @@ pub async fn create_tenant(
 }
 
 /// `GET /admin/v1/tenants?limit=&cursor=`.
+#[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin-tenants",
+    summary = "List tenants, a page at a time",
+    security(("adminToken" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of tenants", body = PageDto<TenantDto>),
+        (status = 400, description = "A bad parameter", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     _: Admin,
@@ -245,6 +275,15 @@ pub async fn list_tenants(
 }
 
 /// `GET /admin/v1/tenants/{id}`: the tenant and its keys (prefixes only).
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}", tag = "admin-tenants",
+    summary = "Read a tenant and its keys",
+    security(("adminToken" = [])),
+    params(("id" = String, Path, description = "The tenant's id")),
+    responses(
+        (status = 200, description = "The tenant", body = TenantDetailDto),
+        (status = 400, description = "Not a tenant id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn get_tenant(
     State(state): State<AppState>,
     _: Admin,
@@ -266,9 +305,11 @@ pub async fn get_tenant(
 }
 
 /// `?purge=true` on `DELETE /admin/v1/tenants/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
+    /// Also remove its configuration, data and record.
     #[serde(default)]
     pub purge: bool,
 }
@@ -276,6 +317,16 @@ pub struct DeleteQuery {
 /// `DELETE /admin/v1/tenants/{id}`: suspends the tenant (200, the tenant; its keys stop at
 /// once); with `?purge=true`, then removes its configuration (namespaces, history,
 /// schemas, rate-limit override), its data and its record (204).
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}", tag = "admin-tenants",
+    summary = "Suspend a tenant, or purge it",
+    security(("adminToken" = [])),
+    params(("id" = String, Path, description = "The tenant's id"), DeleteQuery),
+    responses(
+        (status = 200, description = "Suspended", body = TenantDto),
+        (status = 204, description = "Purged"),
+        (status = 400, description = "Not a tenant id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn delete_tenant(
     State(state): State<AppState>,
     _: Admin,
@@ -333,6 +384,17 @@ pub async fn delete_tenant(
 }
 
 /// `POST /admin/v1/tenants/{id}/api-keys` -> 201: a new key, shown once.
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/api-keys", tag = "admin-tenants",
+    summary = "Issue another API key",
+    security(("adminToken" = [])),
+    params(("id" = String, Path, description = "The tenant's id")),
+    responses(
+        (status = 201, description = "The key, shown this once", body = IssuedKeyDto, headers(
+            ("Location" = String, description = "/admin/v1/tenants/{id}"),
+            ("Cache-Control" = String, description = "no-store"))),
+        (status = 400, description = "Not a tenant id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn issue_key(
     State(state): State<AppState>,
     _: Admin,
@@ -362,6 +424,16 @@ pub async fn issue_key(
 
 /// `DELETE /admin/v1/tenants/{id}/api-keys/{key_id}` -> 204; the key stops working here at
 /// once (and on other gateway replicas within `BOROUGH_AUTH_CACHE_TTL`).
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/api-keys/{key_id}", tag = "admin-tenants",
+    summary = "Revoke an API key",
+    security(("adminToken" = [])),
+    params(("id" = String, Path, description = "The tenant's id"),
+        ("key_id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, description = "Not an id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such key of the tenant", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     _: Admin,
@@ -384,7 +456,7 @@ pub async fn revoke_key(
 }
 
 /// The tenant's rate limit: its override, or the platform default.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LimitsDto {
     pub requests_per_second: u32,
     pub burst: u32,
@@ -402,6 +474,15 @@ fn tenant_id(raw: &str) -> Result<borough_tenancy::TenantId, Problem> {
 }
 
 /// `GET /admin/v1/tenants/{id}/limits`.
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/limits", tag = "admin-tenants",
+    summary = "A tenant's rate limit",
+    security(("adminToken" = [])),
+    params(("id" = String, Path, description = "The tenant's id")),
+    responses(
+        (status = 200, description = "The limit and where it comes from", body = LimitsDto),
+        (status = 400, description = "Not a tenant id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn get_limits(
     State(state): State<AppState>,
     _: Admin,
@@ -450,6 +531,16 @@ pub async fn get_limits(
 
 /// `PUT /admin/v1/tenants/{id}/limits` with `{"requests_per_second": R, "burst": B}`: the
 /// tenant's override, kept in the config service and applied by every gateway replica.
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/limits", tag = "admin-tenants",
+    summary = "Set a tenant's rate limit (every gateway replica applies it)",
+    security(("adminToken" = [])),
+    params(("id" = String, Path, description = "The tenant's id")),
+    request_body = crate::ratelimit::Policy,
+    responses(
+        (status = 200, description = "The limit now in force", body = LimitsDto),
+        (status = 400, description = "A bad id or limit", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn put_limits(
     State(state): State<AppState>,
     _: Admin,

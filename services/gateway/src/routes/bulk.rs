@@ -30,6 +30,7 @@ use crate::auth::Tenant;
 use crate::extract::ApiJson;
 use crate::grpc::{self, Deadline};
 use crate::state::AppState;
+use borough_error::ProblemBody;
 
 /// The most ids one batchGet takes.
 pub const MAX_BATCH_IDS: usize = 1000;
@@ -105,6 +106,19 @@ fn ndjson_row(info: UserInfo) -> Result<Bytes, std::io::Error> {
 }
 
 /// `GET /api/v1/users:export` -> every user of the tenant, NDJSON or CSV.
+#[utoipa::path(get, path = "/api/v1/users:export", tag = "bulk",
+    summary = "Export every user of the tenant, streamed",
+    description = "NDJSON (one user per line), or CSV with `Accept: text/csv` (cells a \
+                   spreadsheet would run as formulas start with `'`). A failure midway cuts the \
+                   response off without its final chunk: a client never sees a short file as \
+                   complete.",
+    security(("apiKey" = [])),
+    params(("Accept" = Option<String>, Header, description = "`text/csv` for CSV")),
+    responses(
+        (status = 200, description = "Every user", content(
+            (String = "application/x-ndjson"),
+            (String = "text/csv"))),
+    ))]
 pub async fn export(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -156,13 +170,15 @@ struct ImportLine {
     email: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A line that was not imported, and why (at most 200 characters).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RejectedLine {
     pub line: u64,
     pub reason: String,
 }
 
-#[derive(Debug, Serialize)]
+/// Lines imported in one transaction that failed: none of its rows were created.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FailedChunk {
     pub first_line: u64,
     pub last_line: u64,
@@ -170,7 +186,8 @@ pub struct FailedChunk {
     pub reason: String,
 }
 
-#[derive(Debug, Serialize)]
+/// What an import did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ImportReport {
     /// Non-empty lines read.
     pub received: u64,
@@ -269,6 +286,26 @@ impl Lines {
 }
 
 /// `POST /api/v1/users:import` (NDJSON: `{"name": ..., "email": ...}` per line).
+#[utoipa::path(post, path = "/api/v1/users:import", tag = "bulk",
+    summary = "Import users from NDJSON, streamed",
+    description = "One `{\"name\", \"email\"}` per line (at most 64 KiB each), committed 500 \
+                   rows per transaction. The report lists the first rejected lines in full \
+                   (`BOROUGH_IMPORT_REPORT_LIMIT`) and counts them all.",
+    security(("apiKey" = [])),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Each chunk is recorded under `<key>#<n>`: importing the same file again \
+                       with the same key replays committed chunks")),
+    request_body(content = String, content_type = "application/x-ndjson",
+        description = "NDJSON lines; also accepted as application/jsonl"),
+    responses(
+        (status = 200, description = "The report", body = ImportReport, headers(
+            ("Idempotent-Replayed" = Option<String>, description = "`true` when a chunk was replayed"))),
+        (status = 400, description = "The body could not be read", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The key is in use", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Over BOROUGH_IMPORT_BODY_LIMIT", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not NDJSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used with other rows", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn import(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -440,20 +477,24 @@ async fn forward(
     true
 }
 
-#[derive(Debug, Deserialize)]
+/// The users to read.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchGetBody {
+    /// 1 to 1000 user ids.
     pub ids: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// Why one id of a batch has no user: the status a single GET would have had.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchError {
     pub status: u16,
     pub title: &'static str,
     pub detail: String,
 }
 
-#[derive(Debug, Serialize)]
+/// One id's result: `user`, or `error`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchItem {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -462,13 +503,22 @@ pub struct BatchItem {
     pub error: Option<BatchError>,
 }
 
-#[derive(Debug, Serialize)]
+/// One result per id, in request order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchGetReply {
     pub results: Vec<BatchItem>,
 }
 
 /// `POST /api/v1/users:batchGet` with `{"ids": [...]}` (1 to 1000) -> one result per id, in
 /// request order: `user`, or `error` with the status a single GET would have had.
+#[utoipa::path(post, path = "/api/v1/users:batchGet", tag = "bulk",
+    summary = "Read many users by id",
+    security(("apiKey" = [])),
+    request_body = BatchGetBody,
+    responses(
+        (status = 200, description = "One result per id, in order", body = BatchGetReply),
+        (status = 400, description = "0 or more than 1000 ids", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn batch_get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,

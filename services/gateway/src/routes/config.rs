@@ -31,10 +31,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{header_value, with_headers};
-use axum::extract::FromRequestParts;
-use http::request::Parts;
+use borough_error::ProblemBody;
 
-use crate::auth::{Admin, Tenant, Unauthorized};
+use crate::auth::{Admin, Tenant};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::grpc::{self, Deadline};
 use crate::state::AppState;
@@ -72,9 +71,11 @@ impl Target {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A key's current value.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EntryDto {
     pub key: String,
+    /// Any JSON value (at most 64 KiB as text).
     pub value: Value,
     pub revision: i64,
     pub updated_at: String,
@@ -93,10 +94,12 @@ impl From<Entry> for EntryDto {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// One change of a key.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChangeDto {
     pub revision: i64,
     pub key: String,
+    /// `put`, `delete` or `rollback`.
     pub op: String,
     pub old_value: Option<Value>,
     pub new_value: Option<Value>,
@@ -162,28 +165,54 @@ fn cas_problem(status: tonic::Status, conditional: bool) -> Problem {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// How to list (or watch) a namespace.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct NamespaceQuery {
+    /// Only keys starting with this (letters, digits, `_`, `.`, `-`).
     pub prefix: Option<String>,
+    /// Watch only: replay changes after this revision first (`Last-Event-ID` wins).
+    #[param(minimum = 0)]
     pub from_revision: Option<i64>,
-    /// Entries per page, 1 to 1000 (default 100).
+    /// Entries per page, 1 to 1000 (default 100); a page also ends after about 1 MiB.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
-/// `GET {ns}` (list) or `GET {ns}:watch` (SSE).
-async fn namespace(
+/// A page of a namespace's entries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EntryPageDto {
+    pub items: Vec<EntryDto>,
+    /// The revision the first page was read at: watch from it to miss nothing.
+    pub revision: i64,
+    /// `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a key's history, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ChangePageDto {
+    pub items: Vec<ChangeDto>,
+    /// `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A namespace's JSON Schema (`null`: none).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SchemaDto {
+    pub schema: Value,
+}
+
+/// A page of the namespace's entries.
+async fn list_entries(
     state: AppState,
     target: Target,
-    watch: bool,
     deadline: Deadline,
     query: NamespaceQuery,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    if watch {
-        return watch_sse(state, target, query, headers).await;
-    }
     let request = target.request(
         ListRequest {
             namespace: target.namespace.clone(),
@@ -194,16 +223,10 @@ async fn namespace(
         deadline,
     );
     let list = state.config.clone().list(request).await?.into_inner();
-    #[derive(Serialize)]
-    struct ListDto {
-        items: Vec<EntryDto>,
-        revision: i64,
-        next_cursor: Option<String>,
-    }
     Ok(with_headers(
         StatusCode::OK,
         HeaderMap::new(),
-        ListDto {
+        EntryPageDto {
             items: list.entries.into_iter().map(EntryDto::from).collect(),
             revision: list.revision,
             next_cursor: Some(list.next_page_token).filter(|t| !t.is_empty()),
@@ -307,7 +330,7 @@ async fn schema(
     Ok(with_headers(
         StatusCode::OK,
         HeaderMap::new(),
-        serde_json::json!({ "schema": schema }),
+        SchemaDto { schema },
     ))
 }
 
@@ -382,17 +405,22 @@ async fn delete_entry(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// The revision whose value to put back.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
     pub revision: i64,
 }
 
-#[derive(Debug, Deserialize)]
+/// A page of history.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
-    /// Changes per page, 1 to 100 (default 20).
+    /// Changes per page, 1 to 100 (default 20); a page also ends after about 1 MiB.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i32>,
+    /// `next_cursor` of the previous page (older changes).
     pub cursor: Option<String>,
 }
 
@@ -425,14 +453,13 @@ async fn history(
         deadline,
     );
     let page = state.config.clone().history(request).await?.into_inner();
-    let items: Vec<ChangeDto> = page.changes.into_iter().map(ChangeDto::from).collect();
     Ok(with_headers(
         StatusCode::OK,
         HeaderMap::new(),
-        serde_json::json!({
-            "items": items,
-            "next_cursor": Some(page.next_page_token).filter(|t| !t.is_empty()),
-        }),
+        ChangePageDto {
+            items: page.changes.into_iter().map(ChangeDto::from).collect(),
+            next_cursor: Some(page.next_page_token).filter(|t| !t.is_empty()),
+        },
     ))
 }
 
@@ -444,12 +471,6 @@ async fn rollback(
     deadline: Deadline,
     body: RollbackBody,
 ) -> Result<Response, Problem> {
-    let Some(key) = key.strip_suffix(":rollback") else {
-        return Err(Problem::new(
-            ErrorKind::InvalidArgument,
-            "POST is for {key}:rollback only; PUT sets a value",
-        ));
-    };
     let request = target.request(
         RollbackRequest {
             namespace: target.namespace.clone(),
@@ -476,123 +497,489 @@ fn split_action<'a>(name: &'a str, action: &str) -> (&'a str, bool) {
     }
 }
 
-/// Whose namespaces a request addresses, from its route: `/admin/v1/config/platform/{name}…`
-/// needs the admin token and addresses `platform/{name}`; `/api/v1/config/{name}…` needs
-/// an API key and addresses the caller's own `tenant/<its id>/{name}`.
-pub enum Scope {
-    Platform,
-    Tenant(TenantContext),
+/// A request that is not `{name}:schema` (PUT) or `{key}:rollback` (POST).
+fn wrong_action(what: &str) -> Problem {
+    Problem::new(ErrorKind::InvalidArgument, what.to_owned())
 }
 
-impl FromRequestParts<AppState> for Scope {
-    type Rejection = Unauthorized;
+// Tenant routes (API key): `/api/v1/config/{name}…` is `tenant/<the caller's id>/{name}`.
+// Actions (`:watch`, `:schema`, `:rollback`) share their path's route and are dispatched
+// by suffix; each is its own documented operation.
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        if parts.uri.path().starts_with("/admin/") {
-            Admin::from_request_parts(parts, state).await?;
-            Ok(Scope::Platform)
-        } else {
-            let Tenant(tenant) = Tenant::from_request_parts(parts, state).await?;
-            Ok(Scope::Tenant(tenant))
-        }
-    }
-}
-
-impl Scope {
-    fn target(self, name: &str) -> Target {
-        match self {
-            Scope::Platform => Target::platform(name),
-            Scope::Tenant(tenant) => Target::tenant(tenant, name),
-        }
-    }
-}
-
-/// `GET {ns}` (list) and `GET {ns}:watch` (SSE).
-pub async fn get_namespace(
+/// `GET /api/v1/config/{name}` (a page of entries) or `GET /api/v1/config/{name}:watch`.
+#[utoipa::path(get, path = "/api/v1/config/{name}", tag = "config",
+    summary = "List a namespace of the tenant's configuration, a page at a time",
+    security(("apiKey" = [])),
+    params(("name" = String, Path, description = "The namespace: letters, digits, `_`, `.`, `-` (1 to 64)"),
+        NamespaceQuery),
+    responses(
+        (status = 200, description = "A page of entries", body = EntryPageDto),
+        (status = 400, description = "A bad namespace or parameter", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn tenant_namespace(
     State(state): State<AppState>,
-    scope: Scope,
+    Tenant(tenant): Tenant,
     deadline: Deadline,
     Path(name): Path<String>,
     ApiQuery(query): ApiQuery<NamespaceQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     let (name, watch) = split_action(&name, ":watch");
-    namespace(state, scope.target(name), watch, deadline, query, headers).await
+    if watch {
+        return tenant_watch(state, tenant, name, query, headers).await;
+    }
+    list_entries(state, Target::tenant(tenant, name), deadline, query).await
 }
 
-/// `PUT {ns}:schema`.
-pub async fn put_namespace(
+/// `GET /api/v1/config/{name}:watch`: Server-Sent Events.
+#[utoipa::path(get, path = "/api/v1/config/{name}:watch", tag = "config",
+    summary = "Watch a namespace: its changes as Server-Sent Events",
+    description = "Replays the changes after `Last-Event-ID` (or `from_revision`), sends a \
+                   `synced` event, then each change as it happens (event = op, id = revision). \
+                   A watch ends after `BOROUGH_WATCH_MAX_DURATION`; reconnect with the last id \
+                   to miss nothing. An `error` event (a problem) ends it, e.g. when history it \
+                   needs was pruned (list again).",
+    security(("apiKey" = [])),
+    params(("name" = String, Path, description = "The namespace"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The last revision seen"),
+        NamespaceQuery),
+    responses(
+        (status = 200, description = "The event stream", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "A bad namespace or revision", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant has BOROUGH_WATCH_MAX_PER_TENANT watches open", body = ProblemBody,
+            content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
+pub async fn tenant_watch(
+    state: AppState,
+    tenant: TenantContext,
+    name: &str,
+    query: NamespaceQuery,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    watch_sse(state, Target::tenant(tenant, name), query, headers).await
+}
+
+/// `PUT /api/v1/config/{name}:schema` (the only PUT on a namespace).
+pub async fn tenant_put_namespace(
     State(state): State<AppState>,
-    scope: Scope,
+    Tenant(tenant): Tenant,
     deadline: Deadline,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, Problem> {
-    let (name, is_schema) = split_action(&name, ":schema");
-    if !is_schema {
-        return Err(Problem::new(
-            ErrorKind::InvalidArgument,
-            "PUT on a namespace is for {name}:schema only",
-        ));
+    match split_action(&name, ":schema") {
+        (name, true) => tenant_schema(state, tenant, deadline, name, body).await,
+        _ => Err(wrong_action("PUT on a namespace is for {name}:schema only")),
     }
-    schema(state, scope.target(name), deadline, body).await
 }
 
-pub async fn get_key(
+/// `PUT /api/v1/config/{name}:schema`.
+#[utoipa::path(put, path = "/api/v1/config/{name}:schema", tag = "config",
+    summary = "Set (or, with null, remove) the JSON Schema of a namespace",
+    description = "Every value put in the namespace from then on must satisfy it. Patterns run \
+                   on a linear-time engine (no look-around, no back-references); at most 64 KiB.",
+    security(("apiKey" = [])),
+    params(("name" = String, Path, description = "The namespace")),
+    request_body(content = Object, description = "A JSON Schema, or null"),
+    responses(
+        (status = 200, description = "The schema now in force", body = SchemaDto),
+        (status = 400, description = "Not a usable schema", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Over a configuration quota", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn tenant_schema(
+    state: AppState,
+    tenant: TenantContext,
+    deadline: Deadline,
+    name: &str,
+    schema_json: Value,
+) -> Result<Response, Problem> {
+    schema(state, Target::tenant(tenant, name), deadline, schema_json).await
+}
+
+/// `GET /api/v1/config/{name}/{key}`.
+#[utoipa::path(get, path = "/api/v1/config/{name}/{key}", tag = "config",
+    summary = "Read a key",
+    security(("apiKey" = [])),
+    params(("name" = String, Path, description = "The namespace"),
+        ("key" = String, Path, description = "Letters, digits, `_`, `.`, `-` (1 to 128)")),
+    responses(
+        (status = 200, description = "The entry", body = EntryDto,
+            headers(("ETag" = String, description = "\"<revision>\""))),
+        (status = 400, description = "A bad namespace or key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn tenant_get_key(
     State(state): State<AppState>,
-    scope: Scope,
+    Tenant(tenant): Tenant,
     deadline: Deadline,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    get_entry(state, scope.target(&name), key, deadline).await
+    get_entry(state, Target::tenant(tenant, &name), key, deadline).await
 }
 
-pub async fn put_key(
+/// `PUT /api/v1/config/{name}/{key}`.
+#[utoipa::path(put, path = "/api/v1/config/{name}/{key}", tag = "config",
+    summary = "Set a key (a compare-and-set with If-Match)",
+    security(("apiKey" = [])),
+    params(("name" = String, Path, description = "The namespace"),
+        ("key" = String, Path, description = "The key"),
+        ("If-Match" = Option<String>, Header, description = "The revision ETag expected: 412 when stale"),
+        ("If-None-Match" = Option<String>, Header, description = "`*`: only if the key does not exist")),
+    request_body(content = Object, description = "Any JSON value, at most 64 KiB, no NUL"),
+    responses(
+        (status = 200, description = "The entry", body = EntryDto,
+            headers(("ETag" = String, description = "\"<revision>\""))),
+        (status = 400, description = "A bad namespace, key or value", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A concurrent change, or over a configuration quota", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "The precondition failed", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The value breaks the namespace's schema", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn tenant_put_key(
     State(state): State<AppState>,
-    scope: Scope,
+    Tenant(tenant): Tenant,
     deadline: Deadline,
     Path((name, key)): Path<(String, String)>,
     headers: HeaderMap,
     ApiJson(value): ApiJson<Value>,
 ) -> Result<Response, Problem> {
-    put_entry(state, scope.target(&name), key, deadline, headers, value).await
+    put_entry(
+        state,
+        Target::tenant(tenant, &name),
+        key,
+        deadline,
+        headers,
+        value,
+    )
+    .await
 }
 
-pub async fn delete_key(
+/// `DELETE /api/v1/config/{name}/{key}`.
+#[utoipa::path(delete, path = "/api/v1/config/{name}/{key}", tag = "config",
+    summary = "Delete a key",
+    security(("apiKey" = [])),
+    params(("name" = String, Path, description = "The namespace"),
+        ("key" = String, Path, description = "The key"),
+        ("If-Match" = Option<String>, Header, description = "The revision ETag expected")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A bad namespace or key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "The precondition failed", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn tenant_delete_key(
     State(state): State<AppState>,
-    scope: Scope,
+    Tenant(tenant): Tenant,
     deadline: Deadline,
     Path((name, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    delete_entry(state, scope.target(&name), key, deadline, headers).await
+    delete_entry(state, Target::tenant(tenant, &name), key, deadline, headers).await
 }
 
-pub async fn get_history(
+/// `GET /api/v1/config/{name}/{key}/history`.
+#[utoipa::path(get, path = "/api/v1/config/{name}/{key}/history", tag = "config",
+    summary = "A key's history, newest first, a page at a time",
+    security(("apiKey" = [])),
+    params(("name" = String, Path, description = "The namespace"),
+        ("key" = String, Path, description = "The key"),
+        HistoryQuery),
+    responses(
+        (status = 200, description = "A page of changes", body = ChangePageDto),
+        (status = 400, description = "A bad namespace, key or parameter", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn tenant_history(
     State(state): State<AppState>,
-    scope: Scope,
+    Tenant(tenant): Tenant,
     deadline: Deadline,
     Path((name, key)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Response, Problem> {
-    history(state, scope.target(&name), key, deadline, query).await
+    history(state, Target::tenant(tenant, &name), key, deadline, query).await
 }
 
-/// `POST {ns}/{key}:rollback`.
-pub async fn post_key(
+/// `POST /api/v1/config/{name}/{key}:rollback` (the only POST on a key).
+pub async fn tenant_post_key(
     State(state): State<AppState>,
-    scope: Scope,
+    Tenant(tenant): Tenant,
     deadline: Deadline,
     Path((name, key)): Path<(String, String)>,
     ApiJson(body): ApiJson<RollbackBody>,
 ) -> Result<Response, Problem> {
-    rollback(state, scope.target(&name), &key, deadline, body).await
+    match split_action(&key, ":rollback") {
+        (key, true) => tenant_rollback(state, tenant, deadline, &name, key, body).await,
+        _ => Err(wrong_action(
+            "POST is for {key}:rollback only; PUT sets a value",
+        )),
+    }
+}
+
+/// `POST /api/v1/config/{name}/{key}:rollback`.
+#[utoipa::path(post, path = "/api/v1/config/{name}/{key}:rollback", tag = "config",
+    summary = "Put back the value a key had at a revision, as a new revision",
+    security(("apiKey" = [])),
+    params(("name" = String, Path, description = "The namespace"),
+        ("key" = String, Path, description = "The key")),
+    request_body = RollbackBody,
+    responses(
+        (status = 200, description = "The entry", body = EntryDto,
+            headers(("ETag" = String, description = "\"<revision>\""))),
+        (status = 400, description = "A bad key, or a revision that deleted it", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such revision of the key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The value breaks the namespace's schema now", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn tenant_rollback(
+    state: AppState,
+    tenant: TenantContext,
+    deadline: Deadline,
+    name: &str,
+    key: &str,
+    body: RollbackBody,
+) -> Result<Response, Problem> {
+    rollback(state, Target::tenant(tenant, name), key, deadline, body).await
+}
+
+// Platform routes (admin token): `/admin/v1/config/platform/{service}…` is
+// `platform/{service}`, Borough's own settings, which the services hot-reload.
+
+/// `GET /admin/v1/config/platform/{service}` or `…/{service}:watch`.
+#[utoipa::path(get, path = "/admin/v1/config/platform/{service}", tag = "admin-config",
+    summary = "List a service's platform settings, a page at a time",
+    security(("adminToken" = [])),
+    params(("service" = String, Path, description = "gateway, user, query, config"), NamespaceQuery),
+    responses(
+        (status = 200, description = "A page of entries", body = EntryPageDto),
+        (status = 400, description = "A bad namespace or parameter", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn platform_namespace(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path(service): Path<String>,
+    ApiQuery(query): ApiQuery<NamespaceQuery>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let (service, watch) = split_action(&service, ":watch");
+    if watch {
+        return platform_watch(state, service, query, headers).await;
+    }
+    list_entries(state, Target::platform(service), deadline, query).await
+}
+
+/// `GET /admin/v1/config/platform/{service}:watch`.
+#[utoipa::path(get, path = "/admin/v1/config/platform/{service}:watch", tag = "admin-config",
+    summary = "Watch a service's platform settings as Server-Sent Events",
+    security(("adminToken" = [])),
+    params(("service" = String, Path, description = "The service"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The last revision seen"),
+        NamespaceQuery),
+    responses(
+        (status = 200, description = "The event stream", body = String, content_type = "text/event-stream"),
+        (status = 400, description = "A bad namespace or revision", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn platform_watch(
+    state: AppState,
+    service: &str,
+    query: NamespaceQuery,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    watch_sse(state, Target::platform(service), query, headers).await
+}
+
+/// `PUT /admin/v1/config/platform/{service}:schema` (the only PUT on a namespace).
+pub async fn platform_put_namespace(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path(service): Path<String>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, Problem> {
+    match split_action(&service, ":schema") {
+        (service, true) => platform_schema(state, deadline, service, body).await,
+        _ => Err(wrong_action(
+            "PUT on a namespace is for {service}:schema only",
+        )),
+    }
+}
+
+/// `PUT /admin/v1/config/platform/{service}:schema`.
+#[utoipa::path(put, path = "/admin/v1/config/platform/{service}:schema", tag = "admin-config",
+    summary = "Set (or, with null, remove) the JSON Schema of a service's settings",
+    security(("adminToken" = [])),
+    params(("service" = String, Path, description = "The service")),
+    request_body(content = Object, description = "A JSON Schema, or null"),
+    responses(
+        (status = 200, description = "The schema now in force", body = SchemaDto),
+        (status = 400, description = "Not a usable schema", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn platform_schema(
+    state: AppState,
+    deadline: Deadline,
+    service: &str,
+    schema_json: Value,
+) -> Result<Response, Problem> {
+    schema(state, Target::platform(service), deadline, schema_json).await
+}
+
+/// `GET /admin/v1/config/platform/{service}/{key}`.
+#[utoipa::path(get, path = "/admin/v1/config/platform/{service}/{key}", tag = "admin-config",
+    summary = "Read a platform setting",
+    security(("adminToken" = [])),
+    params(("service" = String, Path, description = "The service"), ("key" = String, Path, description = "The key")),
+    responses(
+        (status = 200, description = "The entry", body = EntryDto,
+            headers(("ETag" = String, description = "\"<revision>\""))),
+        (status = 400, description = "A bad namespace or key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn platform_get_key(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((service, key)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    get_entry(state, Target::platform(&service), key, deadline).await
+}
+
+/// `PUT /admin/v1/config/platform/{service}/{key}`.
+#[utoipa::path(put, path = "/admin/v1/config/platform/{service}/{key}", tag = "admin-config",
+    summary = "Set a platform setting (hot-reloaded by every replica of the service)",
+    security(("adminToken" = [])),
+    params(("service" = String, Path, description = "The service"), ("key" = String, Path, description = "The key"),
+        ("If-Match" = Option<String>, Header, description = "The revision ETag expected"),
+        ("If-None-Match" = Option<String>, Header, description = "`*`: only if the key does not exist")),
+    request_body(content = Object, description = "Any JSON value, at most 64 KiB"),
+    responses(
+        (status = 200, description = "The entry", body = EntryDto,
+            headers(("ETag" = String, description = "\"<revision>\""))),
+        (status = 400, description = "A bad namespace, key or value", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A concurrent change", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "The precondition failed", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The value breaks the namespace's schema", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn platform_put_key(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((service, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(value): ApiJson<Value>,
+) -> Result<Response, Problem> {
+    put_entry(
+        state,
+        Target::platform(&service),
+        key,
+        deadline,
+        headers,
+        value,
+    )
+    .await
+}
+
+/// `DELETE /admin/v1/config/platform/{service}/{key}`.
+#[utoipa::path(delete, path = "/admin/v1/config/platform/{service}/{key}", tag = "admin-config",
+    summary = "Delete a platform setting (the environment's value applies again)",
+    security(("adminToken" = [])),
+    params(("service" = String, Path, description = "The service"), ("key" = String, Path, description = "The key"),
+        ("If-Match" = Option<String>, Header, description = "The revision ETag expected")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A bad namespace or key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "The precondition failed", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn platform_delete_key(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((service, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    delete_entry(state, Target::platform(&service), key, deadline, headers).await
+}
+
+/// `GET /admin/v1/config/platform/{service}/{key}/history`.
+#[utoipa::path(get, path = "/admin/v1/config/platform/{service}/{key}/history", tag = "admin-config",
+    summary = "A platform setting's history, newest first, a page at a time",
+    security(("adminToken" = [])),
+    params(("service" = String, Path, description = "The service"), ("key" = String, Path, description = "The key"),
+        HistoryQuery),
+    responses(
+        (status = 200, description = "A page of changes", body = ChangePageDto),
+        (status = 400, description = "A bad namespace, key or parameter", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn platform_history(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((service, key)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Response, Problem> {
+    history(state, Target::platform(&service), key, deadline, query).await
+}
+
+/// `POST /admin/v1/config/platform/{service}/{key}:rollback` (the only POST on a key).
+pub async fn platform_post_key(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((service, key)): Path<(String, String)>,
+    ApiJson(body): ApiJson<RollbackBody>,
+) -> Result<Response, Problem> {
+    match split_action(&key, ":rollback") {
+        (key, true) => platform_rollback(state, deadline, &service, key, body).await,
+        _ => Err(wrong_action(
+            "POST is for {key}:rollback only; PUT sets a value",
+        )),
+    }
+}
+
+/// `POST /admin/v1/config/platform/{service}/{key}:rollback`.
+#[utoipa::path(post, path = "/admin/v1/config/platform/{service}/{key}:rollback", tag = "admin-config",
+    summary = "Put back the value a platform setting had at a revision",
+    security(("adminToken" = [])),
+    params(("service" = String, Path, description = "The service"), ("key" = String, Path, description = "The key")),
+    request_body = RollbackBody,
+    responses(
+        (status = 200, description = "The entry", body = EntryDto,
+            headers(("ETag" = String, description = "\"<revision>\""))),
+        (status = 400, description = "A bad key, or a revision that deleted it", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such revision", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The value breaks the schema now", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn platform_rollback(
+    state: AppState,
+    deadline: Deadline,
+    service: &str,
+    key: &str,
+    body: RollbackBody,
+) -> Result<Response, Problem> {
+    rollback(state, Target::platform(service), key, deadline, body).await
+}
+
+/// One config client, as `GET /admin/v1/config/status` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InstanceDto {
+    pub instance: String,
+    pub service: String,
+    pub applied_revision: i64,
+    /// Changes to its `platform/<service>` namespace it has not applied yet.
+    pub lag: i64,
+    pub last_seen: String,
+}
+
+/// The global revision and every config client seen in the last 10 minutes.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConfigStatusDto {
+    pub revision: i64,
+    pub instances: Vec<InstanceDto>,
 }
 
 /// `GET /admin/v1/config/status`: each config client's applied revision and lag.
+#[utoipa::path(get, path = "/admin/v1/config/status", tag = "admin-config",
+    summary = "Each config client's applied revision and lag",
+    security(("adminToken" = [])),
+    responses((status = 200, description = "The status", body = ConfigStatusDto,
+        headers(("Cache-Control" = String, description = "no-store")))))]
 pub async fn status(
     State(state): State<AppState>,
     _: Admin,
@@ -604,24 +991,21 @@ pub async fn status(
         .status(grpc::request(StatusRequest {}, None, deadline))
         .await?
         .into_inner();
-    let instances: Vec<Value> = status
-        .instances
-        .into_iter()
-        .map(|i| {
-            serde_json::json!({
-                "instance": i.instance,
-                "service": i.service,
-                "applied_revision": i.applied_revision,
-                "lag": i.lag,
-                "last_seen": to_rfc3339(i.last_seen.as_ref()),
+    let body = ConfigStatusDto {
+        revision: status.revision,
+        instances: status
+            .instances
+            .into_iter()
+            .map(|i| InstanceDto {
+                instance: i.instance,
+                service: i.service,
+                applied_revision: i.applied_revision,
+                lag: i.lag,
+                last_seen: to_rfc3339(i.last_seen.as_ref()),
             })
-        })
-        .collect();
-    let mut response = with_headers(
-        StatusCode::OK,
-        HeaderMap::new(),
-        serde_json::json!({ "revision": status.revision, "instances": instances }),
-    );
+            .collect(),
+    };
+    let mut response = with_headers(StatusCode::OK, HeaderMap::new(), body);
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

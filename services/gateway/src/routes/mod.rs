@@ -12,23 +12,55 @@ use borough_error::Problem;
 use http::{HeaderMap, HeaderValue, header};
 use serde::Serialize;
 
+/// The greeting of `GET /hello`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HelloDto {
+    pub message: &'static str,
+}
+
 /// `GET /hello`: answers with no backend running.
-pub async fn hello() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "message": "Hello from Borough!" }))
+#[utoipa::path(get, path = "/hello", tag = "public",
+    summary = "A greeting, answered with no backend running",
+    responses((status = 200, description = "The greeting", body = HelloDto)))]
+pub async fn hello() -> Json<HelloDto> {
+    Json(HelloDto {
+        message: "Hello from Borough!",
+    })
+}
+
+/// `GET /openapi.json`: this API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "public",
+    summary = "This API's OpenAPI 3.1 document",
+    responses((status = 200, description = "The OpenAPI document",
+        body = Object, content_type = "application/json")))]
+pub async fn openapi_json(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+) -> Response {
+    let mut response = state.openapi.clone().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// A page of items with the cursor of the next page (`null` on the last).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PageDto<T> {
     pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last.
     pub next_cursor: Option<String>,
 }
 
 /// `limit` and `cursor` query parameters.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Items per page: at least 1, default 20; more than 100 is taken as 100.
+    #[param(minimum = 1)]
     pub limit: Option<i32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 

@@ -21,14 +21,21 @@ use crate::auth::Tenant;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::grpc::{self, Deadline};
 use crate::state::AppState;
+use borough_error::ProblemBody;
 
-#[derive(Debug, Serialize)]
+/// A tenant's user.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserDto {
+    /// UUIDv7.
     pub id: String,
     pub name: String,
     pub email: String,
+    /// Raised by every change; the `ETag` is `"<version>"`.
     pub version: i64,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -71,14 +78,18 @@ impl From<GetUserInfoResponse> for UserDto {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A new user.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserBody {
+    /// 1 to 200 characters (trimmed), no control characters.
     pub name: String,
+    /// `local@domain`, at most 254 bytes; unique in the tenant, whatever its case.
     pub email: String,
 }
 
-#[derive(Debug, Deserialize)]
+/// The fields to change (absent ones keep their value).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchUserBody {
     pub name: Option<String>,
@@ -123,6 +134,23 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
 }
 
 /// `POST /api/v1/users` -> 201 with `Location` and `ETag`.
+#[utoipa::path(post, path = "/api/v1/users", tag = "users",
+    summary = "Create a user",
+    security(("apiKey" = [])),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 255 visible ASCII characters: a repeat returns the first answer \
+                       (`Idempotent-Replayed: true`), another body with the same key is 422, a \
+                       repeat while the first runs is 409")),
+    request_body = CreateUserBody,
+    responses(
+        (status = 201, description = "Created", body = UserDto, headers(
+            ("Location" = String, description = "/api/v1/users/{id}"),
+            ("ETag" = String, description = "\"<version>\""),
+            ("Idempotent-Replayed" = Option<String>, description = "`true` on a repeat"))),
+        (status = 400, description = "Invalid name or email", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The email is taken, or the key is in use", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used with another body", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -195,6 +223,21 @@ pub fn was_replayed(metadata: &tonic::metadata::MetadataMap) -> bool {
 /// `GET /api/v1/users/{id}` -> 200 with `ETag` (304 for a matching `If-None-Match`). When
 /// the tenant's database is unreachable and the query service holds a copy, that copy,
 /// with `Borough-Stale: true` and its `Age` in seconds.
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
+    summary = "Read a user",
+    security(("apiKey" = [])),
+    params(
+        ("id" = String, Path, description = "The user's id (a UUID)"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag: 304 when it is current")),
+    responses(
+        (status = 200, description = "The user", body = UserDto, headers(
+            ("ETag" = String, description = "\"<version>\""),
+            ("Borough-Stale" = Option<String>, description = "`true`: a cached copy, served while the database is unreachable"),
+            ("Age" = Option<u64>, description = "The stale copy's age in seconds"))),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "Not a user id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such user in this tenant", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -240,13 +283,20 @@ pub async fn get(
 }
 
 /// `q`, `created_after`, `created_before` (RFC 3339), `limit`, `cursor`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
+    /// A prefix of the name or email (any case), at most 200 characters.
     pub q: Option<String>,
+    /// RFC 3339: only users created after it.
     pub created_after: Option<String>,
+    /// RFC 3339: only users created before it.
     pub created_before: Option<String>,
+    /// Users per page: at least 1, default 20; more than 100 is taken as 100.
+    #[param(minimum = 1)]
     pub limit: Option<i32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -267,6 +317,14 @@ fn time_param(name: &str, raw: Option<&str>) -> Result<Option<prost_types::Times
 /// `GET /api/v1/users?q=&created_after=&created_before=&limit=&cursor=` -> one page, in
 /// creation order: users whose name or email starts with `q` (any case), created in the
 /// range.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+    summary = "List or search users, a page at a time",
+    security(("apiKey" = [])),
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "A page of users", body = PageDto<UserDto>),
+        (status = 400, description = "A bad parameter", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -302,6 +360,21 @@ pub async fn list(
 }
 
 /// `PATCH /api/v1/users/{id}` (`If-Match` honoured) -> 200 with the new `ETag`.
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users",
+    summary = "Change a user",
+    security(("apiKey" = [])),
+    params(
+        ("id" = String, Path, description = "The user's id (a UUID)"),
+        ("If-Match" = Option<String>, Header, description = "The ETag the change expects: 412 when stale")),
+    request_body = PatchUserBody,
+    responses(
+        (status = 200, description = "The changed user", body = UserDto, headers(
+            ("ETag" = String, description = "\"<version>\""))),
+        (status = 400, description = "Invalid id, name or email", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The email is taken", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn update(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
@@ -336,6 +409,18 @@ pub async fn update(
 }
 
 /// `DELETE /api/v1/users/{id}` (`If-Match` honoured) -> 204.
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users",
+    summary = "Delete a user",
+    security(("apiKey" = [])),
+    params(
+        ("id" = String, Path, description = "The user's id (a UUID)"),
+        ("If-Match" = Option<String>, Header, description = "The ETag the deletion expects: 412 when stale")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a user id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
