@@ -145,10 +145,20 @@ async fn run() -> Result<()> {
         None => secret(&data.join("admin-token"))?,
     };
     let database_url = cluster.service_url(DATABASE);
-    let gateway_url = format!("http://{}", env_or("BOROUGH_HTTP_ADDR", "127.0.0.1:8080"));
+    // BOROUGH_DEV_PORT_OFFSET moves every port (a second stack beside `make run`: the
+    // fuzzing one).
+    let offset: u16 = env_or("BOROUGH_DEV_PORT_OFFSET", "0")
+        .parse()
+        .context("BOROUGH_DEV_PORT_OFFSET must be a number")?;
+    let addr = |port: u16| format!("127.0.0.1:{}", port + offset);
+    let gateway_addr = env_or("BOROUGH_HTTP_ADDR", &addr(8080));
+    let gateway_url = format!("http://{gateway_addr}");
+    let (user_grpc, query_grpc, config_grpc) = (addr(50051), addr(50052), addr(50053));
+    let admins = [addr(9460), addr(9461), addr(9462), addr(9463)];
     let mut children = Vec::new();
     let work = async {
-        let config_url = "http://127.0.0.1:50053";
+        let config_url = format!("http://{config_grpc}");
+        let config_url = config_url.as_str();
         let snapshot = |service: &str| {
             data.join(format!("config-{service}.json"))
                 .display()
@@ -157,19 +167,9 @@ async fn run() -> Result<()> {
         // The config service may start last: the others start on their snapshot (or
         // defaults) and catch up when it answers.
         for (binary, service, grpc, admin) in [
-            ("borough-user", "user", "127.0.0.1:50051", "127.0.0.1:9461"),
-            (
-                "borough-query",
-                "query",
-                "127.0.0.1:50052",
-                "127.0.0.1:9462",
-            ),
-            (
-                "borough-config",
-                "config",
-                "127.0.0.1:50053",
-                "127.0.0.1:9463",
-            ),
+            ("borough-user", "user", user_grpc.as_str(), admins[1].as_str()),
+            ("borough-query", "query", query_grpc.as_str(), admins[2].as_str()),
+            ("borough-config", "config", config_grpc.as_str(), admins[3].as_str()),
         ] {
             let snapshot = snapshot(service);
             let mut env = vec![
@@ -193,17 +193,16 @@ async fn run() -> Result<()> {
                 "borough-gateway",
                 &[
                     ("BOROUGH_ADMIN_TOKEN", &admin_token),
+                    ("BOROUGH_HTTP_ADDR", &gateway_addr),
+                    ("BOROUGH_ADMIN_ADDR", &admins[0]),
+                    ("BOROUGH_USER_URL", &format!("http://{user_grpc}")),
+                    ("BOROUGH_QUERY_URL", &format!("http://{query_grpc}")),
                     ("BOROUGH_CONFIG_URL", config_url),
                     ("BOROUGH_CONFIG_SNAPSHOT", &gateway_snapshot),
                 ],
             )?,
         ));
-        for admin in [
-            "127.0.0.1:9463",
-            "127.0.0.1:9461",
-            "127.0.0.1:9462",
-            "127.0.0.1:9460",
-        ] {
+        for admin in [&admins[3], &admins[1], &admins[2], &admins[0]] {
             wait_ready(&format!("http://{admin}/readyz"), &mut children).await?;
         }
 
@@ -219,7 +218,7 @@ async fn run() -> Result<()> {
         };
 
         // 5. What to type.
-        print_walkthrough(&gateway_url, &admin_token, &api_key, started.elapsed());
+        print_walkthrough(&gateway_url, &admins, &admin_token, &api_key, started.elapsed());
         supervise(&mut children).await
     };
     // Ctrl-C or SIGTERM at any point, start-up included, stops what was started.
@@ -321,10 +320,17 @@ async fn demo_key(gateway: &str, admin_token: &str) -> Result<String> {
         .context("no key in reply")
 }
 
-fn print_walkthrough(gateway: &str, admin_token: &str, api_key: &str, took: Duration) {
+fn print_walkthrough(
+    gateway: &str,
+    admins: &[String; 4],
+    admin_token: &str,
+    api_key: &str,
+    took: Duration,
+) {
+    let [gateway_admin, user_admin, query_admin, config_admin] = admins;
     println!(
         r#"
-borough: ready in {took:.1?}. Gateway {gateway}, admin ports 9460 (gateway), 9461 (user), 9462 (query), 9463 (config).
+borough: ready in {took:.1?}. Gateway {gateway}; admin ports {gateway_admin} (gateway), {user_admin} (user), {query_admin} (query), {config_admin} (config).
 
   export BOROUGH_ADMIN_TOKEN={admin_token}
   export BOROUGH_API_KEY={api_key}

@@ -127,15 +127,19 @@ impl TryFrom<IssuedApiKey> for IssuedKeyDto {
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantBody {
     /// 1 to 64 lowercase letters, digits and `-`, not starting or ending with `-`.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")]
     pub name: String,
     /// `shared` (default), `schema` or `database`.
     #[serde(default)]
+    #[schema(pattern = "^(shared|schema|database)$")]
     pub placement: Option<String>,
     /// `database` placement only: the tenant's own database elsewhere (a secret).
     #[serde(default)]
+    #[schema(max_length = 2048, pattern = "^postgres(ql)?://")]
     pub database_url: Option<String>,
     /// `database` placement with `database_url` only: a read replica for reads (a secret).
     #[serde(default)]
+    #[schema(max_length = 2048, pattern = "^postgres(ql)?://")]
     pub read_url: Option<String>,
 }
 
@@ -191,14 +195,20 @@ fn placement(raw: Option<&str>) -> Result<Placement, Problem> {
 }
 
 /// `POST /admin/v1/tenants` -> 201: the tenant and its first API key.
-#[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin-tenants",
+#[utoipa::path(post, path = "/admin/v1/tenants", operation_id = "createTenant", tag = "admin-tenants",
     summary = "Create (or finish provisioning) a tenant, with its first API key",
     security(("adminToken" = [])),
     request_body = CreateTenantBody,
     responses(
         (status = 201, description = "Created; the key is shown this once", body = CreatedTenantDto, headers(
             ("Location" = String, description = "/admin/v1/tenants/{id}"),
-            ("Cache-Control" = String, description = "no-store"))),
+            ("Cache-Control" = String, description = "no-store")),
+            links(
+                ("getTenant" = (operation_id = "getTenant", parameters(("id" = "$response.body#/tenant/id")))),
+                ("issueApiKey" = (operation_id = "issueApiKey", parameters(("id" = "$response.body#/tenant/id")))),
+                ("getTenantLimits" = (operation_id = "getTenantLimits", parameters(("id" = "$response.body#/tenant/id")))),
+                ("putTenantLimits" = (operation_id = "putTenantLimits", parameters(("id" = "$response.body#/tenant/id")))),
+                ("deleteTenant" = (operation_id = "deleteTenant", parameters(("id" = "$response.body#/tenant/id")))))),
         (status = 400, description = "A bad name, placement or URL", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The name is taken, or being provisioned", body = ProblemBody, content_type = "application/problem+json"),
         (status = 412, description = "Schema and database tenants need BOROUGH_PROVISIONER_DATABASE_URL", body = ProblemBody, content_type = "application/problem+json"),
@@ -239,7 +249,7 @@ pub async fn create_tenant(
 }
 
 /// `GET /admin/v1/tenants?limit=&cursor=`.
-#[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin-tenants",
+#[utoipa::path(get, path = "/admin/v1/tenants", operation_id = "listTenants", tag = "admin-tenants",
     summary = "List tenants, a page at a time",
     security(("adminToken" = [])),
     params(PageQuery),
@@ -275,10 +285,10 @@ pub async fn list_tenants(
 }
 
 /// `GET /admin/v1/tenants/{id}`: the tenant and its keys (prefixes only).
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}", tag = "admin-tenants",
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}", operation_id = "getTenant", tag = "admin-tenants",
     summary = "Read a tenant and its keys",
     security(("adminToken" = [])),
-    params(("id" = String, Path, description = "The tenant's id")),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id")),
     responses(
         (status = 200, description = "The tenant", body = TenantDetailDto),
         (status = 400, description = "Not a tenant id", body = ProblemBody, content_type = "application/problem+json"),
@@ -317,10 +327,10 @@ pub struct DeleteQuery {
 /// `DELETE /admin/v1/tenants/{id}`: suspends the tenant (200, the tenant; its keys stop at
 /// once); with `?purge=true`, then removes its configuration (namespaces, history,
 /// schemas, rate-limit override), its data and its record (204).
-#[utoipa::path(delete, path = "/admin/v1/tenants/{id}", tag = "admin-tenants",
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}", operation_id = "deleteTenant", tag = "admin-tenants",
     summary = "Suspend a tenant, or purge it",
     security(("adminToken" = [])),
-    params(("id" = String, Path, description = "The tenant's id"), DeleteQuery),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id"), DeleteQuery),
     responses(
         (status = 200, description = "Suspended", body = TenantDto),
         (status = 204, description = "Purged"),
@@ -384,14 +394,16 @@ pub async fn delete_tenant(
 }
 
 /// `POST /admin/v1/tenants/{id}/api-keys` -> 201: a new key, shown once.
-#[utoipa::path(post, path = "/admin/v1/tenants/{id}/api-keys", tag = "admin-tenants",
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/api-keys", operation_id = "issueApiKey", tag = "admin-tenants",
     summary = "Issue another API key",
     security(("adminToken" = [])),
-    params(("id" = String, Path, description = "The tenant's id")),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id")),
     responses(
         (status = 201, description = "The key, shown this once", body = IssuedKeyDto, headers(
             ("Location" = String, description = "/admin/v1/tenants/{id}"),
-            ("Cache-Control" = String, description = "no-store"))),
+            ("Cache-Control" = String, description = "no-store")),
+            links(("revokeApiKey" = (operation_id = "revokeApiKey",
+                parameters(("id" = "$request.path.id"), ("key_id" = "$response.body#/id")))))),
         (status = 400, description = "Not a tenant id", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such tenant", body = ProblemBody, content_type = "application/problem+json"),
     ))]
@@ -424,11 +436,11 @@ pub async fn issue_key(
 
 /// `DELETE /admin/v1/tenants/{id}/api-keys/{key_id}` -> 204; the key stops working here at
 /// once (and on other gateway replicas within `BOROUGH_AUTH_CACHE_TTL`).
-#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/api-keys/{key_id}", tag = "admin-tenants",
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/api-keys/{key_id}", operation_id = "revokeApiKey", tag = "admin-tenants",
     summary = "Revoke an API key",
     security(("adminToken" = [])),
-    params(("id" = String, Path, description = "The tenant's id"),
-        ("key_id" = String, Path, description = "The key's id")),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id"),
+        ("key_id" = uuid::Uuid, Path, description = "The key's id")),
     responses(
         (status = 204, description = "Revoked"),
         (status = 400, description = "Not an id", body = ProblemBody, content_type = "application/problem+json"),
@@ -474,10 +486,10 @@ fn tenant_id(raw: &str) -> Result<borough_tenancy::TenantId, Problem> {
 }
 
 /// `GET /admin/v1/tenants/{id}/limits`.
-#[utoipa::path(get, path = "/admin/v1/tenants/{id}/limits", tag = "admin-tenants",
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/limits", operation_id = "getTenantLimits", tag = "admin-tenants",
     summary = "A tenant's rate limit",
     security(("adminToken" = [])),
-    params(("id" = String, Path, description = "The tenant's id")),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id")),
     responses(
         (status = 200, description = "The limit and where it comes from", body = LimitsDto),
         (status = 400, description = "Not a tenant id", body = ProblemBody, content_type = "application/problem+json"),
@@ -531,10 +543,10 @@ pub async fn get_limits(
 
 /// `PUT /admin/v1/tenants/{id}/limits` with `{"requests_per_second": R, "burst": B}`: the
 /// tenant's override, kept in the config service and applied by every gateway replica.
-#[utoipa::path(put, path = "/admin/v1/tenants/{id}/limits", tag = "admin-tenants",
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/limits", operation_id = "putTenantLimits", tag = "admin-tenants",
     summary = "Set a tenant's rate limit (every gateway replica applies it)",
     security(("adminToken" = [])),
-    params(("id" = String, Path, description = "The tenant's id")),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id")),
     request_body = crate::ratelimit::Policy,
     responses(
         (status = 200, description = "The limit now in force", body = LimitsDto),

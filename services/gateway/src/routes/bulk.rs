@@ -106,7 +106,7 @@ fn ndjson_row(info: UserInfo) -> Result<Bytes, std::io::Error> {
 }
 
 /// `GET /api/v1/users:export` -> every user of the tenant, NDJSON or CSV.
-#[utoipa::path(get, path = "/api/v1/users:export", tag = "bulk",
+#[utoipa::path(get, path = "/api/v1/users:export", operation_id = "exportUsers", tag = "bulk",
     summary = "Export every user of the tenant, streamed",
     description = "NDJSON (one user per line), or CSV with `Accept: text/csv` (cells a \
                    spreadsheet would run as formulas start with `'`). A failure midway cuts the \
@@ -286,7 +286,7 @@ impl Lines {
 }
 
 /// `POST /api/v1/users:import` (NDJSON: `{"name": ..., "email": ...}` per line).
-#[utoipa::path(post, path = "/api/v1/users:import", tag = "bulk",
+#[utoipa::path(post, path = "/api/v1/users:import", operation_id = "importUsers", tag = "bulk",
     summary = "Import users from NDJSON, streamed",
     description = "One `{\"name\", \"email\"}` per line (at most 64 KiB each), committed 500 \
                    rows per transaction. The report lists the first rejected lines in full \
@@ -511,7 +511,7 @@ pub struct BatchGetReply {
 
 /// `POST /api/v1/users:batchGet` with `{"ids": [...]}` (1 to 1000) -> one result per id, in
 /// request order: `user`, or `error` with the status a single GET would have had.
-#[utoipa::path(post, path = "/api/v1/users:batchGet", tag = "bulk",
+#[utoipa::path(post, path = "/api/v1/users:batchGet", operation_id = "batchGetUsers", tag = "bulk",
     summary = "Read many users by id",
     security(("apiKey" = [])),
     request_body = BatchGetBody,

@@ -171,6 +171,7 @@ fn cas_problem(status: tonic::Status, conditional: bool) -> Problem {
 #[into_params(parameter_in = Query)]
 pub struct NamespaceQuery {
     /// Only keys starting with this (letters, digits, `_`, `.`, `-`).
+    #[param(pattern = "^[A-Za-z0-9_.-]{0,128}$")]
     pub prefix: Option<String>,
     /// Watch only: replay changes after this revision first (`Last-Event-ID` wins).
     #[param(minimum = 0)]
@@ -409,6 +410,7 @@ async fn delete_entry(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
+    #[schema(minimum = 1)]
     pub revision: i64,
 }
 
@@ -507,10 +509,10 @@ fn wrong_action(what: &str) -> Problem {
 // by suffix; each is its own documented operation.
 
 /// `GET /api/v1/config/{name}` (a page of entries) or `GET /api/v1/config/{name}:watch`.
-#[utoipa::path(get, path = "/api/v1/config/{name}", tag = "config",
+#[utoipa::path(get, path = "/api/v1/config/{name}", operation_id = "listConfig", tag = "config",
     summary = "List a namespace of the tenant's configuration, a page at a time",
     security(("apiKey" = [])),
-    params(("name" = String, Path, description = "The namespace: letters, digits, `_`, `.`, `-` (1 to 64)"),
+    params(("name" = String, Path, description = "The namespace: letters, digits, `_`, `.`, `-` (1 to 64)", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
         NamespaceQuery),
     responses(
         (status = 200, description = "A page of entries", body = EntryPageDto),
@@ -532,7 +534,7 @@ pub async fn tenant_namespace(
 }
 
 /// `GET /api/v1/config/{name}:watch`: Server-Sent Events.
-#[utoipa::path(get, path = "/api/v1/config/{name}:watch", tag = "config",
+#[utoipa::path(get, path = "/api/v1/config/{name}:watch", operation_id = "watchConfig", tag = "config",
     summary = "Watch a namespace: its changes as Server-Sent Events",
     description = "Replays the changes after `Last-Event-ID` (or `from_revision`), sends a \
                    `synced` event, then each change as it happens (event = op, id = revision). \
@@ -540,7 +542,7 @@ pub async fn tenant_namespace(
                    to miss nothing. An `error` event (a problem) ends it, e.g. when history it \
                    needs was pruned (list again).",
     security(("apiKey" = [])),
-    params(("name" = String, Path, description = "The namespace"),
+    params(("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
         ("Last-Event-ID" = Option<String>, Header, description = "The last revision seen"),
         NamespaceQuery),
     responses(
@@ -574,12 +576,12 @@ pub async fn tenant_put_namespace(
 }
 
 /// `PUT /api/v1/config/{name}:schema`.
-#[utoipa::path(put, path = "/api/v1/config/{name}:schema", tag = "config",
+#[utoipa::path(put, path = "/api/v1/config/{name}:schema", operation_id = "setConfigSchema", tag = "config",
     summary = "Set (or, with null, remove) the JSON Schema of a namespace",
     description = "Every value put in the namespace from then on must satisfy it. Patterns run \
                    on a linear-time engine (no look-around, no back-references); at most 64 KiB.",
     security(("apiKey" = [])),
-    params(("name" = String, Path, description = "The namespace")),
+    params(("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     request_body(content = Object, description = "A JSON Schema, or null"),
     responses(
         (status = 200, description = "The schema now in force", body = SchemaDto),
@@ -597,11 +599,11 @@ pub async fn tenant_schema(
 }
 
 /// `GET /api/v1/config/{name}/{key}`.
-#[utoipa::path(get, path = "/api/v1/config/{name}/{key}", tag = "config",
+#[utoipa::path(get, path = "/api/v1/config/{name}/{key}", operation_id = "getConfigKey", tag = "config",
     summary = "Read a key",
     security(("apiKey" = [])),
-    params(("name" = String, Path, description = "The namespace"),
-        ("key" = String, Path, description = "Letters, digits, `_`, `.`, `-` (1 to 128)")),
+    params(("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
+        ("key" = String, Path, description = "Letters, digits, `_`, `.`, `-` (1 to 128)", pattern = "^[A-Za-z0-9_.-]{1,128}$")),
     responses(
         (status = 200, description = "The entry", body = EntryDto,
             headers(("ETag" = String, description = "\"<revision>\""))),
@@ -618,17 +620,22 @@ pub async fn tenant_get_key(
 }
 
 /// `PUT /api/v1/config/{name}/{key}`.
-#[utoipa::path(put, path = "/api/v1/config/{name}/{key}", tag = "config",
+#[utoipa::path(put, path = "/api/v1/config/{name}/{key}", operation_id = "putConfigKey", tag = "config",
     summary = "Set a key (a compare-and-set with If-Match)",
     security(("apiKey" = [])),
-    params(("name" = String, Path, description = "The namespace"),
-        ("key" = String, Path, description = "The key"),
+    params(("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
+        ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
         ("If-Match" = Option<String>, Header, description = "The revision ETag expected: 412 when stale"),
         ("If-None-Match" = Option<String>, Header, description = "`*`: only if the key does not exist")),
     request_body(content = Object, description = "Any JSON value, at most 64 KiB, no NUL"),
     responses(
         (status = 200, description = "The entry", body = EntryDto,
-            headers(("ETag" = String, description = "\"<revision>\""))),
+            headers(("ETag" = String, description = "\"<revision>\"")),
+            links(
+                ("getConfigKey" = (operation_id = "getConfigKey", parameters(("name" = "$request.path.name"), ("key" = "$request.path.key")))),
+                ("configKeyHistory" = (operation_id = "configKeyHistory", parameters(("name" = "$request.path.name"), ("key" = "$request.path.key")))),
+                ("rollbackConfigKey" = (operation_id = "rollbackConfigKey", parameters(("name" = "$request.path.name"), ("key" = "$request.path.key")))),
+                ("deleteConfigKey" = (operation_id = "deleteConfigKey", parameters(("name" = "$request.path.name"), ("key" = "$request.path.key")))))),
         (status = 400, description = "A bad namespace, key or value", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "A concurrent change, or over a configuration quota", body = ProblemBody, content_type = "application/problem+json"),
         (status = 412, description = "The precondition failed", body = ProblemBody, content_type = "application/problem+json"),
@@ -654,11 +661,11 @@ pub async fn tenant_put_key(
 }
 
 /// `DELETE /api/v1/config/{name}/{key}`.
-#[utoipa::path(delete, path = "/api/v1/config/{name}/{key}", tag = "config",
+#[utoipa::path(delete, path = "/api/v1/config/{name}/{key}", operation_id = "deleteConfigKey", tag = "config",
     summary = "Delete a key",
     security(("apiKey" = [])),
-    params(("name" = String, Path, description = "The namespace"),
-        ("key" = String, Path, description = "The key"),
+    params(("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
+        ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
         ("If-Match" = Option<String>, Header, description = "The revision ETag expected")),
     responses(
         (status = 204, description = "Deleted"),
@@ -677,11 +684,11 @@ pub async fn tenant_delete_key(
 }
 
 /// `GET /api/v1/config/{name}/{key}/history`.
-#[utoipa::path(get, path = "/api/v1/config/{name}/{key}/history", tag = "config",
+#[utoipa::path(get, path = "/api/v1/config/{name}/{key}/history", operation_id = "configKeyHistory", tag = "config",
     summary = "A key's history, newest first, a page at a time",
     security(("apiKey" = [])),
-    params(("name" = String, Path, description = "The namespace"),
-        ("key" = String, Path, description = "The key"),
+    params(("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
+        ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
         HistoryQuery),
     responses(
         (status = 200, description = "A page of changes", body = ChangePageDto),
@@ -714,11 +721,11 @@ pub async fn tenant_post_key(
 }
 
 /// `POST /api/v1/config/{name}/{key}:rollback`.
-#[utoipa::path(post, path = "/api/v1/config/{name}/{key}:rollback", tag = "config",
+#[utoipa::path(post, path = "/api/v1/config/{name}/{key}:rollback", operation_id = "rollbackConfigKey", tag = "config",
     summary = "Put back the value a key had at a revision, as a new revision",
     security(("apiKey" = [])),
-    params(("name" = String, Path, description = "The namespace"),
-        ("key" = String, Path, description = "The key")),
+    params(("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
+        ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$")),
     request_body = RollbackBody,
     responses(
         (status = 200, description = "The entry", body = EntryDto,
@@ -742,10 +749,10 @@ pub async fn tenant_rollback(
 // `platform/{service}`, Borough's own settings, which the services hot-reload.
 
 /// `GET /admin/v1/config/platform/{service}` or `…/{service}:watch`.
-#[utoipa::path(get, path = "/admin/v1/config/platform/{service}", tag = "admin-config",
+#[utoipa::path(get, path = "/admin/v1/config/platform/{service}", operation_id = "listPlatformConfig", tag = "admin-config",
     summary = "List a service's platform settings, a page at a time",
     security(("adminToken" = [])),
-    params(("service" = String, Path, description = "gateway, user, query, config"), NamespaceQuery),
+    params(("service" = String, Path, description = "gateway, user, query, config", pattern = "^[a-z][a-z0-9-]{0,62}$"), NamespaceQuery),
     responses(
         (status = 200, description = "A page of entries", body = EntryPageDto),
         (status = 400, description = "A bad namespace or parameter", body = ProblemBody, content_type = "application/problem+json"),
@@ -766,10 +773,10 @@ pub async fn platform_namespace(
 }
 
 /// `GET /admin/v1/config/platform/{service}:watch`.
-#[utoipa::path(get, path = "/admin/v1/config/platform/{service}:watch", tag = "admin-config",
+#[utoipa::path(get, path = "/admin/v1/config/platform/{service}:watch", operation_id = "watchPlatformConfig", tag = "admin-config",
     summary = "Watch a service's platform settings as Server-Sent Events",
     security(("adminToken" = [])),
-    params(("service" = String, Path, description = "The service"),
+    params(("service" = String, Path, description = "The service", pattern = "^[a-z][a-z0-9-]{0,62}$"),
         ("Last-Event-ID" = Option<String>, Header, description = "The last revision seen"),
         NamespaceQuery),
     responses(
@@ -802,10 +809,10 @@ pub async fn platform_put_namespace(
 }
 
 /// `PUT /admin/v1/config/platform/{service}:schema`.
-#[utoipa::path(put, path = "/admin/v1/config/platform/{service}:schema", tag = "admin-config",
+#[utoipa::path(put, path = "/admin/v1/config/platform/{service}:schema", operation_id = "setPlatformConfigSchema", tag = "admin-config",
     summary = "Set (or, with null, remove) the JSON Schema of a service's settings",
     security(("adminToken" = [])),
-    params(("service" = String, Path, description = "The service")),
+    params(("service" = String, Path, description = "The service", pattern = "^[a-z][a-z0-9-]{0,62}$")),
     request_body(content = Object, description = "A JSON Schema, or null"),
     responses(
         (status = 200, description = "The schema now in force", body = SchemaDto),
@@ -821,10 +828,10 @@ pub async fn platform_schema(
 }
 
 /// `GET /admin/v1/config/platform/{service}/{key}`.
-#[utoipa::path(get, path = "/admin/v1/config/platform/{service}/{key}", tag = "admin-config",
+#[utoipa::path(get, path = "/admin/v1/config/platform/{service}/{key}", operation_id = "getPlatformConfigKey", tag = "admin-config",
     summary = "Read a platform setting",
     security(("adminToken" = [])),
-    params(("service" = String, Path, description = "The service"), ("key" = String, Path, description = "The key")),
+    params(("service" = String, Path, description = "The service", pattern = "^[a-z][a-z0-9-]{0,62}$"), ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$")),
     responses(
         (status = 200, description = "The entry", body = EntryDto,
             headers(("ETag" = String, description = "\"<revision>\""))),
@@ -841,16 +848,21 @@ pub async fn platform_get_key(
 }
 
 /// `PUT /admin/v1/config/platform/{service}/{key}`.
-#[utoipa::path(put, path = "/admin/v1/config/platform/{service}/{key}", tag = "admin-config",
+#[utoipa::path(put, path = "/admin/v1/config/platform/{service}/{key}", operation_id = "putPlatformConfigKey", tag = "admin-config",
     summary = "Set a platform setting (hot-reloaded by every replica of the service)",
     security(("adminToken" = [])),
-    params(("service" = String, Path, description = "The service"), ("key" = String, Path, description = "The key"),
+    params(("service" = String, Path, description = "The service", pattern = "^[a-z][a-z0-9-]{0,62}$"), ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
         ("If-Match" = Option<String>, Header, description = "The revision ETag expected"),
         ("If-None-Match" = Option<String>, Header, description = "`*`: only if the key does not exist")),
     request_body(content = Object, description = "Any JSON value, at most 64 KiB"),
     responses(
         (status = 200, description = "The entry", body = EntryDto,
-            headers(("ETag" = String, description = "\"<revision>\""))),
+            headers(("ETag" = String, description = "\"<revision>\"")),
+            links(
+                ("getPlatformConfigKey" = (operation_id = "getPlatformConfigKey", parameters(("service" = "$request.path.service"), ("key" = "$request.path.key")))),
+                ("platformConfigKeyHistory" = (operation_id = "platformConfigKeyHistory", parameters(("service" = "$request.path.service"), ("key" = "$request.path.key")))),
+                ("rollbackPlatformConfigKey" = (operation_id = "rollbackPlatformConfigKey", parameters(("service" = "$request.path.service"), ("key" = "$request.path.key")))),
+                ("deletePlatformConfigKey" = (operation_id = "deletePlatformConfigKey", parameters(("service" = "$request.path.service"), ("key" = "$request.path.key")))))),
         (status = 400, description = "A bad namespace, key or value", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "A concurrent change", body = ProblemBody, content_type = "application/problem+json"),
         (status = 412, description = "The precondition failed", body = ProblemBody, content_type = "application/problem+json"),
@@ -876,10 +888,10 @@ pub async fn platform_put_key(
 }
 
 /// `DELETE /admin/v1/config/platform/{service}/{key}`.
-#[utoipa::path(delete, path = "/admin/v1/config/platform/{service}/{key}", tag = "admin-config",
+#[utoipa::path(delete, path = "/admin/v1/config/platform/{service}/{key}", operation_id = "deletePlatformConfigKey", tag = "admin-config",
     summary = "Delete a platform setting (the environment's value applies again)",
     security(("adminToken" = [])),
-    params(("service" = String, Path, description = "The service"), ("key" = String, Path, description = "The key"),
+    params(("service" = String, Path, description = "The service", pattern = "^[a-z][a-z0-9-]{0,62}$"), ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
         ("If-Match" = Option<String>, Header, description = "The revision ETag expected")),
     responses(
         (status = 204, description = "Deleted"),
@@ -898,10 +910,10 @@ pub async fn platform_delete_key(
 }
 
 /// `GET /admin/v1/config/platform/{service}/{key}/history`.
-#[utoipa::path(get, path = "/admin/v1/config/platform/{service}/{key}/history", tag = "admin-config",
+#[utoipa::path(get, path = "/admin/v1/config/platform/{service}/{key}/history", operation_id = "platformConfigKeyHistory", tag = "admin-config",
     summary = "A platform setting's history, newest first, a page at a time",
     security(("adminToken" = [])),
-    params(("service" = String, Path, description = "The service"), ("key" = String, Path, description = "The key"),
+    params(("service" = String, Path, description = "The service", pattern = "^[a-z][a-z0-9-]{0,62}$"), ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
         HistoryQuery),
     responses(
         (status = 200, description = "A page of changes", body = ChangePageDto),
@@ -934,10 +946,10 @@ pub async fn platform_post_key(
 }
 
 /// `POST /admin/v1/config/platform/{service}/{key}:rollback`.
-#[utoipa::path(post, path = "/admin/v1/config/platform/{service}/{key}:rollback", tag = "admin-config",
+#[utoipa::path(post, path = "/admin/v1/config/platform/{service}/{key}:rollback", operation_id = "rollbackPlatformConfigKey", tag = "admin-config",
     summary = "Put back the value a platform setting had at a revision",
     security(("adminToken" = [])),
-    params(("service" = String, Path, description = "The service"), ("key" = String, Path, description = "The key")),
+    params(("service" = String, Path, description = "The service", pattern = "^[a-z][a-z0-9-]{0,62}$"), ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$")),
     request_body = RollbackBody,
     responses(
         (status = 200, description = "The entry", body = EntryDto,
@@ -975,7 +987,7 @@ pub struct ConfigStatusDto {
 }
 
 /// `GET /admin/v1/config/status`: each config client's applied revision and lag.
-#[utoipa::path(get, path = "/admin/v1/config/status", tag = "admin-config",
+#[utoipa::path(get, path = "/admin/v1/config/status", operation_id = "configStatus", tag = "admin-config",
     summary = "Each config client's applied revision and lag",
     security(("adminToken" = [])),
     responses((status = 200, description = "The status", body = ConfigStatusDto,

@@ -19,7 +19,7 @@ pub struct HelloDto {
 }
 
 /// `GET /hello`: answers with no backend running.
-#[utoipa::path(get, path = "/hello", tag = "public",
+#[utoipa::path(get, path = "/hello", operation_id = "hello", tag = "public",
     summary = "A greeting, answered with no backend running",
     responses((status = 200, description = "The greeting", body = HelloDto)))]
 pub async fn hello() -> Json<HelloDto> {
@@ -29,7 +29,7 @@ pub async fn hello() -> Json<HelloDto> {
 }
 
 /// `GET /openapi.json`: this API's OpenAPI 3.1 document.
-#[utoipa::path(get, path = "/openapi.json", tag = "public",
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = "public",
     summary = "This API's OpenAPI 3.1 document",
     responses((status = 200, description = "The OpenAPI document",
         body = Object, content_type = "application/json")))]

@@ -83,8 +83,10 @@ impl From<GetUserInfoResponse> for UserDto {
 #[serde(deny_unknown_fields)]
 pub struct CreateUserBody {
     /// 1 to 200 characters (trimmed), no control characters.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$")]
     pub name: String,
     /// `local@domain`, at most 254 bytes; unique in the tenant, whatever its case.
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
 }
 
@@ -92,7 +94,9 @@ pub struct CreateUserBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchUserBody {
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$")]
     pub name: Option<String>,
+    #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
 }
 
@@ -134,7 +138,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
 }
 
 /// `POST /api/v1/users` -> 201 with `Location` and `ETag`.
-#[utoipa::path(post, path = "/api/v1/users", tag = "users",
+#[utoipa::path(post, path = "/api/v1/users", operation_id = "createUser", tag = "users",
     summary = "Create a user",
     security(("apiKey" = [])),
     params(("Idempotency-Key" = Option<String>, Header,
@@ -146,7 +150,11 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
         (status = 201, description = "Created", body = UserDto, headers(
             ("Location" = String, description = "/api/v1/users/{id}"),
             ("ETag" = String, description = "\"<version>\""),
-            ("Idempotent-Replayed" = Option<String>, description = "`true` on a repeat"))),
+            ("Idempotent-Replayed" = Option<String>, description = "`true` on a repeat")),
+            links(
+                ("getUser" = (operation_id = "getUser", parameters(("id" = "$response.body#/id")))),
+                ("updateUser" = (operation_id = "updateUser", parameters(("id" = "$response.body#/id")))),
+                ("deleteUser" = (operation_id = "deleteUser", parameters(("id" = "$response.body#/id")))))),
         (status = 400, description = "Invalid name or email", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The email is taken, or the key is in use", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "The key was used with another body", body = ProblemBody, content_type = "application/problem+json"),
@@ -223,11 +231,11 @@ pub fn was_replayed(metadata: &tonic::metadata::MetadataMap) -> bool {
 /// `GET /api/v1/users/{id}` -> 200 with `ETag` (304 for a matching `If-None-Match`). When
 /// the tenant's database is unreachable and the query service holds a copy, that copy,
 /// with `Borough-Stale: true` and its `Age` in seconds.
-#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
+#[utoipa::path(get, path = "/api/v1/users/{id}", operation_id = "getUser", tag = "users",
     summary = "Read a user",
     security(("apiKey" = [])),
     params(
-        ("id" = String, Path, description = "The user's id (a UUID)"),
+        ("id" = uuid::Uuid, Path, description = "The user's id"),
         ("If-None-Match" = Option<String>, Header, description = "An ETag: 304 when it is current")),
     responses(
         (status = 200, description = "The user", body = UserDto, headers(
@@ -288,10 +296,13 @@ pub async fn get(
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// A prefix of the name or email (any case), at most 200 characters.
+    #[param(max_length = 200)]
     pub q: Option<String>,
     /// RFC 3339: only users created after it.
+    #[param(format = DateTime)]
     pub created_after: Option<String>,
     /// RFC 3339: only users created before it.
+    #[param(format = DateTime)]
     pub created_before: Option<String>,
     /// Users per page: at least 1, default 20; more than 100 is taken as 100.
     #[param(minimum = 1)]
@@ -317,7 +328,7 @@ fn time_param(name: &str, raw: Option<&str>) -> Result<Option<prost_types::Times
 /// `GET /api/v1/users?q=&created_after=&created_before=&limit=&cursor=` -> one page, in
 /// creation order: users whose name or email starts with `q` (any case), created in the
 /// range.
-#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+#[utoipa::path(get, path = "/api/v1/users", operation_id = "listUsers", tag = "users",
     summary = "List or search users, a page at a time",
     security(("apiKey" = [])),
     params(SearchQuery),
@@ -360,11 +371,11 @@ pub async fn list(
 }
 
 /// `PATCH /api/v1/users/{id}` (`If-Match` honoured) -> 200 with the new `ETag`.
-#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users",
+#[utoipa::path(patch, path = "/api/v1/users/{id}", operation_id = "updateUser", tag = "users",
     summary = "Change a user",
     security(("apiKey" = [])),
     params(
-        ("id" = String, Path, description = "The user's id (a UUID)"),
+        ("id" = uuid::Uuid, Path, description = "The user's id"),
         ("If-Match" = Option<String>, Header, description = "The ETag the change expects: 412 when stale")),
     request_body = PatchUserBody,
     responses(
@@ -409,11 +420,11 @@ pub async fn update(
 }
 
 /// `DELETE /api/v1/users/{id}` (`If-Match` honoured) -> 204.
-#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users",
+#[utoipa::path(delete, path = "/api/v1/users/{id}", operation_id = "deleteUser", tag = "users",
     summary = "Delete a user",
     security(("apiKey" = [])),
     params(
-        ("id" = String, Path, description = "The user's id (a UUID)"),
+        ("id" = uuid::Uuid, Path, description = "The user's id"),
         ("If-Match" = Option<String>, Header, description = "The ETag the deletion expects: 412 when stale")),
     responses(
         (status = 204, description = "Deleted"),
