@@ -2,7 +2,8 @@
 #
 #   make run        the whole stack locally: PostgreSQL under ./.data, user, query, gateway
 #   make test       every test in the workspace (PostgreSQL from the test kit)
-#   make lint       rustfmt check and clippy with warnings as errors
+#   make lint       rustfmt check, clippy with warnings as errors, cargo deny (bans, licences,
+#                   sources)
 #   make build      debug build of every binary
 #   make clean-data forget the local cluster, tokens and demo tenant of `make run`
 #   make bench      the performance suite side by side with its baselines (release; wrk, pgbench)
@@ -10,6 +11,10 @@
 #                   (that it runs end to end, not its figures; CI runs it)
 #   make bench-config  the config service at 1,000 watchers (release build)
 #   make bench-resilience  limiter accuracy, breaker open time and fast-fail p99, rolling restart
+#   make bench-hostile  attacks a hostile tenant can try, against the release binaries: peak
+#                   memory, a calm tenant's p99, what each attack got (docs/security.md)
+#   make fuzz       schemathesis against a stack started as `make run` starts it (its own
+#                   ports and data), every operation of /openapi.json, at most five minutes
 #   make k8s-check  validate docker-compose.yml, the kustomize overlays and the Helm chart offline
 #   make upgrade PID=<old gateway pid> [BIN=target/debug/borough-gateway] [ADMIN=127.0.0.1:9470]
 #                   replace a running gateway in place (SO_REUSEPORT), rolling back on failure
@@ -17,7 +22,7 @@
 CARGO ?= cargo
 SERVICE_BINS := --bin borough-config --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
 
-.PHONY: run test lint build fmt clean-data wrk bench bench-smoke bench-config bench-resilience upgrade k8s-check
+.PHONY: run test lint deny build fmt clean-data wrk bench bench-smoke bench-config bench-resilience bench-hostile fuzz upgrade k8s-check
 
 run:
 	$(CARGO) build $(SERVICE_BINS)
@@ -32,9 +37,16 @@ test:
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-lint:
+lint: deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Licences, duplicate majors and sources of every dependency (deny.toml); cargo-deny is
+# installed from crates.io when missing. Advisories need the RustSec database, which is
+# fetched from the network: `cargo deny check advisories` where it can be (docs/security.md).
+deny:
+	@$(CARGO) deny --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny
+	$(CARGO) deny --log-level error check bans licenses sources
 
 build:
 	$(CARGO) build --workspace --bins
@@ -78,6 +90,18 @@ bench-config:
 bench-resilience:
 	$(CARGO) build --release --bin borough-user --bin borough-query --bin borough-gateway --bin borough-resilience-bench
 	./target/release/borough-resilience-bench
+
+# A hostile tenant's attacks, one fresh stack each, against the release binaries
+# (docs/security.md; BENCH_ONLY=import,keys for a part; writes target/bench/hostile.json).
+bench-hostile:
+	$(CARGO) build --release --bin borough-user --bin borough-query --bin borough-config \
+		--bin borough-gateway --bin borough-hostile-bench
+	./target/release/borough-hostile-bench
+
+# Schemathesis against the gateway's OpenAPI document (scripts/fuzz.sh; FUZZ_MAX_EXAMPLES,
+# FUZZ_SECONDS, FUZZ_MIN_REQUESTS). Installs schemathesis from PyPI into target/tools.
+fuzz:
+	scripts/fuzz.sh
 
 # In-place gateway upgrade on this host (see scripts/upgrade-gateway.sh): the new binary
 # starts beside the old one on the same port, and the old one drains once the new one is

@@ -9,12 +9,12 @@
 # schemathesis finds anything, or when fewer than FUZZ_MIN_REQUESTS requests were
 # answered.
 #
-# FUZZ_MAX_EXAMPLES (40 per operation), FUZZ_SECONDS (280: the whole run's bound),
+# FUZZ_MAX_EXAMPLES (100 per operation), FUZZ_SECONDS (280: the whole run's bound),
 # FUZZ_MIN_REQUESTS (2000), FUZZ_WORKERS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-max_examples=${FUZZ_MAX_EXAMPLES:-40}
+max_examples=${FUZZ_MAX_EXAMPLES:-100}
 seconds=${FUZZ_SECONDS:-280}
 min_requests=${FUZZ_MIN_REQUESTS:-2000}
 workers=${FUZZ_WORKERS:-2}

@@ -167,9 +167,24 @@ async fn run() -> Result<()> {
         // The config service may start last: the others start on their snapshot (or
         // defaults) and catch up when it answers.
         for (binary, service, grpc, admin) in [
-            ("borough-user", "user", user_grpc.as_str(), admins[1].as_str()),
-            ("borough-query", "query", query_grpc.as_str(), admins[2].as_str()),
-            ("borough-config", "config", config_grpc.as_str(), admins[3].as_str()),
+            (
+                "borough-user",
+                "user",
+                user_grpc.as_str(),
+                admins[1].as_str(),
+            ),
+            (
+                "borough-query",
+                "query",
+                query_grpc.as_str(),
+                admins[2].as_str(),
+            ),
+            (
+                "borough-config",
+                "config",
+                config_grpc.as_str(),
+                admins[3].as_str(),
+            ),
         ] {
             let snapshot = snapshot(service);
             let mut env = vec![
@@ -218,7 +233,13 @@ async fn run() -> Result<()> {
         };
 
         // 5. What to type.
-        print_walkthrough(&gateway_url, &admins, &admin_token, &api_key, started.elapsed());
+        print_walkthrough(
+            &gateway_url,
+            &admins,
+            &admin_token,
+            &api_key,
+            started.elapsed(),
+        );
         supervise(&mut children).await
     };
     // Ctrl-C or SIGTERM at any point, start-up included, stops what was started.

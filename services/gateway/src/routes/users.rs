@@ -83,7 +83,11 @@ impl From<GetUserInfoResponse> for UserDto {
 #[serde(deny_unknown_fields)]
 pub struct CreateUserBody {
     /// 1 to 200 characters (trimmed), no control characters.
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$"
+    )]
     pub name: String,
     /// `local@domain`, at most 254 bytes; unique in the tenant, whatever its case.
     #[schema(format = Email, max_length = 254)]
@@ -94,7 +98,11 @@ pub struct CreateUserBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchUserBody {
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$"
+    )]
     pub name: Option<String>,
     #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
