@@ -98,9 +98,14 @@ pub struct RemoteConfig {
 }
 
 impl RemoteConfig {
-    /// Follows `platform/<service>` as `settings` say. Without a URL, the values stay
-    /// empty (every typed setting keeps its environment value).
-    pub fn start(service: &'static str, settings: RemoteSettings) -> RemoteConfig {
+    /// Follows `platform/<service>` as `settings` say, over `channel` (a lazily connected
+    /// channel to the config service, which reconnects by itself). Without a channel, the
+    /// values stay empty (every typed setting keeps its environment value).
+    pub fn start(
+        service: &'static str,
+        settings: RemoteSettings,
+        channel: Option<tonic::transport::Channel>,
+    ) -> RemoteConfig {
         let loaded = load(&settings.snapshot);
         let source = match &loaded {
             Some(snapshot) => {
@@ -113,8 +118,8 @@ impl RemoteConfig {
         };
         let (snapshot_tx, snapshot) = watch::channel(loaded.unwrap_or_default());
         let (source_tx, source_rx) = watch::channel(source);
-        if let Some(url) = settings.url.clone() {
-            tokio::spawn(follow(service, url, settings, snapshot_tx, source_tx));
+        if let Some(channel) = channel {
+            tokio::spawn(follow(service, channel, settings, snapshot_tx, source_tx));
         }
         RemoteConfig {
             snapshot,
@@ -194,7 +199,7 @@ fn save(path: &PathBuf, snapshot: &Snapshot) {
 
 async fn follow(
     service: &'static str,
-    url: String,
+    channel: tonic::transport::Channel,
     settings: RemoteSettings,
     snapshot_tx: watch::Sender<Snapshot>,
     source_tx: watch::Sender<Source>,
@@ -205,13 +210,7 @@ async fn follow(
     let mut backoff = Duration::from_millis(200);
     loop {
         let result = async {
-            let channel = tonic::transport::Endpoint::from_shared(url.clone())
-                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-                .connect_timeout(Duration::from_secs(2))
-                .connect()
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let mut client = ConfigServiceClient::new(channel);
+            let mut client = ConfigServiceClient::new(channel.clone());
             if !listed {
                 // The whole namespace once, page by page; from then on, only changes. The
                 // watch starts from the first page's revision: what changed while the
@@ -403,6 +402,7 @@ mod tests {
                 snapshot: path.clone(),
                 instance: "i".into(),
             },
+            None,
         );
         assert_eq!(*remote.snapshot.borrow(), snapshot);
         assert_eq!(*remote.source.borrow(), Source::Snapshot { revision: 7 });

@@ -210,7 +210,9 @@ struct Target {
     port: u16,
 }
 
-fn parse_targets(var: &'static str, urls: &str) -> Result<Vec<Target>, BackendError> {
+/// The URLs of `var`: `https://` with internal TLS (`tls`), `http://` without.
+fn parse_targets(var: &'static str, urls: &str, tls: bool) -> Result<Vec<Target>, BackendError> {
+    let wanted = if tls { "https" } else { "http" };
     let mut targets = Vec::new();
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let bad = |reason: &str| BackendError::Url {
@@ -220,15 +222,19 @@ fn parse_targets(var: &'static str, urls: &str) -> Result<Vec<Target>, BackendEr
         };
         let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
         let scheme = uri.scheme_str().ok_or_else(|| bad("no scheme"))?;
-        if scheme != "http" {
-            return Err(bad("only http:// is supported inside the platform"));
+        if scheme != wanted {
+            return Err(bad(if tls {
+                "calls inside Borough are mutual TLS: use https://"
+            } else {
+                "BOROUGH_INTERNAL_TLS=off: calls are plaintext: use http://"
+            }));
         }
         let host = uri.host().ok_or_else(|| bad("no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         targets.push(Target {
             scheme: scheme.to_owned(),
             host: host.to_owned(),
-            port: uri.port_u16().unwrap_or(80),
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
         });
     }
     if targets.is_empty() {
@@ -267,6 +273,8 @@ struct Shared {
     discovered: tokio::sync::watch::Sender<bool>,
     budget: Mutex<Budget>,
     metrics: ClientMetrics,
+    /// Mutual TLS material; `None`: plaintext.
+    tls: Option<borough_tls::Materials>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -354,6 +362,8 @@ impl Backend {
     /// variable `var` is named in errors. Addresses given as IP literals are usable at
     /// once; DNS names are resolved in the background, and calls wait for the first
     /// resolution (within their deadline).
+    /// Calls are mutual TLS on `tls`, to servers whose certificate names the service
+    /// `name`; plaintext without it (internal TLS off).
     pub fn new(
         name: &'static str,
         var: &'static str,
@@ -361,8 +371,9 @@ impl Backend {
         settings: ClientSettings,
         policy: RetryPolicy,
         metrics: &ClientMetrics,
+        tls: Option<borough_tls::Materials>,
     ) -> Result<Self, BackendError> {
-        let targets = parse_targets(var, urls)?;
+        let targets = parse_targets(var, urls, tls.is_some())?;
         let mut literal = HashMap::new();
         for target in &targets {
             if let Ok(ip) = target.host.parse::<IpAddr>() {
@@ -380,6 +391,7 @@ impl Backend {
             budget: Mutex::new(Budget::new(settings.retry)),
             metrics: metrics.clone(),
             settings,
+            tls,
         });
         shared.rebuild_endpoints();
         tokio::spawn(maintain(Arc::downgrade(&shared)));
@@ -926,14 +938,26 @@ struct EndpointState {
 
 impl Endpoint {
     fn new(shared: &Shared, scheme: &str, addr: SocketAddr) -> Option<Self> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
             .ok()?
             .connect_timeout(shared.settings.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        // One handshake per connection, which then carries every call: the TLS cost is
+        // paid once per endpoint, not per call.
+        let channel = match &shared.tls {
+            Some(materials) => {
+                endpoint.connect_with_connector_lazy(borough_tls::client::Connector::new(
+                    materials,
+                    shared.name,
+                    Some(addr),
+                    shared.settings.connect_timeout,
+                ))
+            }
+            None => endpoint.connect_lazy(),
+        };
         let labels = EndpointLabels {
             backend: shared.name,
             endpoint: addr.to_string(),
@@ -1294,14 +1318,17 @@ mod tests {
 
     #[test]
     fn url_lists_parse_and_bad_ones_name_their_variable() {
-        let targets =
-            parse_targets("V", "http://a:1, http://10.0.0.1:2,http://[::1]:3").expect("valid");
+        let targets = parse_targets("V", "https://a:1, https://10.0.0.1:2,https://[::1]:3", true)
+            .expect("valid");
         assert_eq!(targets.len(), 3);
         assert_eq!(targets[2].host, "::1");
-        for bad in ["", "a:1", "https://a:1", "http://"] {
-            let err = parse_targets("V", bad).expect_err(bad);
+        for bad in ["", "a:1", "http://a:1", "https://"] {
+            let err = parse_targets("V", bad, true).expect_err(bad);
             assert!(err.to_string().contains('V'), "{err}");
         }
+        // Plaintext only when internal TLS is off.
+        assert!(parse_targets("V", "http://a:1", false).is_ok());
+        assert!(parse_targets("V", "https://a:1", false).is_err());
     }
 
     #[test]

@@ -11,10 +11,45 @@ use borough_telemetry::Readiness;
 /// The key of the log filter (`RUST_LOG` syntax) in every `platform/<service>` namespace.
 pub const LOG_LEVEL_KEY: &str = "log.level";
 
+/// A lazily connected channel to the config service at `url`: mutual TLS on `tls`
+/// (expecting the config service's identity), plaintext without it.
+pub fn config_channel(
+    url: &str,
+    tls: Option<&borough_tls::Materials>,
+) -> Result<tonic::transport::Channel, String> {
+    let secure = url.starts_with("https://");
+    if secure != tls.is_some() {
+        return Err(format!(
+            "BOROUGH_CONFIG_URL={url:?}: inside Borough, calls are {}: use {}://",
+            if tls.is_some() {
+                "mutual TLS"
+            } else {
+                "plaintext (BOROUGH_INTERNAL_TLS=off)"
+            },
+            if tls.is_some() { "https" } else { "http" },
+        ));
+    }
+    let timeout = std::time::Duration::from_secs(2);
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("BOROUGH_CONFIG_URL={url:?}: {e}"))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true);
+    Ok(match tls {
+        Some(materials) => endpoint.connect_with_connector_lazy(
+            borough_tls::client::Connector::new(materials, "config", None, timeout),
+        ),
+        None => endpoint.connect_lazy(),
+    })
+}
+
 /// The follower of `platform/<service>` for these settings: started on first use, shared
 /// after (one watch and one snapshot file per process and settings, however many parts of
 /// the service read it).
-pub fn platform_config(service: &'static str, settings: &RemoteSettings) -> RemoteConfig {
+pub fn platform_config(
+    service: &'static str,
+    settings: &RemoteSettings,
+    tls: Option<&borough_tls::Materials>,
+) -> RemoteConfig {
     static FOLLOWERS: Mutex<BTreeMap<(String, String, PathBuf), RemoteConfig>> =
         Mutex::new(BTreeMap::new());
     let key = (
@@ -25,7 +60,16 @@ pub fn platform_config(service: &'static str, settings: &RemoteSettings) -> Remo
     let mut followers = FOLLOWERS.lock().unwrap_or_else(|p| p.into_inner());
     followers
         .entry(key)
-        .or_insert_with(|| RemoteConfig::start(service, settings.clone()))
+        .or_insert_with(|| {
+            let channel = settings.url.as_deref().and_then(|url| {
+                config_channel(url, tls)
+                    .inspect_err(
+                        |e| tracing::error!(error = %e, "not following the platform configuration"),
+                    )
+                    .ok()
+            });
+            RemoteConfig::start(service, settings.clone(), channel)
+        })
         .clone()
 }
 
@@ -35,9 +79,10 @@ pub fn platform_config(service: &'static str, settings: &RemoteSettings) -> Remo
 pub fn follow_platform_config(
     service: &'static str,
     settings: RemoteSettings,
+    tls: Option<&borough_tls::Materials>,
     readiness: &Readiness,
 ) -> RemoteConfig {
-    let remote = platform_config(service, &settings);
+    let remote = platform_config(service, &settings, tls);
     let mut source = remote.source.clone();
     let readiness = readiness.clone();
     tokio::spawn(async move {

@@ -4,10 +4,11 @@
 //! health, readiness, the admin port and graceful drain ([`server`]). Client-side
 //! discovery, balancing, retries and circuit breaking join here with the resilience work.
 
+pub mod authz;
 pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod server;
 pub mod shed;
 
-pub use server::{Listeners, ServeError, serve_grpc};
+pub use server::{Listeners, ServeError, serve_grpc, tls_materials};

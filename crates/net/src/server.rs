@@ -24,6 +24,8 @@ pub enum ServeError {
     Backend(String),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] borough_tls::TlsError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -74,15 +76,46 @@ fn reusable(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// A service's TLS material as `settings` say: `None` when internal TLS is off (said
+/// loudly: nothing is encrypted or authenticated then).
+pub fn tls_materials(
+    service: &str,
+    settings: &borough_tls::TlsSettings,
+    metrics: &Metrics,
+) -> Result<Option<borough_tls::Materials>, ServeError> {
+    match settings.mode {
+        borough_tls::Mode::Off => {
+            tracing::warn!(
+                "BOROUGH_INTERNAL_TLS=off: calls between services are plaintext and their \
+                 callers unverified; for measurements only, never a deployment"
+            );
+            Ok(None)
+        }
+        borough_tls::Mode::Mutual => Ok(Some(borough_tls::Materials::load(
+            settings,
+            service,
+            borough_tls::TlsMetrics::register(metrics),
+        )?)),
+    }
+}
+
+/// How long a client has to complete a TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `routes` over gRPC (plus `grpc.health.v1`) until `shutdown` resolves.
 ///
-/// Readiness (`/readyz`, gRPC health) follows the database. With `settings.remote.url`
-/// set, the service follows `platform/<service>` ([`crate::config`]). On shutdown: readiness fails,
+/// Calls are mutual TLS on `tls` (plaintext only when it is `None`) and authorised by the
+/// caller's identity against `policy` ([`crate::authz`]). Readiness (`/readyz`, gRPC
+/// health) follows the database. With `settings.remote.url` set, the service follows
+/// `platform/<service>` ([`crate::config`]). On shutdown: readiness fails,
 /// `shutdown_grace` passes, the listener closes and in-flight calls drain, then the admin
 /// port closes and the pool is closed.
+#[allow(clippy::too_many_arguments)] // Each is one of the service's parts.
 pub async fn serve_grpc(
     service: &'static str,
     settings: &ServerSettings,
+    tls: Option<borough_tls::Materials>,
+    policy: &'static crate::authz::Policy,
     listeners: Listeners,
     routes: tonic::service::Routes,
     pool: PgPool,
@@ -92,8 +125,13 @@ pub async fn serve_grpc(
     let readiness = Readiness::new();
     let shed_limits = if settings.remote.url.is_some() {
         // Hot settings of every service: the log level and the load-shedding limits.
-        crate::config::follow_platform_config(service, settings.remote.clone(), &readiness)
-            .typed(settings.shed, crate::shed::parse_limits)
+        crate::config::follow_platform_config(
+            service,
+            settings.remote.clone(),
+            tls.as_ref(),
+            &readiness,
+        )
+        .typed(settings.shed, crate::shed::parse_limits)
     } else {
         tokio::sync::watch::channel(settings.shed).1
     };
@@ -106,6 +144,7 @@ pub async fn serve_grpc(
         settings.probe_interval,
         db::grpc_health_updater(health),
     ));
+    let metrics_for_authz = metrics.clone();
     let admin = AdminServer::spawn(
         listeners.admin,
         AdminState {
@@ -114,18 +153,36 @@ pub async fn serve_grpc(
             metrics,
         },
     );
-    tracing::info!(service, grpc = %listeners.api.local_addr()?, "listening");
+    tracing::info!(service, grpc = %listeners.api.local_addr()?, tls = tls.is_some(), "listening");
 
-    let result = tonic::transport::Server::builder()
+    let authz = crate::authz::AuthzLayer::new(policy, tls.is_some(), &metrics_for_authz);
+    // In the order a call meets them: metrics (every call counted, refused ones too),
+    // authorisation by the caller's identity, then load shedding.
+    let server = tonic::transport::Server::builder()
         .trace_fn(borough_telemetry::trace::grpc_request_span)
         .layer(crate::metrics::GrpcMetricsLayer::new(grpc_metrics))
-        .layer(crate::shed::ShedLayer::new(shedder))
-        .add_routes(routes.add_service(health_service))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.api),
-            lifecycle::drain_after(shutdown, readiness, settings.shutdown_grace),
-        )
-        .await;
+        .layer(authz)
+        .layer(crate::shed::ShedLayer::new(shedder));
+    let routes = routes.add_service(health_service);
+    let drain = lifecycle::drain_after(shutdown, readiness, settings.shutdown_grace);
+    let result = match &tls {
+        Some(materials) => {
+            let incoming =
+                borough_tls::server::incoming(listeners.api, materials, HANDSHAKE_TIMEOUT);
+            let mut server = server;
+            server
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, drain)
+                .await
+        }
+        None => {
+            let mut server = server;
+            server
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.api), drain)
+                .await
+        }
+    };
 
     probe.abort();
     admin.stop().await?;

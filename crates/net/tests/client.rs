@@ -28,6 +28,8 @@ async fn health_server() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// A plaintext backend (these servers speak no TLS: balancing and discovery are tested
+/// here, mutual TLS in the services' tests).
 fn backend(urls: &str) -> anyhow::Result<Backend> {
     Ok(Backend::new(
         "test",
@@ -36,6 +38,7 @@ fn backend(urls: &str) -> anyhow::Result<Backend> {
         ClientSettings::default(),
         POLICY,
         &ClientMetrics::register(&Metrics::new("test")),
+        None,
     )?)
 }
 

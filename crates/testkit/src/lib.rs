@@ -10,6 +10,7 @@
 pub mod pg;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -197,6 +198,11 @@ impl Spawned {
     /// `http://addr` of listener `index`.
     pub fn url(&self, index: usize) -> String {
         format!("http://{}", self.addrs[index])
+    }
+
+    /// `https://<address>`: a gRPC listener (mutual TLS).
+    pub fn grpc_url(&self, index: usize) -> String {
+        format!("https://{}", self.addrs[index])
     }
 
     /// Starts graceful shutdown without waiting for it.

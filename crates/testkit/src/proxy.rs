@@ -81,6 +81,11 @@ impl FaultProxy {
         format!("http://{}", self.addr)
     }
 
+    /// `https://<address>`: in front of a gRPC service (TLS passes through untouched).
+    pub fn grpc_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
     /// Changes what the proxy does, for new and open connections alike.
     pub fn set(&self, fault: Fault) {
         self.fault.send_replace(fault);

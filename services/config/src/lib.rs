@@ -28,7 +28,6 @@ use borough_tenancy::TenantContext;
 use borough_tenancy::context::TENANT_METADATA_KEY;
 use borough_tenancy::db::{self, DatabaseSettings};
 use futures_util::{Stream, StreamExt};
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::store::{
@@ -55,7 +54,31 @@ pub struct Settings {
     pub quotas: Quotas,
     /// `BOROUGH_CONFIG_MAX_WATCHES`, `BOROUGH_CONFIG_MAX_WATCHES_PER_TENANT`.
     pub watches: WatchLimits,
+    /// Mutual TLS with the other services (`BOROUGH_TLS_*`, `BOROUGH_INTERNAL_TLS`).
+    pub tls: borough_tls::TlsSettings,
 }
+
+/// Who may call the config service: the gateway anything (tenants' namespaces, for
+/// tenants; the platform's, for the admin; the status); every Borough service the reads a
+/// follower makes (`List`, `Get`, `Watch`) and its reports (`ReportApplied`) — limited to
+/// its own `platform/<service>` namespace by the handlers.
+pub static POLICY: borough_net::authz::Policy = borough_net::authz::Policy {
+    rules: &[
+        borough_net::authz::Rule {
+            callers: &["gateway"],
+            methods: &["/borough.config.v1.ConfigService/"],
+        },
+        borough_net::authz::Rule {
+            callers: &["*"],
+            methods: &[
+                "/borough.config.v1.ConfigService/List",
+                "/borough.config.v1.ConfigService/Get",
+                "/borough.config.v1.ConfigService/Watch",
+                "/borough.config.v1.ConfigService/ReportApplied",
+            ],
+        },
+    ],
+};
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
@@ -70,6 +93,7 @@ impl Settings {
             database: DatabaseSettings::from_env(env)?,
             quotas: Quotas::from_env(env)?,
             watches: WatchLimits::from_env(env)?,
+            tls: borough_tls::TlsSettings::from_env(env, SERVICE)?,
         })
     }
 }
@@ -78,34 +102,62 @@ impl Settings {
 struct Caller {
     tenant: Option<TenantContext>,
     actor: String,
+    /// A Borough service other than the gateway reaches only its own namespace,
+    /// `platform/<service>` (the gateway, or any caller with internal TLS off, all).
+    own_namespace: Option<String>,
 }
 
 impl Caller {
-    fn from_metadata(metadata: &MetadataMap) -> Result<Caller, Status> {
+    fn of<T>(request: &Request<T>) -> Result<Caller, Status> {
+        let metadata = request.metadata();
+        let peer = borough_net::authz::Caller::of(request);
+        // Tenant context reaches here from the gateway alone (the authorisation layer).
         let tenant = match metadata.contains_key(TENANT_METADATA_KEY) {
             true => Some(TenantContext::from_metadata(metadata)?),
             false => None,
         };
-        let actor = metadata
-            .get(ACTOR_METADATA)
-            .and_then(|v| v.to_str().ok())
-            .map(|a| a.chars().take(200).collect::<String>())
-            .unwrap_or_else(|| match &tenant {
-                Some(t) => format!("tenant:{}", t.tenant_id),
-                None => "platform".to_owned(),
-            });
-        Ok(Caller { tenant, actor })
+        let own_namespace = match peer.service() {
+            Some(service) if !peer.may_act_as_platform_admin() => {
+                Some(format!("platform/{service}"))
+            }
+            _ => None,
+        };
+        let actor = match (&own_namespace, peer.service()) {
+            (Some(_), Some(service)) => format!("service:{service}"),
+            _ => metadata
+                .get(ACTOR_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .map(|a| a.chars().take(200).collect::<String>())
+                .unwrap_or_else(|| match &tenant {
+                    Some(t) => format!("tenant:{}", t.tenant_id),
+                    None => "platform".to_owned(),
+                }),
+        };
+        Ok(Caller {
+            tenant,
+            actor,
+            own_namespace,
+        })
     }
 
     /// The namespace is well formed and this caller may use it.
     fn check(&self, namespace: &str) -> Result<(), ConfigError> {
         check_namespace(namespace)?;
-        match &self.tenant {
-            Some(t) if !namespace.starts_with(&format!("tenant/{}/", t.tenant_id)) => {
+        match (&self.tenant, &self.own_namespace) {
+            (Some(t), _) if !namespace.starts_with(&format!("tenant/{}/", t.tenant_id)) => {
+                Err(ConfigError::Forbidden(namespace.to_owned()))
+            }
+            (None, Some(own)) if namespace != own => {
                 Err(ConfigError::Forbidden(namespace.to_owned()))
             }
             _ => Ok(()),
         }
+    }
+
+    /// The platform itself (the gateway for the admin): not a tenant, not a service
+    /// limited to its own namespace.
+    fn is_platform(&self) -> bool {
+        self.tenant.is_none() && self.own_namespace.is_none()
     }
 }
 
@@ -123,7 +175,7 @@ const WATCH_BUFFER: usize = 8;
 #[tonic::async_trait]
 impl ConfigService for Config {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<Entry>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.get_ref();
         caller.check(&req.namespace)?;
         check_key(&req.key)?;
@@ -133,7 +185,7 @@ impl ConfigService for Config {
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.get_ref();
         caller.check(&req.namespace)?;
         check_prefix(&req.prefix)?;
@@ -149,7 +201,7 @@ impl ConfigService for Config {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<Entry>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.get_ref();
         caller.check(&req.namespace)?;
         check_key(&req.key)?;
@@ -173,7 +225,7 @@ impl ConfigService for Config {
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.get_ref();
         caller.check(&req.namespace)?;
         check_key(&req.key)?;
@@ -194,7 +246,7 @@ impl ConfigService for Config {
         &self,
         request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.get_ref();
         caller.check(&req.namespace)?;
         check_key(&req.key)?;
@@ -209,7 +261,7 @@ impl ConfigService for Config {
     }
 
     async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<Entry>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.get_ref();
         caller.check(&req.namespace)?;
         check_key(&req.key)?;
@@ -225,7 +277,7 @@ impl ConfigService for Config {
         &self,
         request: Request<SetSchemaRequest>,
     ) -> Result<Response<SetSchemaResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.get_ref();
         caller.check(&req.namespace)?;
         let schema = match req.schema_json.trim() {
@@ -243,7 +295,7 @@ impl ConfigService for Config {
         &self,
         request: Request<GetSchemaRequest>,
     ) -> Result<Response<SetSchemaResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.get_ref();
         caller.check(&req.namespace)?;
         let schema = self.store.schema(&req.namespace).await?;
@@ -259,7 +311,7 @@ impl ConfigService for Config {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = Caller::of(&request)?;
         let req = request.into_inner();
         if req.namespaces.is_empty() {
             return Err(ConfigError::Invalid("watch at least one namespace".into()).into());
@@ -294,11 +346,12 @@ impl ConfigService for Config {
         &self,
         request: Request<ReportAppliedRequest>,
     ) -> Result<Response<ReportAppliedResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
-        if caller.tenant.is_some() {
+        let caller = Caller::of(&request)?;
+        let req = request.get_ref();
+        let own = format!("platform/{}", req.service);
+        if caller.tenant.is_some() || caller.own_namespace.as_ref().is_some_and(|ns| *ns != own) {
             return Err(ConfigError::Forbidden("instance status".into()).into());
         }
-        let req = request.get_ref();
         if req.instance.is_empty()
             || req.instance.len() > 200
             || req.service.is_empty()
@@ -319,8 +372,8 @@ impl ConfigService for Config {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
-        if caller.tenant.is_some() {
+        let caller = Caller::of(&request)?;
+        if !caller.is_platform() {
             return Err(ConfigError::Forbidden("instance status".into()).into());
         }
         let revision = self.store.revision().await?;
@@ -348,8 +401,8 @@ impl ConfigService for Config {
         &self,
         request: Request<PurgeTenantRequest>,
     ) -> Result<Response<PurgeTenantResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
-        if caller.tenant.is_some() {
+        let caller = Caller::of(&request)?;
+        if !caller.is_platform() {
             return Err(ConfigError::Forbidden("purging a tenant".into()).into());
         }
         let tenant: borough_tenancy::TenantId =
@@ -372,6 +425,8 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let metrics = Metrics::new(SERVICE);
+    let tls = borough_net::tls_materials(SERVICE, &settings.tls, &metrics)?;
     let pool = db::lazy_pool(settings.database.url.expose(), &settings.database.pool)
         .map_err(ServeError::DatabaseUrl)?;
     let options = settings
@@ -392,10 +447,12 @@ pub async fn serve(
     borough_net::serve_grpc(
         SERVICE,
         &settings.server,
+        tls,
+        &POLICY,
         listeners,
         routes,
         pool,
-        Metrics::new(SERVICE),
+        metrics,
         shutdown,
     )
     .await

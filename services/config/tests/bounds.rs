@@ -21,11 +21,18 @@ type Client = ConfigServiceClient<Channel>;
 async fn start(extra: &[(&str, &str)]) -> anyhow::Result<(TestDatabase, Spawned, Client)> {
     borough_telemetry::logging::init_test_logging();
     let db = TestDatabase::create().await?;
-    let mut pairs = vec![
-        ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
-        ("BOROUGH_SHUTDOWN_GRACE", "0s"),
-    ];
-    pairs.extend_from_slice(extra);
+    let mut pairs: Vec<(String, String)> = borough_testkit::tls::pki()?
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    pairs.push(("BOROUGH_DATABASE_URL".into(), db.service_url.clone()));
+    pairs.push(("BOROUGH_SHUTDOWN_GRACE".into(), "0s".into()));
+    pairs.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     let settings = borough_config::Settings::from_env(&Env::from_pairs(pairs))?;
     let service = spawn(2, move |mut l, shutdown| {
         let admin = l.remove(1);
@@ -33,7 +40,11 @@ async fn start(extra: &[(&str, &str)]) -> anyhow::Result<(TestDatabase, Spawned,
         borough_config::serve(settings, borough_config::Listeners { api, admin }, shutdown)
     })
     .await?;
-    let client = ConfigServiceClient::connect(service.url(0)).await?;
+    let client = ConfigServiceClient::new(borough_testkit::tls::channel(
+        &service.grpc_url(0),
+        "gateway",
+        "config",
+    )?);
     Ok((db, service, client))
 }
 

@@ -16,11 +16,24 @@ use tonic::transport::Channel;
 
 type Client = ConfigServiceClient<Channel>;
 
+/// A client of `service` presenting `caller`'s certificate.
+fn client_as(service: &Spawned, caller: &str) -> anyhow::Result<Client> {
+    Ok(ConfigServiceClient::new(borough_testkit::tls::channel(
+        &service.grpc_url(0),
+        caller,
+        "config",
+    )?))
+}
+
 async fn replica(db: &TestDatabase) -> anyhow::Result<Spawned> {
-    let settings = borough_config::Settings::from_env(&Env::from_pairs([
-        ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
-        ("BOROUGH_SHUTDOWN_GRACE", "0s"),
-    ]))?;
+    let mut pairs: Vec<(String, String)> = borough_testkit::tls::pki()?
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    pairs.push(("BOROUGH_DATABASE_URL".into(), db.service_url.clone()));
+    pairs.push(("BOROUGH_SHUTDOWN_GRACE".into(), "0s".into()));
+    let settings = borough_config::Settings::from_env(&Env::from_pairs(pairs))?;
     spawn(2, move |mut l, shutdown| {
         let admin = l.remove(1);
         let api = l.remove(0);
@@ -33,7 +46,8 @@ async fn start() -> anyhow::Result<(TestDatabase, Spawned, Client)> {
     borough_telemetry::logging::init_test_logging();
     let db = TestDatabase::create().await?;
     let service = replica(&db).await?;
-    let client = ConfigServiceClient::connect(service.url(0)).await?;
+    // The gateway's identity: the platform's (and, with tenant metadata, tenants') caller.
+    let client = client_as(&service, "gateway")?;
     Ok((db, service, client))
 }
 
@@ -264,7 +278,7 @@ async fn a_watcher_reconnecting_with_its_last_revision_gets_exactly_what_it_miss
 async fn a_put_on_one_replica_reaches_a_watcher_on_another() -> anyhow::Result<()> {
     let (db, first, mut writer) = start().await?;
     let second = replica(&db).await?;
-    let mut reader = ConfigServiceClient::connect(second.url(0)).await?;
+    let mut reader = client_as(&second, "gateway")?;
     let mut stream = reader
         .watch(WatchRequest {
             namespaces: vec![NS.into()],

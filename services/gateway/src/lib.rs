@@ -90,7 +90,12 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub fn new(settings: &Settings, metrics: &Metrics) -> Result<Self, ServeError> {
+    /// Over mutual TLS on `tls` (plaintext without it: internal TLS off).
+    pub fn new(
+        settings: &Settings,
+        metrics: &Metrics,
+        tls: Option<&borough_tls::Materials>,
+    ) -> Result<Self, ServeError> {
         let client_metrics = ClientMetrics::register(metrics);
         let backend = |name, var, url: &str, policy| {
             Backend::new(
@@ -100,6 +105,7 @@ impl Backends {
                 settings.client.clone(),
                 policy,
                 &client_metrics,
+                tls.cloned(),
             )
             .map_err(|e| ServeError::Backend(e.to_string()))
         };
@@ -362,13 +368,32 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let metrics = Metrics::new(SERVICE);
-    let backends = Backends::new(&settings, &metrics)?;
+    let tls = borough_net::tls_materials(SERVICE, &settings.tls, &metrics)?;
+    let backends = Backends::new(&settings, &metrics, tls.as_ref())?;
+    let edge = match &settings.edge_tls {
+        Some(edge) => {
+            let cert = borough_tls::edge::EdgeCert::load(
+                edge.cert.clone(),
+                edge.key.clone(),
+                settings.tls.post_quantum,
+                settings.tls.reload_interval,
+            )?;
+            // Edge handshakes are counted with the internal ones (role `edge`).
+            let counted = match &tls {
+                Some(materials) => materials.metrics().clone(),
+                None => borough_tls::TlsMetrics::register(&metrics),
+            };
+            Some((cert, counted))
+        }
+        None => None,
+    };
     let mut state = app_state(&settings, &backends);
     let readiness = Readiness::new();
     if settings.server.remote.url.is_some() {
         let remote = borough_net::config::follow_platform_config(
             SERVICE,
             settings.server.remote.clone(),
+            tls.as_ref(),
             &readiness,
         );
         state.limits = remote.typed(settings.limits(), settings::parse_limits);
@@ -410,12 +435,13 @@ pub async fn serve(
     if settings.admin_token.is_none() {
         tracing::warn!("BOROUGH_ADMIN_TOKEN is not set: the admin API is disabled");
     }
-    tracing::info!(http = %listeners.api.local_addr()?, "gateway listening");
+    tracing::info!(http = %listeners.api.local_addr()?, https = edge.is_some(), "gateway listening");
 
     let result = server::serve(
         listeners.api,
         app,
         settings.connections,
+        edge,
         connection_metrics,
         lifecycle::drain_after(shutdown, readiness, settings.server.shutdown_grace),
     )

@@ -34,7 +34,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
@@ -267,6 +267,7 @@ pub async fn serve<A>(
     listener: TcpListener,
     app: A,
     limits: ConnectionLimits,
+    edge: Option<(borough_tls::edge::EdgeCert, borough_tls::TlsMetrics)>,
     metrics: ConnectionMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
@@ -282,6 +283,12 @@ where
         + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let acceptor = edge.map(|(edge, tls_metrics)| {
+        (
+            tokio_rustls::TlsAcceptor::from(edge.server_config()),
+            tls_metrics,
+        )
+    });
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -308,9 +315,40 @@ where
         let app = app.clone();
         let metrics = metrics.clone();
         let stopping = stopping.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             metrics.open.inc();
-            connection(stream, peer, app, limits, &metrics, stopping).await;
+            match acceptor {
+                // HTTPS: the handshake is bounded like the headers that follow it.
+                Some((acceptor, tls_metrics)) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls)) => {
+                            let group = tls
+                                .get_ref()
+                                .1
+                                .negotiated_key_exchange_group()
+                                .map(|g| borough_tls::group_name(g.name()));
+                            tls_metrics.handshake("edge", "client".to_owned(), group);
+                            connection(tls, peer, app, limits, &metrics, stopping).await
+                        }
+                        Ok(Err(e)) => {
+                            tls_metrics.failure("edge");
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tls_metrics.failure("edge");
+                            metrics
+                                .closed
+                                .get_or_create(&ReasonLabels {
+                                    reason: "handshake_timeout",
+                                })
+                                .inc();
+                        }
+                    }
+                }
+                None => connection(stream, peer, app, limits, &metrics, stopping).await,
+            }
             metrics.open.dec();
             drop(slot);
         });
@@ -331,9 +369,10 @@ where
     Ok(())
 }
 
-/// Serves one connection until it ends, closing it when a bound says so.
-async fn connection<A>(
-    stream: TcpStream,
+/// Serves one connection (TCP, or TLS over it) until it ends, closing it when a bound
+/// says so.
+async fn connection<A, T>(
+    stream: T,
     peer: SocketAddr,
     app: A,
     limits: ConnectionLimits,
@@ -349,6 +388,7 @@ async fn connection<A>(
         + Send
         + Sync
         + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Tracked {

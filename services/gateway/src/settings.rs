@@ -53,6 +53,19 @@ pub struct Settings {
     /// `BOROUGH_IMPORT_REPORT_LIMIT` (1000): rejected import lines reported in full; the
     /// rest are counted.
     pub import_report_limit: usize,
+    /// Mutual TLS with the services (`BOROUGH_TLS_*`, `BOROUGH_INTERNAL_TLS`).
+    pub tls: borough_tls::TlsSettings,
+    /// `BOROUGH_HTTP_TLS_CERT` and `BOROUGH_HTTP_TLS_KEY`: the gateway terminates TLS
+    /// itself (HTTPS, ALPN `h2` and `http/1.1`) with this certificate and key, reloaded
+    /// when they change. Unset (the default): plain HTTP, TLS left to a proxy in front.
+    pub edge_tls: Option<EdgeTls>,
+}
+
+/// The files of the edge's certificate and key.
+#[derive(Debug, Clone)]
+pub struct EdgeTls {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// The range `BOROUGH_REQUEST_TIMEOUT` and `http.request_timeout` must lie in.
@@ -73,6 +86,31 @@ impl Settings {
                 reason: "must be at least 16 characters".to_owned(),
             });
         }
+        let tls = borough_tls::TlsSettings::from_env(env, "gateway")?;
+        // Inside Borough calls are mutual TLS (https), unless it is switched off.
+        let scheme = match tls.mode {
+            borough_tls::Mode::Mutual => "https",
+            borough_tls::Mode::Off => "http",
+        };
+        let edge_tls = match (
+            env.optional("BOROUGH_HTTP_TLS_CERT"),
+            env.optional("BOROUGH_HTTP_TLS_KEY"),
+        ) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(EdgeTls {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            (cert, _) => {
+                return Err(SettingsError::Missing {
+                    name: if cert.is_some() {
+                        "BOROUGH_HTTP_TLS_KEY (with BOROUGH_HTTP_TLS_CERT)".to_owned()
+                    } else {
+                        "BOROUGH_HTTP_TLS_CERT (with BOROUGH_HTTP_TLS_KEY)".to_owned()
+                    },
+                });
+            }
+        };
         Ok(Settings {
             server: ServerSettings::from_env(
                 env,
@@ -83,19 +121,21 @@ impl Settings {
             )?,
             user_url: env.url(
                 "BOROUGH_USER_URL",
-                "http://127.0.0.1:50051",
+                &format!("{scheme}://127.0.0.1:50051"),
                 &["http", "https"],
             )?,
             query_url: env.url(
                 "BOROUGH_QUERY_URL",
-                "http://127.0.0.1:50052",
+                &format!("{scheme}://127.0.0.1:50052"),
                 &["http", "https"],
             )?,
             config_url: env.url(
                 "BOROUGH_CONFIG_URL",
-                "http://127.0.0.1:50053",
+                &format!("{scheme}://127.0.0.1:50053"),
                 &["http", "https"],
             )?,
+            tls,
+            edge_tls,
             admin_token: admin_token.map(SecretString::from),
             request_timeout: env.duration_in(
                 "BOROUGH_REQUEST_TIMEOUT",
@@ -239,7 +279,8 @@ mod tests {
         let settings = Settings::from_env(&Env::from_pairs([("", "")])).expect("defaults parse");
         assert_eq!(settings.server.api_addr.port(), 8080);
         assert_eq!(settings.server.admin_addr.port(), 9460);
-        assert_eq!(settings.user_url, "http://127.0.0.1:50051");
+        assert_eq!(settings.user_url, "https://127.0.0.1:50051");
+        assert!(settings.edge_tls.is_none());
         assert!(settings.admin_token.is_none());
         assert!(settings.cors_origins.is_empty());
     }

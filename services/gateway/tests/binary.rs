@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use borough_config_client::Env;
 use borough_proto::config::v1::PutRequest;
 use borough_proto::config::v1::config_service_client::ConfigServiceClient;
 use borough_testkit::TestDatabase;
@@ -43,12 +42,13 @@ async fn the_gateway_starts_from_its_snapshot_catches_up_and_changes_log_level_l
     std::fs::write(&snapshot, r#"{"revision":5,"values":{"log.level":"warn"}}"#)?;
 
     let mut child = tokio::process::Command::new(BIN)
+        .envs(support::tls_env())
         .env("BOROUGH_HTTP_ADDR", http.to_string())
         .env("BOROUGH_ADMIN_ADDR", admin.to_string())
-        .env("BOROUGH_CONFIG_URL", format!("http://{config_addr}"))
+        .env("BOROUGH_CONFIG_URL", format!("https://{config_addr}"))
         .env("BOROUGH_CONFIG_SNAPSHOT", &snapshot)
-        .env("BOROUGH_USER_URL", "http://127.0.0.1:9")
-        .env("BOROUGH_QUERY_URL", "http://127.0.0.1:9")
+        .env("BOROUGH_USER_URL", "https://127.0.0.1:9")
+        .env("BOROUGH_QUERY_URL", "https://127.0.0.1:9")
         .env("BOROUGH_LOG_FORMAT", "json")
         .env("BOROUGH_SHUTDOWN_GRACE", "0s")
         .env_remove("RUST_LOG")
@@ -115,10 +115,7 @@ async fn the_gateway_starts_from_its_snapshot_catches_up_and_changes_log_level_l
     // The config service comes up on its address, with a newer log level: the gateway
     // catches up (no restart) and logs requests at INFO again.
     let db = TestDatabase::create().await?;
-    let settings = borough_config::Settings::from_env(&Env::from_pairs([
-        ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
-        ("BOROUGH_SHUTDOWN_GRACE", "0s"),
-    ]))?;
+    let settings = borough_config::Settings::from_env(&support::service_env(&db, &[]))?;
     let listeners = borough_config::Listeners {
         api: tokio::net::TcpListener::bind(config_addr).await?,
         admin: tokio::net::TcpListener::bind("127.0.0.1:0").await?,
@@ -127,7 +124,11 @@ async fn the_gateway_starts_from_its_snapshot_catches_up_and_changes_log_level_l
     let config = tokio::spawn(borough_config::serve(settings, listeners, async {
         let _ = stopped.await;
     }));
-    let mut grpc = ConfigServiceClient::connect(format!("http://{config_addr}")).await?;
+    let mut grpc = ConfigServiceClient::new(borough_testkit::tls::channel(
+        &format!("https://{config_addr}"),
+        "gateway",
+        "config",
+    )?);
     grpc.put(PutRequest {
         namespace: "platform/gateway".into(),
         key: "log.level".into(),
@@ -203,14 +204,15 @@ async fn the_gateway_is_upgraded_in_place_under_load_without_a_failed_request_an
     let settings = [
         ("BOROUGH_HTTP_ADDR", http.to_string()),
         ("BOROUGH_REUSE_PORT", "true".to_owned()),
-        ("BOROUGH_USER_URL", user.url(0)),
-        ("BOROUGH_QUERY_URL", query.url(0)),
+        ("BOROUGH_USER_URL", user.grpc_url(0)),
+        ("BOROUGH_QUERY_URL", query.grpc_url(0)),
         ("BOROUGH_SHUTDOWN_GRACE", "500ms".to_owned()),
         ("BOROUGH_PROBE_INTERVAL", "100ms".to_owned()),
         ("BOROUGH_CONFIG_SNAPSHOT", snapshot.display().to_string()),
         ("RUST_LOG", "warn".to_owned()),
     ];
     let mut old = tokio::process::Command::new(BIN)
+        .envs(support::tls_env())
         .envs(settings.iter().cloned())
         .env("BOROUGH_ADMIN_ADDR", old_admin.to_string())
         .stdout(Stdio::null())
@@ -241,6 +243,7 @@ async fn the_gateway_is_upgraded_in_place_under_load_without_a_failed_request_an
             .arg(to.to_string())
             .arg(BIN)
             .arg(admin.to_string())
+            .envs(support::tls_env())
             .envs(settings.iter().cloned())
             .env("BOROUGH_UPGRADE_TIMEOUT", "20")
             .env("BOROUGH_UPGRADE_LOG", "/dev/null");

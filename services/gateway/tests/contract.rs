@@ -34,8 +34,10 @@ fn app() -> anyhow::Result<App> {
         ("BOROUGH_QUERY_URL", "http://127.0.0.1:9"),
         ("BOROUGH_CONFIG_URL", "http://127.0.0.1:9"),
         ("BOROUGH_ADMIN_TOKEN", ADMIN_TOKEN),
+        // No backend is called for real: plaintext, no certificates needed.
+        ("BOROUGH_INTERNAL_TLS", "off"),
     ]))?;
-    let backends = Backends::new(&settings, &Metrics::new("gateway"))?;
+    let backends = Backends::new(&settings, &Metrics::new("gateway"), None)?;
     let state = AppState::new(app_state(&settings, &backends));
     // A tenant key known to the gateway's cache: tenant routes get past authentication
     // to their method routing without a directory.

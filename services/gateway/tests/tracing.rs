@@ -126,7 +126,8 @@ async fn one_rest_call_is_one_trace_from_the_gateway_through_grpc_to_sql_continu
     let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
     let (user, user_admin, query, query_admin, http, gateway_admin) =
         (free()?, free()?, free()?, free()?, free()?, free()?);
-    let common = [
+    let mut common = borough_testkit::tls::pki()?.env();
+    common.extend([
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ("OTEL_TRACES_SAMPLER", "parentbased_always_on".to_owned()),
@@ -134,7 +135,7 @@ async fn one_rest_call_is_one_trace_from_the_gateway_through_grpc_to_sql_continu
         ("BOROUGH_PROBE_INTERVAL", "100ms".to_owned()),
         ("BOROUGH_SHUTDOWN_GRACE", "0s".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
-    ];
+    ]);
     let spawn = |name: &str, env: Vec<(&str, String)>| {
         tokio::process::Command::new(binary(name))
             .envs(common.iter().cloned())
@@ -164,8 +165,8 @@ async fn one_rest_call_is_one_trace_from_the_gateway_through_grpc_to_sql_continu
         vec![
             ("BOROUGH_HTTP_ADDR", http.to_string()),
             ("BOROUGH_ADMIN_ADDR", gateway_admin.to_string()),
-            ("BOROUGH_USER_URL", format!("http://{user}")),
-            ("BOROUGH_QUERY_URL", format!("http://{query}")),
+            ("BOROUGH_USER_URL", format!("https://{user}")),
+            ("BOROUGH_QUERY_URL", format!("https://{query}")),
             ("BOROUGH_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ],
     )?;

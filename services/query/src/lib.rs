@@ -460,7 +460,18 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// `BOROUGH_CACHE_*`.
     pub cache: CacheSettings,
+    /// Mutual TLS with the other services (`BOROUGH_TLS_*`, `BOROUGH_INTERNAL_TLS`).
+    pub tls: borough_tls::TlsSettings,
 }
+
+/// Who may call the query service: the gateway (reads, for tenants), and every Borough
+/// process its health.
+pub static POLICY: borough_net::authz::Policy = borough_net::authz::Policy {
+    rules: &[borough_net::authz::Rule {
+        callers: &["gateway"],
+        methods: &["/borough.query.v1.QueryService/"],
+    }],
+};
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
@@ -474,6 +485,7 @@ impl Settings {
             )?,
             database: DatabaseSettings::from_env(env)?,
             cache: CacheSettings::from_env(env)?,
+            tls: borough_tls::TlsSettings::from_env(env, SERVICE)?,
         })
     }
 }
@@ -486,6 +498,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let metrics = Metrics::new(SERVICE);
+    let tls = borough_net::tls_materials(SERVICE, &settings.tls, &metrics)?;
     let (router, changes) = settings
         .database
         .router_with_feed(&metrics, feed::CHANNEL)
@@ -493,7 +506,8 @@ pub async fn serve(
     let cache = UserCache::new(&settings.cache, &metrics);
     if settings.server.remote.url.is_some() {
         // `cache.ttl` in platform/query: hot, for entries cached from then on.
-        let remote = borough_net::config::platform_config(SERVICE, &settings.server.remote);
+        let remote =
+            borough_net::config::platform_config(SERVICE, &settings.server.remote, tls.as_ref());
         let mut ttl = remote.typed(settings.cache.ttl, |snapshot, defaults| {
             match snapshot.values.get("cache.ttl") {
                 None => Ok(*defaults),
@@ -518,6 +532,8 @@ pub async fn serve(
     borough_net::serve_grpc(
         SERVICE,
         &settings.server,
+        tls,
+        &POLICY,
         listeners,
         routes,
         pool,

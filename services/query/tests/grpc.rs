@@ -1,7 +1,6 @@
 //! `QueryService` over real gRPC: the bidirectional batch answers each id as it arrives,
 //! and the server stream exports in id order.
 
-use borough_config_client::Env;
 use borough_proto::query::v1::batch_get_users_response::Result as BatchResult;
 use borough_proto::query::v1::query_service_client::QueryServiceClient;
 use borough_proto::query::v1::{BatchGetUsersRequest, ExportUsersRequest, SearchUsersRequest};
@@ -12,10 +11,10 @@ use uuid::Uuid;
 async fn start() -> anyhow::Result<(TestDatabase, Spawned)> {
     borough_telemetry::logging::init_test_logging();
     let db = TestDatabase::create().await?;
-    let settings = borough_query::Settings::from_env(&Env::from_pairs([
+    let settings = borough_query::Settings::from_env(&borough_testkit::tls::service_env(&[
         ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
         ("BOROUGH_SHUTDOWN_GRACE", "0s"),
-    ]))?;
+    ])?)?;
     let service = spawn(2, move |mut l, shutdown| {
         let admin = l.remove(1);
         let api = l.remove(0);
@@ -53,7 +52,11 @@ async fn batch_get_answers_each_id_before_the_next_is_sent() -> anyhow::Result<(
     let (db, service) = start().await?;
     let tenant = db.provision_tenant(Placement::Schema).await?;
     let ids = seed(&db, tenant, 3).await?;
-    let mut client = QueryServiceClient::connect(service.url(0)).await?;
+    let mut client = QueryServiceClient::new(borough_testkit::tls::channel(
+        &service.grpc_url(0),
+        "gateway",
+        "query",
+    )?);
     let (ids_out, ids_in) = tokio::sync::mpsc::channel(1);
     let mut replies = client
         .batch_get_users(scoped(
@@ -115,7 +118,11 @@ async fn export_streams_every_user_in_id_order_and_search_caps_its_page() -> any
     .bind(tenant.as_uuid())
     .execute(&pool)
     .await?;
-    let mut client = QueryServiceClient::connect(service.url(0)).await?;
+    let mut client = QueryServiceClient::new(borough_testkit::tls::channel(
+        &service.grpc_url(0),
+        "gateway",
+        "query",
+    )?);
     let mut stream = client
         .export_users(scoped(tenant, ExportUsersRequest {}))
         .await?

@@ -33,7 +33,21 @@ pub struct Settings {
     pub provisioner_url: Option<borough_config_client::SecretUrl>,
     /// `BOROUGH_IDEMPOTENCY_TTL` (24h): how long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: std::time::Duration,
+    /// Mutual TLS with the other services (`BOROUGH_TLS_*`, `BOROUGH_INTERNAL_TLS`).
+    pub tls: borough_tls::TlsSettings,
 }
+
+/// Who may call the user service: the gateway (users, for tenants; the tenant
+/// directory and admin), and every Borough process its health.
+pub static POLICY: borough_net::authz::Policy = borough_net::authz::Policy {
+    rules: &[borough_net::authz::Rule {
+        callers: &["gateway"],
+        methods: &[
+            "/borough.user.v1.UserService/",
+            "/borough.user.v1.TenantAdminService/",
+        ],
+    }],
+};
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
@@ -58,6 +72,7 @@ impl Settings {
                 "BOROUGH_IDEMPOTENCY_TTL",
                 std::time::Duration::from_secs(24 * 3600),
             )?,
+            tls: borough_tls::TlsSettings::from_env(env, SERVICE)?,
         })
     }
 }
@@ -70,6 +85,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let metrics = Metrics::new(SERVICE);
+    let tls = borough_net::tls_materials(SERVICE, &settings.tls, &metrics)?;
     let router = settings
         .database
         .router(&metrics)
@@ -89,6 +105,8 @@ pub async fn serve(
     borough_net::serve_grpc(
         SERVICE,
         &settings.server,
+        tls,
+        &POLICY,
         listeners,
         routes,
         pool,

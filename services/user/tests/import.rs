@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use borough_config_client::Env;
 use borough_proto::user::v1::ImportUsersRequest;
 use borough_proto::user::v1::user_service_client::UserServiceClient;
 use borough_tenancy::{Placement, TenantContext};
@@ -24,18 +23,22 @@ async fn a_chunk_that_fails_midway_is_reported_whole_and_the_other_chunks_are_cr
     let mut cluster = own_cluster()?;
     let db = TestDatabase::create_on(&cluster).await?;
     let tenant = db.provision_tenant(Placement::Shared).await?;
-    let settings = borough_user::Settings::from_env(&Env::from_pairs([
+    let settings = borough_user::Settings::from_env(&borough_testkit::tls::service_env(&[
         ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
         ("BOROUGH_DB_ACQUIRE_TIMEOUT", "500ms"),
         ("BOROUGH_SHUTDOWN_GRACE", "0s"),
-    ]))?;
+    ])?)?;
     let service = spawn(2, move |mut l, shutdown| {
         let admin = l.remove(1);
         let api = l.remove(0);
         borough_user::serve(settings, borough_user::Listeners { api, admin }, shutdown)
     })
     .await?;
-    let mut client = UserServiceClient::connect(service.url(0)).await?;
+    let mut client = UserServiceClient::new(borough_testkit::tls::channel(
+        &service.grpc_url(0),
+        "gateway",
+        "user",
+    )?);
 
     // Rows 1..=500 (chunk 1) commit; then PostgreSQL stops for chunk 2 (501..=1000); it is
     // back for the last 200 rows (chunk 3).

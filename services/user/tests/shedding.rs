@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use borough_config_client::Env;
 use borough_proto::user::v1::user_service_client::UserServiceClient;
 use borough_proto::user::v1::{CreateUserRequest, UpdateUserRequest};
 use borough_tenancy::{Placement, TenantContext};
@@ -17,19 +16,23 @@ async fn a_call_past_the_in_flight_limit_is_refused_at_once_with_a_retry_hint() 
     borough_telemetry::logging::init_test_logging();
     let db = TestDatabase::create().await?;
     let tenant = db.provision_tenant(Placement::Shared).await?;
-    let settings = borough_user::Settings::from_env(&Env::from_pairs([
+    let settings = borough_user::Settings::from_env(&borough_testkit::tls::service_env(&[
         ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
         ("BOROUGH_MAX_IN_FLIGHT", "1"),
         ("BOROUGH_MAX_QUEUE", "0"),
         ("BOROUGH_SHUTDOWN_GRACE", "0s"),
-    ]))?;
+    ])?)?;
     let service = spawn(2, move |mut l, shutdown| {
         let admin = l.remove(1);
         let api = l.remove(0);
         borough_user::serve(settings, borough_user::Listeners { api, admin }, shutdown)
     })
     .await?;
-    let mut client = UserServiceClient::connect(service.url(0)).await?;
+    let mut client = UserServiceClient::new(borough_testkit::tls::channel(
+        &service.grpc_url(0),
+        "gateway",
+        "user",
+    )?);
     let as_tenant = |message| {
         let mut request = tonic::Request::new(message);
         TenantContext::new(tenant).write_metadata(request.metadata_mut());
@@ -81,9 +84,7 @@ async fn a_call_past_the_in_flight_limit_is_refused_at_once_with_a_retry_hint() 
     assert!(status.metadata().get("retry-after").is_some());
     // Health checks are never shed.
     let mut health = tonic_health::pb::health_client::HealthClient::new(
-        tonic::transport::Channel::from_shared(service.url(0))?
-            .connect()
-            .await?,
+        borough_testkit::tls::channel(&service.grpc_url(0), "query", "user")?,
     );
     health
         .check(tonic_health::pb::HealthCheckRequest {

@@ -306,8 +306,8 @@ async fn a_wrong_method_is_405_with_allow() -> anyhow::Result<()> {
 async fn with_backends_down_hello_works_readyz_says_what_is_missing_and_calls_are_503()
 -> anyhow::Result<()> {
     // Ports that were free a moment ago: nothing listens there.
-    let user = format!("http://127.0.0.1:{}", borough_testkit::pg::free_port()?);
-    let query = format!("http://127.0.0.1:{}", borough_testkit::pg::free_port()?);
+    let user = format!("https://127.0.0.1:{}", borough_testkit::pg::free_port()?);
+    let query = format!("https://127.0.0.1:{}", borough_testkit::pg::free_port()?);
     let gateway = spawn_gateway(&user, &query, &[]).await?;
     let http = reqwest::Client::new();
 
@@ -366,17 +366,15 @@ async fn with_backends_down_hello_works_readyz_says_what_is_missing_and_calls_ar
 
 #[tokio::test]
 async fn services_start_with_the_database_down_and_report_it_on_readyz() -> anyhow::Result<()> {
-    let env = borough_config_client::Env::from_pairs([
-        (
-            "BOROUGH_DATABASE_URL".to_owned(),
-            format!(
-                "postgres://borough_service:x@127.0.0.1:{}/none",
-                borough_testkit::pg::free_port()?
-            ),
-        ),
-        ("BOROUGH_PROBE_INTERVAL".to_owned(), "100ms".to_owned()),
-        ("BOROUGH_DB_ACQUIRE_TIMEOUT".to_owned(), "500ms".to_owned()),
-    ]);
+    let url = format!(
+        "postgres://borough_service:x@127.0.0.1:{}/none",
+        borough_testkit::pg::free_port()?
+    );
+    let env = borough_testkit::tls::service_env(&[
+        ("BOROUGH_DATABASE_URL", url.as_str()),
+        ("BOROUGH_PROBE_INTERVAL", "100ms"),
+        ("BOROUGH_DB_ACQUIRE_TIMEOUT", "500ms"),
+    ])?;
     let settings = borough_user::Settings::from_env(&env)?;
     let user = crate::support::spawn_user_with(settings).await?;
     let readyz = format!("{}/readyz", user.url(1));
@@ -406,10 +404,9 @@ async fn services_start_with_the_database_down_and_report_it_on_readyz() -> anyh
 
     // Calls that need the database fail with UNAVAILABLE, not a hang or a crash.
     let mut client =
-        borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClient::connect(
-            user.url(0),
-        )
-        .await?;
+        borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClient::new(
+            borough_testkit::tls::channel(&user.grpc_url(0), "gateway", "user")?,
+        );
     let status = client
         .list_tenants(borough_proto::user::v1::ListTenantsRequest::default())
         .await

@@ -11,7 +11,7 @@ use crate::support::{ADMIN_TOKEN, Stack, assert_problem, spawn_gateway};
 /// A gateway with no backends (they are not needed for what is tested) and `extra`
 /// settings.
 async fn lone_gateway(extra: &[(&str, &str)]) -> anyhow::Result<borough_testkit::Spawned> {
-    spawn_gateway("http://127.0.0.1:9", "http://127.0.0.1:9", extra).await
+    spawn_gateway("https://127.0.0.1:9", "https://127.0.0.1:9", extra).await
 }
 
 fn addr(gateway: &borough_testkit::Spawned) -> std::net::SocketAddr {

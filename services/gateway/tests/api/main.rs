@@ -13,3 +13,4 @@ mod resilience;
 mod shutdown;
 mod support;
 mod walkthrough;
+mod zero_trust;

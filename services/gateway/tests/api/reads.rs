@@ -456,9 +456,9 @@ async fn writes_are_read_back_at_once_and_invalidate_another_query_replica_withi
         &[],
     ))?)
     .await?;
-    let mut client =
-        borough_proto::query::v1::query_service_client::QueryServiceClient::connect(replica.url(0))
-            .await?;
+    let mut client = borough_proto::query::v1::query_service_client::QueryServiceClient::new(
+        borough_testkit::tls::channel(&replica.grpc_url(0), "gateway", "query")?,
+    );
     let version_on_replica =
         |client: &mut borough_proto::query::v1::query_service_client::QueryServiceClient<
             tonic::transport::Channel,

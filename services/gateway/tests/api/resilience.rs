@@ -183,17 +183,36 @@ async fn a_replica_refusing_connections_costs_no_idempotent_request_and_writes_w
 
     // Query: the real replica and one behind a proxy that will refuse every connection
     // (healthy when the gateway first checks it; next checked in 10 s).
+    let http = reqwest::Client::new();
     let dead_query = FaultProxy::start(stack.query.addr(0)).await?;
     // User: only through a proxy that cuts every answer (the write happens, the reply is lost).
     let cut_user = FaultProxy::start(stack.user.addr(0)).await?;
     let gateway = gateway_to(
-        &stack.user.url(0),
-        &format!("{},{}", stack.query.url(0), dead_query.url()),
+        &stack.user.grpc_url(0),
+        &format!("{},{}", stack.query.grpc_url(0), dead_query.grpc_url()),
         &[("BOROUGH_HEALTH_INTERVAL", "10s")],
     )
     .await?;
+    // Readiness does not wait for every replica's first check: wait for the proxied one's
+    // (over TLS a handshake longer), or the check itself would meet the refusal.
+    let checked = format!("endpoint=\"{}\"", dead_query.addr());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric_at(
+        &http,
+        &gateway.url(1),
+        "borough_backend_endpoint_healthy",
+        &checked,
+    )
+    .await?
+        < 1.0
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the proxied replica was never checked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     dead_query.set(Fault::Refuse);
-    let http = reqwest::Client::new();
     let mut failed = 0;
     for _ in 0..200 {
         let response = http
@@ -216,7 +235,7 @@ async fn a_replica_refusing_connections_costs_no_idempotent_request_and_writes_w
     .await?;
     assert!(retries >= 1.0, "retries: {retries}");
 
-    let cutting = gateway_to(&cut_user.url(), &stack.query.url(0), &[]).await?;
+    let cutting = gateway_to(&cut_user.grpc_url(), &stack.query.grpc_url(0), &[]).await?;
     // The gateway knows the key already (its check went through while the network was good).
     let warm = http
         .get(format!("{}{path}", cutting.url(0)))
@@ -253,8 +272,8 @@ async fn a_failing_backend_opens_its_circuit_within_a_second_fails_fast_and_clos
     let (_, key) = stack.create_tenant("breaker").await?;
     let proxy = FaultProxy::start(stack.query.addr(0)).await?;
     let gateway = gateway_to(
-        &stack.user.url(0),
-        &proxy.url(),
+        &stack.user.grpc_url(0),
+        &proxy.grpc_url(),
         &[
             ("BOROUGH_BREAKER_OPEN_FOR", "500ms"),
             ("BOROUGH_HEALTH_INTERVAL", "10s"),
@@ -346,8 +365,8 @@ async fn a_slow_backend_makes_the_gateway_answer_504_near_its_timeout() -> Resul
     let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
     let proxy = FaultProxy::start(stack.query.addr(0)).await?;
     let gateway = gateway_to(
-        &stack.user.url(0),
-        &proxy.url(),
+        &stack.user.grpc_url(0),
+        &proxy.grpc_url(),
         &[
             ("BOROUGH_REQUEST_TIMEOUT", "500ms"),
             ("BOROUGH_HEALTH_INTERVAL", "10s"),
@@ -384,14 +403,14 @@ async fn past_its_in_flight_limit_the_gateway_sheds_at_once_with_503_and_the_lim
     // Slow reads hold their slots.
     let proxy = FaultProxy::start(stack.query.addr(0)).await?;
     let gateway = gateway_to(
-        &stack.user.url(0),
-        &proxy.url(),
+        &stack.user.grpc_url(0),
+        &proxy.grpc_url(),
         &[
             ("BOROUGH_MAX_IN_FLIGHT", "2"),
             ("BOROUGH_MAX_QUEUE", "1"),
             ("BOROUGH_QUEUE_TIMEOUT", "50ms"),
             ("BOROUGH_HEALTH_INTERVAL", "10s"),
-            ("BOROUGH_CONFIG_URL", &stack.config.url(0)),
+            ("BOROUGH_CONFIG_URL", &stack.config.grpc_url(0)),
             (
                 "BOROUGH_CONFIG_SNAPSHOT",
                 &std::env::temp_dir()
@@ -587,8 +606,8 @@ async fn restarting_every_user_and_query_replica_one_by_one_under_load_fails_no_
         spawn_query_with(query_settings.clone()).await?,
     ];
     let gateway = gateway_to(
-        &format!("{},{}", users[0].url(0), users[1].url(0)),
-        &format!("{},{}", queries[0].url(0), queries[1].url(0)),
+        &format!("{},{}", users[0].grpc_url(0), users[1].grpc_url(0)),
+        &format!("{},{}", queries[0].grpc_url(0), queries[1].grpc_url(0)),
         &[("BOROUGH_HEALTH_INTERVAL", "50ms")],
     )
     .await?;

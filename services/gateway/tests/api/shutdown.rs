@@ -15,8 +15,8 @@ async fn gateway_in_flight_request_completes_and_readiness_fails_before_the_list
     let stack = Stack::start().await?;
     let (_, key) = stack.create_tenant("draining").await?;
     let mut gateway = spawn_gateway(
-        &stack.user.url(0),
-        &stack.query.url(0),
+        &stack.user.grpc_url(0),
+        &stack.query.grpc_url(0),
         &[("BOROUGH_SHUTDOWN_GRACE", "1s")],
     )
     .await?;
@@ -74,9 +74,9 @@ async fn user_service_call_in_flight_completes_during_shutdown() -> anyhow::Resu
         .execute(&mut *blocker)
         .await?;
 
-    let mut client =
-        borough_proto::user::v1::user_service_client::UserServiceClient::connect(user.url(0))
-            .await?;
+    let mut client = borough_proto::user::v1::user_service_client::UserServiceClient::new(
+        borough_testkit::tls::channel(&user.grpc_url(0), "gateway", "user")?,
+    );
     let mut request = tonic::Request::new(borough_proto::user::v1::CreateUserRequest {
         name: "Patient Pat".into(),
         email: "pat@example.com".into(),

@@ -21,18 +21,35 @@ pub struct Stack {
     pub http: reqwest::Client,
 }
 
+/// The test PKI's settings (`BOROUGH_TLS_DIR`, `BOROUGH_TRUST_DOMAIN`): every service
+/// of a test stack talks mutual TLS.
+pub fn tls_env() -> Vec<(String, String)> {
+    borough_testkit::tls::pki()
+        .map(|pki| {
+            pki.env()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn service_env(db: &TestDatabase, extra: &[(&str, &str)]) -> Env {
     // Later pairs win: `extra` overrides the defaults.
-    let pairs: Vec<(String, String)> = [
-        ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
-        ("BOROUGH_PROVISIONER_DATABASE_URL", db.admin_url.as_str()),
-        ("BOROUGH_SHUTDOWN_GRACE", "0s"),
-        ("BOROUGH_PROBE_INTERVAL", "100ms"),
-    ]
-    .iter()
-    .chain(extra)
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
+    let pairs: Vec<(String, String)> = tls_env()
+        .into_iter()
+        .chain(
+            [
+                ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
+                ("BOROUGH_PROVISIONER_DATABASE_URL", db.admin_url.as_str()),
+                ("BOROUGH_SHUTDOWN_GRACE", "0s"),
+                ("BOROUGH_PROBE_INTERVAL", "100ms"),
+            ]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+        .collect();
     Env::from_pairs(pairs)
 }
 
@@ -123,7 +140,8 @@ pub async fn spawn_gateway(
     query_url: &str,
     extra: &[(&str, &str)],
 ) -> Result<Spawned> {
-    let mut pairs: Vec<(String, String)> = vec![
+    let mut pairs: Vec<(String, String)> = tls_env();
+    pairs.extend([
         ("BOROUGH_USER_URL".into(), user_url.into()),
         ("BOROUGH_QUERY_URL".into(), query_url.into()),
         ("BOROUGH_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
@@ -132,7 +150,7 @@ pub async fn spawn_gateway(
         ("BOROUGH_RATE_LIMIT_BURST".into(), "1000000".into()),
         ("BOROUGH_SHUTDOWN_GRACE".into(), "0s".into()),
         ("BOROUGH_PROBE_INTERVAL".into(), "100ms".into()),
-    ];
+    ]);
     pairs.extend(
         extra
             .iter()
@@ -184,7 +202,7 @@ impl Stack {
         // The config service first: every other service follows its platform namespace,
         // each with a snapshot file of its own (tests run side by side).
         let config = spawn_config(&db).await?;
-        let config_url = config.url(0);
+        let config_url = config.grpc_url(0);
         let snapshot = || {
             std::env::temp_dir()
                 .join(format!(
@@ -228,7 +246,8 @@ impl Stack {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let gateway_settings = gateway_pairs.as_slice();
-        let gateway = spawn_gateway(&user.url(0), &query.url(0), gateway_settings).await?;
+        let gateway =
+            spawn_gateway(&user.grpc_url(0), &query.grpc_url(0), gateway_settings).await?;
         let stack = Stack {
             db,
             user,
