@@ -31,7 +31,8 @@ static CLUSTER: OnceLock<std::result::Result<Cluster, String>> = OnceLock::new()
 pub fn cluster() -> Result<&'static Cluster> {
     CLUSTER
         .get_or_init(|| {
-            let cluster = Cluster::start_temporary().map_err(|e| format!("{e:#}"))?;
+            let cluster = Cluster::start_temporary(&server_tls().map_err(|e| format!("{e:#}"))?)
+                .map_err(|e| format!("{e:#}"))?;
             prepare_cluster(&cluster).map_err(|e| format!("{e:#}"))?;
             Ok(cluster)
         })
@@ -39,10 +40,15 @@ pub fn cluster() -> Result<&'static Cluster> {
         .map_err(|e| anyhow!("the test PostgreSQL cluster failed to start: {e}"))
 }
 
+/// The test clusters' TLS: PostgreSQL's certificate from this process's test PKI.
+fn server_tls() -> Result<pg::ServerTls> {
+    Ok(pg::ServerTls::in_pki(&tls::pki()?.dir))
+}
+
 /// A cluster of the caller's own (not shared with the process's other tests), ready for
 /// [`TestDatabase::create_on`]: for tests that stop and start the server.
 pub fn own_cluster() -> Result<Cluster> {
-    let cluster = Cluster::start_temporary()?;
+    let cluster = Cluster::start_temporary(&server_tls()?)?;
     prepare_cluster(&cluster)?;
     Ok(cluster)
 }

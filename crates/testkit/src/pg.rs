@@ -9,6 +9,10 @@
 //! is watched by a small shell that holds a pipe from this process: when the process ends,
 //! however it ends, the pipe closes and the shell stops the server and deletes its files.
 //! No stray postgres survives `make test`.
+//!
+//! Every cluster is TLS only (`hostssl` in `pg_hba.conf`, TLS 1.3, plaintext rejected), its
+//! certificate issued by a Borough PKI ([`ServerTls`]); its URLs say
+//! `sslmode=verify-full` against that PKI's CA.
 
 use std::io::Read;
 use std::net::{TcpListener as StdListener, TcpStream as StdTcpStream};
@@ -23,10 +27,31 @@ pub const SUPERUSER: &str = "postgres";
 /// The LOGIN role services connect as; a member of `borough_app`.
 pub const SERVICE_ROLE: &str = "borough_service";
 
+/// The files a cluster serves TLS with, and the CA its clients verify it against.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ServerTls {
+    /// The `postgres.crt`/`.key` and `ca.crt` of a Borough PKI directory.
+    pub fn in_pki(dir: &Path) -> ServerTls {
+        ServerTls {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("postgres.crt"),
+            key: dir.join("postgres.key"),
+        }
+    }
+}
+
 /// A running PostgreSQL server.
 pub struct Cluster {
     pub data_dir: PathBuf,
     pub port: u16,
+    /// The CA clients verify the server against (`sslrootcert`).
+    pub ca: PathBuf,
     superuser_password: String,
     service_password: String,
     /// Temporary clusters: the watchdog's stdin. Dropping it (or exiting) stops the server.
@@ -48,7 +73,7 @@ const TEST_SERVICE_PASSWORD: &str = "testkit-service";
 
 impl Cluster {
     /// Starts a temporary cluster on a free loopback port.
-    pub fn start_temporary() -> Result<Cluster> {
+    pub fn start_temporary(tls: &ServerTls) -> Result<Cluster> {
         let bin = pg_bin_dir()?;
         let template = ensure_template(&bin)?;
         let mut last_err = None;
@@ -61,12 +86,14 @@ impl Cluster {
             as_server_user(Command::new("cp").arg("-a").arg(&template).arg(&data_dir))
                 .status_ok()
                 .context("copying the template cluster")?;
+            install_tls(&data_dir, tls)?;
             let port = free_port()?;
             match spawn_watched(&bin, &data_dir, port, true) {
                 Ok(watchdog) => {
                     let cluster = Cluster {
                         data_dir,
                         port,
+                        ca: tls.ca.clone(),
                         superuser_password: TEST_SUPERUSER_PASSWORD.to_owned(),
                         service_password: TEST_SERVICE_PASSWORD.to_owned(),
                         watchdog: Some(watchdog),
@@ -89,15 +116,18 @@ impl Cluster {
         port: u16,
         superuser_password: &str,
         service_password: &str,
+        tls: &ServerTls,
     ) -> Result<Cluster> {
         let bin = pg_bin_dir()?;
         if !data_dir.join("PG_VERSION").exists() {
             initdb(&bin, data_dir, superuser_password)?;
         }
+        install_tls(data_dir, tls)?;
         let watchdog = spawn_watched(&bin, data_dir, port, false)?;
         let cluster = Cluster {
             data_dir: data_dir.to_owned(),
             port,
+            ca: tls.ca.clone(),
             superuser_password: superuser_password.to_owned(),
             service_password: service_password.to_owned(),
             watchdog: Some(watchdog),
@@ -146,17 +176,21 @@ impl Cluster {
 
     /// A superuser URL for `database`.
     pub fn superuser_url(&self, database: &str) -> String {
-        format!(
-            "postgres://{SUPERUSER}:{}@127.0.0.1:{}/{database}",
-            self.superuser_password, self.port
-        )
+        self.url(SUPERUSER, &self.superuser_password, database)
     }
 
     /// The service role's URL for `database`.
     pub fn service_url(&self, database: &str) -> String {
+        self.url(SERVICE_ROLE, &self.service_password, database)
+    }
+
+    /// `role`'s URL for `database`: TLS, the server verified against the cluster's CA and
+    /// by name (`sslmode=verify-full`).
+    pub fn url(&self, role: &str, password: &str, database: &str) -> String {
         format!(
-            "postgres://{SERVICE_ROLE}:{}@127.0.0.1:{}/{database}",
-            self.service_password, self.port
+            "postgres://{role}:{password}@127.0.0.1:{}/{database}?{}",
+            self.port,
+            tls_params(&self.ca)
         )
     }
 
@@ -204,6 +238,54 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The query parameters of a URL that verifies the server fully against `ca`.
+pub fn tls_params(ca: &Path) -> String {
+    let path: String = ca
+        .display()
+        .to_string()
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("sslmode=verify-full&sslrootcert={path}")
+}
+
+/// The server's certificate and key into the data directory (owned by the server's user,
+/// the key 0600 as PostgreSQL demands), and a `pg_hba.conf` that accepts TLS only.
+fn install_tls(data_dir: &Path, tls: &ServerTls) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let hba = "# Written by Borough's test kit at each start: TLS only, passwords (SCRAM).\n\
+               hostssl all all 127.0.0.1/32 scram-sha-256\n\
+               hostssl all all ::1/128 scram-sha-256\n\
+               hostnossl all all all reject\n";
+    for (from, to, mode) in [
+        (Some(&tls.cert), "server.crt", 0o600),
+        (Some(&tls.key), "server.key", 0o600),
+        (None, "pg_hba.conf", 0o600),
+    ] {
+        let target = data_dir.join(to);
+        match from {
+            Some(from) => {
+                std::fs::copy(from, &target)
+                    .with_context(|| format!("copying {} into the cluster", from.display()))?;
+            }
+            None => std::fs::write(&target, hba)?,
+        }
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+        if running_as_root() {
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&target)
+                .status_ok()?;
+        }
+    }
+    Ok(())
 }
 
 /// Where Debian's (or another) PostgreSQL server binaries are.
@@ -365,7 +447,9 @@ fn spawn_watched(
         r#"DATA="$1"
 start() {{
   "{postgres}" -D "$DATA" -p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories= \
-    -c max_connections=300 -c shared_buffers=64MB {speed} >>"$DATA/postgres.log" 2>&1 &
+    -c max_connections=300 -c shared_buffers=64MB -c ssl=on -c ssl_cert_file=server.crt \
+    -c ssl_key_file=server.key -c ssl_min_protocol_version=TLSv1.3 {speed} \
+    >>"$DATA/postgres.log" 2>&1 &
   pid=$!
 }}
 start

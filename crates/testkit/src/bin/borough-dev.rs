@@ -1,7 +1,10 @@
 //! `borough-dev run`: the whole stack on one machine, for `make run`.
 //!
+//! 0. A development PKI under `./.data/pki` (first run): a CA and a certificate for each
+//!    service (its SPIFFE ID) and for PostgreSQL; every gRPC call is mutual TLS.
 //! 1. A PostgreSQL cluster under `./.data/pg` (initialised on first run, as `postgres`
-//!    when root), on 127.0.0.1:`BOROUGH_DEV_PG_PORT` (55432).
+//!    when root), on 127.0.0.1:`BOROUGH_DEV_PG_PORT` (55432), TLS only; services verify it
+//!    against the PKI's CA (`sslmode=verify-full`).
 //! 2. The `borough` database, migrated; the service login role with its own password.
 //! 3. The user, query and gateway binaries (siblings of this one), with `BOROUGH_*`
 //!    settings derived from the above unless already set in the environment.
@@ -82,6 +85,13 @@ async fn run() -> Result<()> {
         .parse()
         .context("BOROUGH_DEV_PG_PORT must be a port number")?;
 
+    // 0. The PKI (first run): a CA, each service's certificate, PostgreSQL's.
+    let pki = data.join("pki");
+    let trust_domain = env_or("BOROUGH_TRUST_DOMAIN", "borough.internal");
+    borough_tls::generate::ensure(&pki, &trust_domain, &borough_tls::generate::SERVICES, &[])
+        .context("creating the development PKI")?;
+    let pki_dir = pki.display().to_string();
+
     // 1. PostgreSQL.
     let superuser_password = secret(&data.join("pg-superuser-password"))?;
     let service_password = secret(&data.join("pg-service-password"))?;
@@ -94,6 +104,7 @@ async fn run() -> Result<()> {
         pg_port,
         &superuser_password,
         &service_password,
+        &borough_testkit::pg::ServerTls::in_pki(&pki),
     )?;
 
     // 2. Database, migrations, service role.
@@ -157,7 +168,7 @@ async fn run() -> Result<()> {
     let admins = [addr(9460), addr(9461), addr(9462), addr(9463)];
     let mut children = Vec::new();
     let work = async {
-        let config_url = format!("http://{config_grpc}");
+        let config_url = format!("https://{config_grpc}");
         let config_url = config_url.as_str();
         let snapshot = |service: &str| {
             data.join(format!("config-{service}.json"))
@@ -193,6 +204,7 @@ async fn run() -> Result<()> {
                 ("BOROUGH_DATABASE_URL", &database_url),
                 ("BOROUGH_CONFIG_URL", config_url),
                 ("BOROUGH_CONFIG_SNAPSHOT", &snapshot),
+                ("BOROUGH_TLS_DIR", &pki_dir),
             ];
             if binary == "borough-user" {
                 // It creates schema and database tenants.
@@ -210,10 +222,11 @@ async fn run() -> Result<()> {
                     ("BOROUGH_ADMIN_TOKEN", &admin_token),
                     ("BOROUGH_HTTP_ADDR", &gateway_addr),
                     ("BOROUGH_ADMIN_ADDR", &admins[0]),
-                    ("BOROUGH_USER_URL", &format!("http://{user_grpc}")),
-                    ("BOROUGH_QUERY_URL", &format!("http://{query_grpc}")),
+                    ("BOROUGH_USER_URL", &format!("https://{user_grpc}")),
+                    ("BOROUGH_QUERY_URL", &format!("https://{query_grpc}")),
                     ("BOROUGH_CONFIG_URL", config_url),
                     ("BOROUGH_CONFIG_SNAPSHOT", &gateway_snapshot),
+                    ("BOROUGH_TLS_DIR", &pki_dir),
                 ],
             )?,
         ));
