@@ -19,6 +19,7 @@ pub mod migrate;
 pub mod placement;
 pub mod provision;
 pub mod router;
+pub mod secrets;
 
 pub use context::{TenantContext, TenantId};
 pub use placement::Placement;

@@ -66,6 +66,11 @@ const CONTROL: &[Migration] = &[
         name: "config_bounds",
         sql: include_str!("../../../migrations/control/0005_config_bounds.sql"),
     },
+    Migration {
+        version: 6,
+        name: "sealed_urls_and_service_logins",
+        sql: include_str!("../../../migrations/control/0006_sealed_urls_and_service_logins.sql"),
+    },
 ];
 
 const TENANT: &[Migration] = &[
@@ -84,11 +89,73 @@ const TENANT: &[Migration] = &[
         name: "idempotency_keys",
         sql: include_str!("../../../migrations/tenant/0003_idempotency_keys.sql"),
     },
+    Migration {
+        version: 4,
+        name: "query_reads",
+        sql: include_str!("../../../migrations/tenant/0004_query_reads.sql"),
+    },
 ];
 
-/// The role services connect as (through a LOGIN member of it). It owns nothing and
-/// cannot bypass row-level security.
+/// The user service's group role (the write side): tenant data and the control plane. Its
+/// LOGIN member is [`Login::User`]. Like every group here it owns nothing and cannot
+/// bypass row-level security.
 pub const APP_ROLE: &str = "borough_app";
+/// The query service's group: reads tenant data and the outbox, and tenants' routes
+/// without their secrets.
+pub const QUERY_ROLE: &str = "borough_query_app";
+/// The config service's group: the `config` schema alone.
+pub const CONFIG_ROLE: &str = "borough_config_app";
+
+/// The groups, created by every migration run.
+const GROUPS: [&str; 3] = [APP_ROLE, QUERY_ROLE, CONFIG_ROLE];
+
+/// One database login per service, each a member of its group alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    User,
+    Query,
+    Config,
+}
+
+impl Login {
+    pub const ALL: [Login; 3] = [Login::User, Login::Query, Login::Config];
+
+    /// The LOGIN role's name.
+    pub fn role(self) -> &'static str {
+        match self {
+            Login::User => "borough_user",
+            Login::Query => "borough_query",
+            Login::Config => "borough_config",
+        }
+    }
+
+    /// Its group.
+    pub fn group(self) -> &'static str {
+        match self {
+            Login::User => APP_ROLE,
+            Login::Query => QUERY_ROLE,
+            Login::Config => CONFIG_ROLE,
+        }
+    }
+
+    /// The service (`user`, `query`, `config`).
+    pub fn service(self) -> &'static str {
+        match self {
+            Login::User => "user",
+            Login::Query => "query",
+            Login::Config => "config",
+        }
+    }
+
+    /// The setting its password comes from in `borough-user migrate`.
+    pub fn password_variable(self) -> &'static str {
+        match self {
+            Login::User => "BOROUGH_USER_DB_PASSWORD",
+            Login::Query => "BOROUGH_QUERY_DB_PASSWORD",
+            Login::Config => "BOROUGH_CONFIG_DB_PASSWORD",
+        }
+    }
+}
 
 pub use crate::placement::SHARED_SCHEMA;
 
@@ -137,7 +204,7 @@ pub async fn run(
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('borough-migrate'))")
         .execute(&mut *tx)
         .await?;
-    ensure_app_role(&mut tx).await?;
+    ensure_groups(&mut tx).await?;
     sqlx::raw_sql(
         "CREATE SCHEMA IF NOT EXISTS borough_meta;
          CREATE TABLE IF NOT EXISTS borough_meta.migrations (
@@ -152,10 +219,16 @@ pub async fn run(
     )
     .execute(&mut *tx)
     .await?;
+    // The tenant tables' schema is read by the query service too; the control schema's
+    // grants to it are column by column, in the files.
+    let readers = match scope {
+        Scope::Tenant => format!("{APP_ROLE}, {QUERY_ROLE}"),
+        Scope::Control => APP_ROLE.to_owned(),
+    };
     // `schema` passed is_safe_identifier above.
     sqlx::raw_sql(AssertSqlSafe(format!(
         "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-         GRANT USAGE ON SCHEMA \"{schema}\" TO {APP_ROLE};
+         GRANT USAGE ON SCHEMA \"{schema}\" TO {readers};
          SET LOCAL search_path TO \"{schema}\""
     )))
     .execute(&mut *tx)
@@ -226,63 +299,94 @@ pub async fn run_all(conn: &mut PgConnection) -> Result<Vec<Report>, MigrateErro
     ])
 }
 
-/// Lets a LOGIN role act as the service role (used by `make run` and the test kit).
-pub async fn grant_app_role(conn: &mut PgConnection, login_role: &str) -> Result<(), MigrateError> {
-    if !is_safe_identifier(login_role) {
-        return Err(MigrateError::BadSchema(login_role.to_owned()));
-    }
+/// Creates (or sets the password of) each given service's LOGIN role and makes it a
+/// member of its group, and of nothing else Borough grants. Idempotent.
+pub async fn ensure_logins(
+    conn: &mut PgConnection,
+    logins: &[(Login, &str)],
+) -> Result<(), MigrateError> {
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('borough-migrate'))")
         .execute(&mut *tx)
         .await?;
-    ensure_app_role(&mut tx).await?;
+    ensure_groups(&mut tx).await?;
+    for (login, password) in logins {
+        let role = login.role();
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
+                .bind(role)
+                .fetch_one(&mut *tx)
+                .await?;
+        let verb = if exists { "ALTER" } else { "CREATE" };
+        // A password cannot be a bound parameter: quoted as a literal (quotes doubled).
+        let literal = password.replace('\'', "''");
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "{verb} ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE \
+             PASSWORD '{literal}'"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        grant_group(&mut tx, role, login.group()).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Makes the existing LOGIN role `login` a member of `group` (one of Borough's groups).
+pub async fn grant_group(
+    conn: &mut PgConnection,
+    login: &str,
+    group: &str,
+) -> Result<(), MigrateError> {
+    if !is_safe_identifier(login) || !GROUPS.contains(&group) {
+        return Err(MigrateError::BadSchema(login.to_owned()));
+    }
     let member: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT FROM pg_auth_members m
                           JOIN pg_roles g ON g.oid = m.roleid
                           JOIN pg_roles u ON u.oid = m.member
                          WHERE g.rolname = $1 AND u.rolname = $2)",
     )
-    .bind(APP_ROLE)
-    .bind(login_role)
-    .fetch_one(&mut *tx)
+    .bind(group)
+    .bind(login)
+    .fetch_one(&mut *conn)
     .await?;
-    if member {
-        return Ok(());
+    if !member {
+        // Both names are checked above.
+        sqlx::raw_sql(AssertSqlSafe(format!("GRANT {group} TO \"{login}\"")))
+            .execute(&mut *conn)
+            .await?;
     }
-    // `login_role` passed is_safe_identifier above.
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "GRANT {APP_ROLE} TO \"{login_role}\""
-    )))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     Ok(())
 }
 
-async fn ensure_app_role(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    // Roles are cluster-wide, while the advisory lock above is per database: migrators of
-    // two databases on one server can race to create it. Under a savepoint, the loser's
-    // unique violation leaves the surrounding transaction usable.
-    let mut savepoint = conn.begin().await?;
-    let created = sqlx::raw_sql(AssertSqlSafe(format!(
-        "DO $$ BEGIN
-           IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
-             CREATE ROLE {APP_ROLE} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
-           END IF;
-         END $$"
-    )))
-    .execute(&mut *savepoint)
-    .await;
-    match created {
-        Ok(_) => savepoint.commit().await,
-        Err(e)
-            if crate::db::sqlstate(&e).as_deref()
-                == Some(crate::db::sqlstate::UNIQUE_VIOLATION) =>
-        {
-            savepoint.rollback().await
+async fn ensure_groups(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    for group in GROUPS {
+        // Roles are cluster-wide, while the advisory lock above is per database: migrators
+        // of two databases on one server can race to create one. Under a savepoint, the
+        // loser's unique violation leaves the surrounding transaction usable.
+        let mut savepoint = conn.begin().await?;
+        let created = sqlx::raw_sql(AssertSqlSafe(format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{group}') THEN
+                 CREATE ROLE {group} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+               END IF;
+             END $$"
+        )))
+        .execute(&mut *savepoint)
+        .await;
+        match created {
+            Ok(_) => savepoint.commit().await?,
+            Err(e)
+                if crate::db::sqlstate(&e).as_deref()
+                    == Some(crate::db::sqlstate::UNIQUE_VIOLATION) =>
+            {
+                savepoint.rollback().await?
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => Err(e),
     }
+    Ok(())
 }
 
 /// Lowercase letters, digits and `_`, starting with a letter; at most 63 bytes.

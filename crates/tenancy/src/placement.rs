@@ -102,11 +102,36 @@ pub enum Storage {
     Default,
     /// A database of its own on the default server, created by Borough.
     OwnDatabase { name: String },
-    /// A database of its own elsewhere, given by the operator (URLs hold credentials).
-    External {
-        url: String,
-        read_url: Option<String>,
-    },
+    /// A database of its own elsewhere, given by the operator.
+    External(External),
+}
+
+/// A tenant database given by the operator: where it is (no secrets: every service may
+/// know), and the operator's URLs with their credentials (only for a reader holding
+/// `BOROUGH_SECRET_KEYS`, the user service; `None` for the others, which connect with their
+/// own login at the location).
+#[derive(Clone, PartialEq, Eq)]
+pub struct External {
+    /// `postgres://host:port/database` of the primary.
+    pub location: String,
+    /// The same of its read replica, if it has one.
+    pub read_location: Option<String>,
+    /// The operator's URL (credentials included), opened.
+    pub url: Option<String>,
+    /// The replica's URL (credentials included), opened.
+    pub read_url: Option<String>,
+}
+
+impl External {
+    /// From the operator's URLs (a new tenant).
+    pub fn from_urls(url: String, read_url: Option<String>) -> External {
+        External {
+            location: location_of(&url).unwrap_or_default(),
+            read_location: read_url.as_deref().and_then(location_of),
+            url: Some(url),
+            read_url,
+        }
+    }
 }
 
 impl fmt::Debug for Storage {
@@ -115,10 +140,17 @@ impl fmt::Debug for Storage {
         match self {
             Storage::Default => f.write_str("Default"),
             Storage::OwnDatabase { name } => write!(f, "OwnDatabase({name})"),
-            Storage::External { read_url, .. } => write!(
+            Storage::External(external) => write!(
                 f,
-                "External(url: <redacted>, read_url: {})",
-                if read_url.is_some() {
+                "External(location: {}, read_location: {:?}, url: {}, read_url: {})",
+                external.location,
+                external.read_location,
+                if external.url.is_some() {
+                    "<redacted>"
+                } else {
+                    "none"
+                },
+                if external.read_url.is_some() {
                     "<redacted>"
                 } else {
                     "none"
@@ -126,6 +158,35 @@ impl fmt::Debug for Storage {
             ),
         }
     }
+}
+
+/// `postgres://host:port/database` of a PostgreSQL URL: where it points, without user,
+/// password or options. `None` when it does not parse.
+pub fn location_of(url: &str) -> Option<String> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse().ok()?;
+    let host = options.get_host();
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    Some(format!(
+        "postgres://{host}:{}/{}",
+        options.get_port(),
+        options.get_database()?
+    ))
+}
+
+/// How a service reads tenant routes: which columns it may select, and what it does with
+/// the sealed ones.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// The operator's URLs, opened with these keys (the user service; `None` when
+    /// `BOROUGH_SECRET_KEYS` is unset: tenants in databases elsewhere are then unavailable).
+    TenantUrls(Option<std::sync::Arc<crate::secrets::Keyring>>),
+    /// This service's own login everywhere (the query service): it never selects the
+    /// sealed columns, which its database login may not read anyway.
+    OwnLogin,
 }
 
 /// Everything the router needs to reach one tenant's tables.
@@ -163,7 +224,7 @@ pub fn new_route(
         ),
         (Placement::Database, Some(url)) => (
             DEDICATED_SCHEMA.to_owned(),
-            Storage::External { url, read_url },
+            Storage::External(External::from_urls(url, read_url)),
         ),
     };
     Route {
@@ -183,23 +244,69 @@ type RouteRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<String>,
+    Option<String>,
 );
 
-pub(crate) const ROUTE_COLUMNS: &str =
-    "id, placement, status, schema_name, database_name, database_url, read_url";
+/// The columns of a route. `database_url` and `read_url` are selected only by readers that
+/// may (their login has the column privilege): the others get NULLs in their place.
+fn route_columns(credentials: &Credentials) -> &'static str {
+    match credentials {
+        Credentials::TenantUrls(_) => {
+            "id, placement, status, schema_name, database_name, database_location, read_location, \
+             database_url, read_url"
+        }
+        Credentials::OwnLogin => {
+            "id, placement, status, schema_name, database_name, database_location, read_location, \
+             NULL::text, NULL::text"
+        }
+    }
+}
 
-pub(crate) fn route_from_row(row: RouteRow) -> Result<Route, sqlx::Error> {
-    let (id, placement, status, schema, database_name, url, read_url) = row;
-    let corrupt = |what: &str| sqlx::Error::Protocol(format!("control.tenants row {id}: {what}"));
+/// Why a route could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteLoadError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The row is inconsistent (a hand edit).
+    #[error("control.tenants row {tenant}: {what}")]
+    Corrupt { tenant: Uuid, what: String },
+    /// A sealed URL could not be opened.
+    #[error("tenant {tenant}: {source}")]
+    Secret {
+        tenant: Uuid,
+        source: crate::secrets::SecretError,
+    },
+}
+
+fn route_from_row(row: RouteRow, credentials: &Credentials) -> Result<Route, RouteLoadError> {
+    let (id, placement, status, schema, database_name, location, read_location, url, read_url) =
+        row;
+    let corrupt = |what: &str| RouteLoadError::Corrupt {
+        tenant: id,
+        what: what.to_owned(),
+    };
     let placement = placement
         .parse()
         .map_err(|_| corrupt("unknown placement"))?;
     let status = Status::parse(&status).ok_or_else(|| corrupt("unknown status"))?;
-    let storage = match (database_name, url) {
+    let open = |column: &str, stored: Option<String>| match credentials {
+        Credentials::TenantUrls(keys) => {
+            crate::secrets::open_column(keys.as_deref(), id, column, stored)
+                .map_err(|source| RouteLoadError::Secret { tenant: id, source })
+        }
+        Credentials::OwnLogin => Ok(None),
+    };
+    let storage = match (database_name, location) {
         (None, None) => Storage::Default,
         (Some(name), None) => Storage::OwnDatabase { name },
-        (None, Some(url)) => Storage::External { url, read_url },
-        (Some(_), Some(_)) => return Err(corrupt("both a database name and a URL")),
+        (None, Some(location)) => Storage::External(External {
+            location,
+            read_location,
+            url: open("database_url", url)?,
+            read_url: open("read_url", read_url)?,
+        }),
+        (Some(_), Some(_)) => return Err(corrupt("both a database name and a location")),
     };
     Ok(Route {
         tenant_id: TenantId(id),
@@ -211,26 +318,36 @@ pub(crate) fn route_from_row(row: RouteRow) -> Result<Route, sqlx::Error> {
 }
 
 /// Reads a tenant's route from the control database.
-pub async fn load_route(control: &PgPool, tenant: TenantId) -> Result<Option<Route>, sqlx::Error> {
+pub async fn load_route(
+    control: &PgPool,
+    tenant: TenantId,
+    credentials: &Credentials,
+) -> Result<Option<Route>, RouteLoadError> {
     let row: Option<RouteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ROUTE_COLUMNS} FROM control.tenants WHERE id = $1"
+        "SELECT {} FROM control.tenants WHERE id = $1",
+        route_columns(credentials)
     )))
     .bind(tenant.as_uuid())
     .fetch_optional(control)
     .await?;
-    row.map(route_from_row).transpose()
+    row.map(|row| route_from_row(row, credentials)).transpose()
 }
 
 /// Every tenant's route (for `migrate`).
 pub async fn load_all_routes(
     control: &mut sqlx::PgConnection,
-) -> Result<Vec<Result<Route, sqlx::Error>>, sqlx::Error> {
+    credentials: &Credentials,
+) -> Result<Vec<Result<Route, RouteLoadError>>, sqlx::Error> {
     let rows: Vec<RouteRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ROUTE_COLUMNS} FROM control.tenants ORDER BY id"
+        "SELECT {} FROM control.tenants ORDER BY id",
+        route_columns(credentials)
     )))
     .fetch_all(control)
     .await?;
-    Ok(rows.into_iter().map(route_from_row).collect())
+    Ok(rows
+        .into_iter()
+        .map(|row| route_from_row(row, credentials))
+        .collect())
 }
 
 /// Checks an operator-given database URL: `postgres://` or `postgresql://`, a host and a
@@ -297,11 +414,29 @@ mod tests {
 
     #[test]
     fn debug_output_of_external_storage_hides_the_urls() {
-        let storage = Storage::External {
-            url: "postgres://u:secret@db/x".into(),
-            read_url: Some("postgres://u:secret@replica/x".into()),
-        };
-        assert!(!format!("{storage:?}").contains("secret"));
+        let storage = Storage::External(External::from_urls(
+            "postgres://u:secret@db/x".into(),
+            Some("postgres://u:secret@replica/x".into()),
+        ));
+        let shown = format!("{storage:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("postgres://db:5432/x"), "{shown}");
+    }
+
+    #[test]
+    fn a_location_keeps_where_a_url_points_and_drops_who_and_how() {
+        assert_eq!(
+            location_of(
+                "postgres://u:hunter2@db.example:6432/tenant?sslmode=verify-full&application_name=x"
+            )
+            .as_deref(),
+            Some("postgres://db.example:6432/tenant")
+        );
+        assert_eq!(
+            location_of("postgresql://u@[::1]/d").as_deref(),
+            Some("postgres://[::1]:5432/d")
+        );
+        assert_eq!(location_of("not a url"), None);
     }
 
     #[test]

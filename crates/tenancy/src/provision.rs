@@ -158,11 +158,8 @@ impl Provisioner {
                     migrate::run(&mut conn, Scope::Tenant, &route.schema).await?,
                 ))
             }
-            Storage::External { url, .. } => {
-                let options: PgConnectOptions = url
-                    .parse()
-                    .map_err(|_| ProvisionError::Connect("the URL is not usable".to_owned()))?;
-                let mut conn = connect(&options).await?;
+            Storage::External(external) => {
+                let mut conn = connect(&operator_options(external)?).await?;
                 Ok(Some(
                     migrate::run(&mut conn, Scope::Tenant, &route.schema).await?,
                 ))
@@ -196,16 +193,27 @@ impl Provisioner {
                 .execute(&mut conn)
                 .await?;
             }
-            Storage::External { url, .. } => {
-                let options: PgConnectOptions = url
-                    .parse()
-                    .map_err(|_| ProvisionError::Connect("the URL is not usable".to_owned()))?;
-                let mut conn = connect(&options).await?;
+            Storage::External(external) => {
+                let mut conn = connect(&operator_options(external)?).await?;
                 drop_schema(&mut conn, &route.schema).await?;
             }
         }
         Ok(())
     }
+}
+
+/// The operator's URL of a database elsewhere (provisioning needs its credentials).
+fn operator_options(external: &placement::External) -> Result<PgConnectOptions, ProvisionError> {
+    external
+        .url
+        .as_deref()
+        .ok_or_else(|| {
+            ProvisionError::Connect(
+                "the database URL is sealed and this process has no BOROUGH_SECRET_KEYS".to_owned(),
+            )
+        })?
+        .parse()
+        .map_err(|_| ProvisionError::Connect("the URL is not usable".to_owned()))
 }
 
 async fn create_database(conn: &mut PgConnection, name: &str) -> Result<(), ProvisionError> {
@@ -294,14 +302,21 @@ pub struct TenantMigration {
 pub async fn migrate_tenants(
     control: &mut PgConnection,
     provisioner: &Provisioner,
+    keys: Option<std::sync::Arc<crate::secrets::Keyring>>,
 ) -> Result<Vec<TenantMigration>, sqlx::Error> {
     let mut out = Vec::new();
-    for route in placement::load_all_routes(control).await? {
+    let credentials = placement::Credentials::TenantUrls(keys);
+    for route in placement::load_all_routes(control, &credentials).await? {
         let route = match route {
             Ok(route) => route,
             Err(e) => {
+                let tenant = match &e {
+                    placement::RouteLoadError::Corrupt { tenant, .. }
+                    | placement::RouteLoadError::Secret { tenant, .. } => tenant.to_string(),
+                    placement::RouteLoadError::Database(_) => "?".to_owned(),
+                };
                 out.push(TenantMigration {
-                    tenant: "?".to_owned(),
+                    tenant,
                     placement: "?".to_owned(),
                     outcome: Err(e.to_string()),
                 });

@@ -57,6 +57,9 @@ pub struct RouterSettings {
     pub tenant_acquire_timeout: Duration,
     /// `BOROUGH_TENANT_ROUTE_TTL` (60s): the backstop lifetime of a cached route.
     pub route_ttl: Duration,
+    /// How tenant databases elsewhere are reached: this service's own login (the default)
+    /// or the operator's URLs opened with `BOROUGH_SECRET_KEYS` (the user service).
+    pub credentials: placement::Credentials,
 }
 
 impl RouterSettings {
@@ -93,6 +96,7 @@ impl RouterSettings {
             tenant_acquire_timeout: env
                 .duration("BOROUGH_TENANT_ACQUIRE_TIMEOUT", Duration::from_millis(250))?,
             route_ttl: env.duration("BOROUGH_TENANT_ROUTE_TTL", Duration::from_secs(60))?,
+            credentials: placement::Credentials::OwnLogin,
         })
     }
 }
@@ -109,6 +113,7 @@ impl Default for RouterSettings {
             tenant_max_connections: 5,
             tenant_acquire_timeout: Duration::from_millis(250),
             route_ttl: Duration::from_secs(60),
+            credentials: placement::Credentials::OwnLogin,
         }
     }
 }
@@ -132,6 +137,22 @@ pub enum RouteError {
     DeadlineExceeded,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The tenant's route cannot be used by this service (a URL that does not open, an
+    /// inconsistent row): an operator's problem, logged with the reason.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+impl From<placement::RouteLoadError> for RouteError {
+    fn from(e: placement::RouteLoadError) -> Self {
+        match e {
+            placement::RouteLoadError::Database(e) => RouteError::Database(e),
+            other => {
+                tracing::error!(error = %other, "a tenant's route is unusable");
+                RouteError::Unusable(other.to_string())
+            }
+        }
+    }
 }
 
 impl RouteError {
@@ -154,6 +175,7 @@ impl ServiceError for RouteError {
             RouteError::Busy { .. } | RouteError::Unreachable { .. } => ErrorKind::Unavailable,
             RouteError::DeadlineExceeded => ErrorKind::DeadlineExceeded,
             RouteError::Database(e) => db::classify(e),
+            RouteError::Unusable(_) => ErrorKind::Internal,
         }
     }
 
@@ -659,9 +681,13 @@ impl PoolRouter {
         let route = match cached {
             Some(route) => route,
             None => {
-                let route = placement::load_route(&self.inner.default, tenant)
-                    .await?
-                    .ok_or(RouteError::UnknownTenant(tenant))?;
+                let route = placement::load_route(
+                    &self.inner.default,
+                    tenant,
+                    &self.inner.settings.credentials,
+                )
+                .await?
+                .ok_or(RouteError::UnknownTenant(tenant))?;
                 let route = Arc::new(route);
                 lock(&self.inner.routes).insert(tenant, (route.clone(), Instant::now()));
                 route
@@ -707,10 +733,13 @@ impl PoolRouter {
             Storage::OwnDatabase { name } => {
                 (Ok(self.inner.default_options.clone().database(name)), false)
             }
-            Storage::External { url, read_url } => match (read, read_url) {
-                (true, Some(read_url)) => (read_url.parse::<PgConnectOptions>(), true),
-                _ => (url.parse::<PgConnectOptions>(), false),
-            },
+            Storage::External(external) => {
+                let replica = read && external.read_location.is_some();
+                (
+                    external_options(&self.inner.default_options, external, replica),
+                    replica,
+                )
+            }
         };
         let key = PoolKey {
             tenant: route.tenant_id,
@@ -798,8 +827,34 @@ fn primary_options(default: &PgConnectOptions, storage: &Storage) -> Option<PgCo
     match storage {
         Storage::Default => Some(default.clone()),
         Storage::OwnDatabase { name } => Some(default.clone().database(name)),
-        Storage::External { url, .. } => url.parse().ok(),
+        Storage::External(external) => external_options(default, external, false).ok(),
     }
+}
+
+/// How to reach a database given by the operator (its replica when `replica`): with its
+/// URL when this service may read it, else with this service's own login (user, password
+/// and TLS settings of `default`) at its location.
+fn external_options(
+    default: &PgConnectOptions,
+    external: &placement::External,
+    replica: bool,
+) -> Result<PgConnectOptions, sqlx::Error> {
+    let (url, location) = match replica {
+        true => (
+            external.read_url.as_deref(),
+            external.read_location.as_deref(),
+        ),
+        false => (external.url.as_deref(), Some(external.location.as_str())),
+    };
+    if let Some(url) = url {
+        return url.parse();
+    }
+    let at: PgConnectOptions = location.unwrap_or_default().parse()?;
+    let mut options = default.clone().host(at.get_host()).port(at.get_port());
+    if let Some(database) = at.get_database() {
+        options = options.database(database);
+    }
+    Ok(options)
 }
 
 /// A listener of one connection of its own, subscribed to `channels`.

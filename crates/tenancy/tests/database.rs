@@ -35,7 +35,7 @@ async fn every_table_in_the_tenant_schema_has_rls_enabled_and_forced() -> TestRe
 #[tokio::test]
 async fn the_service_role_owns_nothing_and_cannot_bypass_rls() -> TestResult {
     let db = TestDatabase::create().await?;
-    let pool = db.service_pool().await?;
+    let pool = db.login_pool(borough_testkit::pg::Login::User).await?;
     let (superuser, bypass): (bool, bool) =
         sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
             .fetch_one(&pool)
@@ -75,7 +75,7 @@ async fn insert_user(router: &PoolRouter, tenant: TenantId, email: &str) -> anyh
 #[tokio::test]
 async fn a_session_scoped_to_tenant_b_sees_none_of_tenant_a_rows() -> TestResult {
     let db = TestDatabase::create().await?;
-    let router = PoolRouter::connect_lazy(&db.service_url)?;
+    let router = PoolRouter::connect_lazy(&db.user_url)?;
     let (a, b) = (shared_tenant(&db).await?, shared_tenant(&db).await?);
     let id = insert_user(&router, a, "a@example.com").await?;
 
@@ -109,9 +109,9 @@ async fn a_session_scoped_to_tenant_b_sees_none_of_tenant_a_rows() -> TestResult
 #[tokio::test]
 async fn a_session_without_a_tenant_sees_no_rows() -> TestResult {
     let db = TestDatabase::create().await?;
-    let router = PoolRouter::connect_lazy(&db.service_url)?;
+    let router = PoolRouter::connect_lazy(&db.user_url)?;
     insert_user(&router, shared_tenant(&db).await?, "x@example.com").await?;
-    let pool = db.service_pool().await?;
+    let pool = db.login_pool(borough_testkit::pg::Login::User).await?;
     let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(&pool)
         .await?;
@@ -122,7 +122,7 @@ async fn a_session_without_a_tenant_sees_no_rows() -> TestResult {
 #[tokio::test]
 async fn a_tenant_cannot_write_a_row_for_another_tenant() -> TestResult {
     let db = TestDatabase::create().await?;
-    let router = PoolRouter::connect_lazy(&db.service_url)?;
+    let router = PoolRouter::connect_lazy(&db.user_url)?;
     let (a, b) = (shared_tenant(&db).await?, shared_tenant(&db).await?);
     let mut tx = router.begin(&TenantContext::new(b)).await?;
     let err = sqlx::query(
@@ -164,5 +164,100 @@ async fn a_migration_changed_after_it_was_applied_is_refused() -> TestResult {
         matches!(err, migrate::MigrateError::Modified { .. }),
         "{err}"
     );
+    Ok(())
+}
+
+/// Whether `sql` runs as the pool's login: `Ok(false)` when PostgreSQL refuses it for
+/// want of a privilege (42501), anything else an error of the test.
+async fn allowed(pool: &sqlx::PgPool, tenant: Uuid, sql: &str) -> anyhow::Result<bool> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('borough.tenant_id', $1, true)")
+        .bind(tenant.to_string())
+        .execute(&mut *tx)
+        .await?;
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut *tx)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if borough_tenancy::db::sqlstate(&e).as_deref() == Some("42501") => Ok(false),
+        Err(e) => Err(anyhow::anyhow!("{sql}: {e}")),
+    }
+}
+
+#[tokio::test]
+async fn each_service_login_holds_only_what_its_service_needs() -> TestResult {
+    use borough_testkit::pg::Login;
+
+    let db = TestDatabase::create().await?;
+    let tenant = db.provision_tenant(Placement::Shared).await?;
+    let tenant = *tenant.as_uuid();
+    let insert_user = format!(
+        "INSERT INTO users (tenant_id, id, name, email) VALUES ('{tenant}', gen_random_uuid(), 'A', 'a@example.com')"
+    );
+    // (statement, user, query, config)
+    let table: Vec<(&str, bool, bool, bool)> = vec![
+        (insert_user.as_str(), true, false, false),
+        ("UPDATE users SET name = 'B'", true, false, false),
+        ("DELETE FROM users", true, false, false),
+        ("SELECT count(*) FROM users", true, true, false),
+        ("SELECT count(*) FROM user_changes", true, true, false),
+        (
+            "SELECT id, placement, status, schema_name, database_name, database_location, read_location FROM control.tenants",
+            true,
+            true,
+            false,
+        ),
+        (
+            "SELECT database_url FROM control.tenants",
+            true,
+            false,
+            false,
+        ),
+        ("SELECT read_url FROM control.tenants", true, false, false),
+        ("SELECT * FROM control.tenants", true, false, false),
+        ("SELECT count(*) FROM control.api_keys", true, false, false),
+        ("UPDATE control.tenants SET name = name", true, false, false),
+        ("SELECT count(*) FROM config.entries", false, false, true),
+        ("SELECT count(*) FROM config.history", false, false, true),
+        (
+            "INSERT INTO config.namespaces (namespace) VALUES ('platform/x') ON CONFLICT DO NOTHING",
+            false,
+            false,
+            true,
+        ),
+        (
+            "SELECT count(*) FROM borough_meta.migrations",
+            false,
+            false,
+            false,
+        ),
+    ];
+    let pools = [
+        db.login_pool(Login::User).await?,
+        db.login_pool(Login::Query).await?,
+        db.login_pool(Login::Config).await?,
+    ];
+    let mut wrong = Vec::new();
+    for (sql, user, query, config) in &table {
+        for (pool, login, expected) in [
+            (&pools[0], "user", *user),
+            (&pools[1], "query", *query),
+            (&pools[2], "config", *config),
+        ] {
+            // Each statement in a transaction of its own, rolled back: nothing changes.
+            if allowed(pool, tenant, sql).await? != expected {
+                wrong.push(format!(
+                    "{login} {} {sql}",
+                    if expected {
+                        "was refused"
+                    } else {
+                        "was allowed"
+                    }
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
     Ok(())
 }

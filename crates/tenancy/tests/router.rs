@@ -11,10 +11,10 @@ use borough_testkit::TestDatabase;
 type TestResult = anyhow::Result<()>;
 
 fn router(db: &TestDatabase, settings: RouterSettings) -> anyhow::Result<PoolRouter> {
-    let pool = borough_tenancy::db::lazy_pool(&db.service_url, &PoolSettings::default())?;
+    let pool = borough_tenancy::db::lazy_pool(&db.user_url, &PoolSettings::default())?;
     Ok(PoolRouter::new(
         pool,
-        db.service_url.parse()?,
+        db.user_url.parse()?,
         settings,
         &Metrics::new("test"),
     ))
@@ -24,7 +24,7 @@ fn router(db: &TestDatabase, settings: RouterSettings) -> anyhow::Result<PoolRou
 /// of that connection gets.
 fn one_connection_pool(db: &TestDatabase) -> anyhow::Result<sqlx::PgPool> {
     Ok(borough_tenancy::db::lazy_pool(
-        &db.service_url,
+        &db.user_url,
         &PoolSettings {
             max_connections: 1,
             ..PoolSettings::default()
@@ -37,7 +37,7 @@ fn one_connection_router(db: &TestDatabase) -> anyhow::Result<(sqlx::PgPool, Poo
     let pool = one_connection_pool(db)?;
     let router = PoolRouter::new(
         pool.clone(),
-        db.service_url.parse()?,
+        db.user_url.parse()?,
         RouterSettings::default(),
         &Metrics::new("test"),
     );
@@ -203,7 +203,7 @@ async fn an_unknown_tenant_is_refused() -> TestResult {
 async fn a_transaction_gets_the_remaining_deadline_as_its_statement_timeout() -> anyhow::Result<()>
 {
     let db = borough_testkit::TestDatabase::create().await?;
-    let router = PoolRouter::connect_lazy(&db.service_url)?;
+    let router = PoolRouter::connect_lazy(&db.user_url)?;
     let tenant = db
         .provision_tenant(borough_tenancy::Placement::Shared)
         .await?;

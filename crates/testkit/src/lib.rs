@@ -53,8 +53,8 @@ pub fn own_cluster() -> Result<Cluster> {
     Ok(cluster)
 }
 
-/// Creates the service login role and its membership once per cluster (roles are
-/// cluster-wide).
+/// Creates each service's login (and the groups) once per cluster: roles are
+/// cluster-wide.
 fn prepare_cluster(cluster: &Cluster) -> Result<()> {
     // Called from inside test runtimes, which cannot block: use a runtime of its own on
     // a thread of its own.
@@ -67,10 +67,7 @@ fn prepare_cluster(cluster: &Cluster) -> Result<()> {
                 runtime.block_on(async {
                     let mut conn =
                         PgConnection::connect(&cluster.superuser_url("postgres")).await?;
-                    ensure_service_role(&mut conn, cluster.service_password()).await?;
-                    // Role membership is cluster-wide: grant it once, before tests race.
-                    borough_tenancy::migrate::grant_app_role(&mut conn, pg::SERVICE_ROLE).await?;
-                    Ok(())
+                    ensure_logins(&mut conn, cluster).await
                 })
             })
             .join()
@@ -78,24 +75,20 @@ fn prepare_cluster(cluster: &Cluster) -> Result<()> {
     })
 }
 
-/// Creates (or resets the password of) the LOGIN role services connect as.
-pub async fn ensure_service_role(conn: &mut PgConnection, password: &str) -> Result<()> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)")
-            .bind(pg::SERVICE_ROLE)
-            .fetch_one(&mut *conn)
-            .await?;
-    let verb = if exists { "ALTER" } else { "CREATE" };
-    // Password literals cannot be bound; quote it as a string literal.
-    let literal = password.replace('\'', "''");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "{verb} ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '{literal}'",
-        pg::SERVICE_ROLE
-    )))
-    .execute(&mut *conn)
-    .await?;
+/// Creates (or resets the passwords of) the cluster's service logins.
+pub async fn ensure_logins(conn: &mut PgConnection, cluster: &Cluster) -> Result<()> {
+    let logins: Vec<(pg::Login, &str)> = cluster
+        .passwords()
+        .iter()
+        .map(|(login, password)| (*login, password.as_str()))
+        .collect();
+    borough_tenancy::migrate::ensure_logins(conn, &logins).await?;
     Ok(())
 }
+
+/// The `BOROUGH_SECRET_KEYS` of tests and benchmarks (a fixed key: their tenants' URLs
+/// point at throwaway clusters).
+pub const SECRET_KEYS: &str = "test1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 /// A fresh database with every migration applied.
 #[derive(Debug, Clone)]
@@ -103,8 +96,12 @@ pub struct TestDatabase {
     pub name: String,
     /// Superuser: set-up and inspection only.
     pub admin_url: String,
-    /// The service role: what services are given.
-    pub service_url: String,
+    /// The user service's login (`borough_user`).
+    pub user_url: String,
+    /// The query service's login (`borough_query`).
+    pub query_url: String,
+    /// The config service's login (`borough_config`).
+    pub config_url: String,
 }
 
 impl TestDatabase {
@@ -135,7 +132,9 @@ impl TestDatabase {
             .context("creating the test database")?;
         Ok(TestDatabase {
             admin_url: cluster.superuser_url(&name),
-            service_url: cluster.service_url(&name),
+            user_url: cluster.login_url(pg::Login::User, &name),
+            query_url: cluster.login_url(pg::Login::Query, &name),
+            config_url: cluster.login_url(pg::Login::Config, &name),
             name,
         })
     }
@@ -177,9 +176,36 @@ impl TestDatabase {
         Ok(PgPool::connect(&self.admin_url).await?)
     }
 
-    /// A pool as the service role.
-    pub async fn service_pool(&self) -> Result<PgPool> {
-        Ok(PgPool::connect(&self.service_url).await?)
+    /// A pool as `login`.
+    pub async fn login_pool(&self, login: pg::Login) -> Result<PgPool> {
+        Ok(PgPool::connect(self.url_of(login)).await?)
+    }
+
+    /// What a service whose login is `login` needs to run on this database:
+    /// `BOROUGH_DATABASE_URL`, and for the user service its provisioner's URL and the
+    /// keys it seals tenants' URLs with.
+    pub fn env_for(&self, login: pg::Login) -> Vec<(String, String)> {
+        let mut env = vec![(
+            "BOROUGH_DATABASE_URL".to_owned(),
+            self.url_of(login).to_owned(),
+        )];
+        if login == pg::Login::User {
+            env.push((
+                "BOROUGH_PROVISIONER_DATABASE_URL".to_owned(),
+                self.admin_url.clone(),
+            ));
+            env.push(("BOROUGH_SECRET_KEYS".to_owned(), SECRET_KEYS.to_owned()));
+        }
+        env
+    }
+
+    /// `login`'s URL on this database.
+    pub fn url_of(&self, login: pg::Login) -> &str {
+        match login {
+            pg::Login::User => &self.user_url,
+            pg::Login::Query => &self.query_url,
+            pg::Login::Config => &self.config_url,
+        }
     }
 }
 

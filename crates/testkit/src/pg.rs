@@ -24,8 +24,8 @@ use anyhow::{Context, Result, anyhow, bail};
 
 /// The superuser every Borough cluster is initialised with.
 pub const SUPERUSER: &str = "postgres";
-/// The LOGIN role services connect as; a member of `borough_app`.
-pub const SERVICE_ROLE: &str = "borough_service";
+
+pub use borough_tenancy::migrate::Login;
 
 /// The files a cluster serves TLS with, and the CA its clients verify it against.
 #[derive(Debug, Clone)]
@@ -53,7 +53,8 @@ pub struct Cluster {
     /// The CA clients verify the server against (`sslrootcert`).
     pub ca: PathBuf,
     superuser_password: String,
-    service_password: String,
+    /// Each service's login password.
+    passwords: Vec<(Login, String)>,
     /// Temporary clusters: the watchdog's stdin. Dropping it (or exiting) stops the server.
     watchdog: Option<(Child, ChildStdin)>,
 }
@@ -69,7 +70,13 @@ impl std::fmt::Debug for Cluster {
 
 /// Passwords of the temporary clusters (loopback only, deleted at exit).
 const TEST_SUPERUSER_PASSWORD: &str = "testkit-superuser";
-const TEST_SERVICE_PASSWORD: &str = "testkit-service";
+
+fn test_passwords() -> Vec<(Login, String)> {
+    Login::ALL
+        .iter()
+        .map(|login| (*login, format!("testkit-{}", login.service())))
+        .collect()
+}
 
 impl Cluster {
     /// Starts a temporary cluster on a free loopback port.
@@ -95,7 +102,7 @@ impl Cluster {
                         port,
                         ca: tls.ca.clone(),
                         superuser_password: TEST_SUPERUSER_PASSWORD.to_owned(),
-                        service_password: TEST_SERVICE_PASSWORD.to_owned(),
+                        passwords: test_passwords(),
                         watchdog: Some(watchdog),
                     };
                     match cluster.wait_accepting(Duration::from_secs(30)) {
@@ -115,7 +122,7 @@ impl Cluster {
         data_dir: &Path,
         port: u16,
         superuser_password: &str,
-        service_password: &str,
+        passwords: &[(Login, String)],
         tls: &ServerTls,
     ) -> Result<Cluster> {
         let bin = pg_bin_dir()?;
@@ -129,7 +136,7 @@ impl Cluster {
             port,
             ca: tls.ca.clone(),
             superuser_password: superuser_password.to_owned(),
-            service_password: service_password.to_owned(),
+            passwords: passwords.to_vec(),
             watchdog: Some(watchdog),
         };
         cluster.wait_accepting(Duration::from_secs(60))?;
@@ -179,9 +186,22 @@ impl Cluster {
         self.url(SUPERUSER, &self.superuser_password, database)
     }
 
-    /// The service role's URL for `database`.
-    pub fn service_url(&self, database: &str) -> String {
-        self.url(SERVICE_ROLE, &self.service_password, database)
+    /// `login`'s URL for `database`.
+    pub fn login_url(&self, login: Login, database: &str) -> String {
+        self.url(login.role(), self.password(login), database)
+    }
+
+    /// `login`'s password (to create it, or to check it is not shown).
+    pub fn password(&self, login: Login) -> &str {
+        self.passwords
+            .iter()
+            .find(|(l, _)| *l == login)
+            .map_or("", |(_, p)| p.as_str())
+    }
+
+    /// Every login with its password.
+    pub fn passwords(&self) -> &[(Login, String)] {
+        &self.passwords
     }
 
     /// `role`'s URL for `database`: TLS, the server verified against the cluster's CA and
@@ -192,11 +212,6 @@ impl Cluster {
             self.port,
             tls_params(&self.ca)
         )
-    }
-
-    /// The service role's password (for `ALTER ROLE`).
-    pub fn service_password(&self) -> &str {
-        &self.service_password
     }
 
     fn wait_accepting(&self, timeout: Duration) -> Result<()> {

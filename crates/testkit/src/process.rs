@@ -58,6 +58,20 @@ impl ServiceProcess {
         api_probe: Option<&str>,
     ) -> Result<ServiceProcess> {
         let attempts = if ports.is_some() { 1 } else { 3 };
+        // Internal calls are mutual TLS on the test PKI unless the caller chose otherwise.
+        let mut env = env.to_vec();
+        if !env
+            .iter()
+            .any(|(k, _)| k == "BOROUGH_TLS_DIR" || k == "BOROUGH_INTERNAL_TLS")
+        {
+            env.extend(
+                crate::tls::pki()?
+                    .env()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v)),
+            );
+        }
+        let env = env.as_slice();
         let mut attempt = 1;
         loop {
             match Self::start_once(bin, name, api_var, ports, env, api_probe).await {
@@ -147,6 +161,17 @@ impl ServiceProcess {
     /// `http://127.0.0.1:<api port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.api)
+    }
+
+    /// The API port as a gRPC URL: `https://` (mutual TLS), or `http://` when this process
+    /// was started with `BOROUGH_INTERNAL_TLS=off`.
+    pub fn grpc_url(&self) -> String {
+        let plain = self
+            .env
+            .iter()
+            .any(|(k, v)| k == "BOROUGH_INTERNAL_TLS" && v == "off");
+        let scheme = if plain { "http" } else { "https" };
+        format!("{scheme}://127.0.0.1:{}", self.api)
     }
 
     /// `http://127.0.0.1:<admin port><path>`.

@@ -26,7 +26,7 @@ async fn start(extra: &[(&str, &str)]) -> anyhow::Result<(TestDatabase, Spawned,
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-    pairs.push(("BOROUGH_DATABASE_URL".into(), db.service_url.clone()));
+    pairs.push(("BOROUGH_DATABASE_URL".into(), db.config_url.clone()));
     pairs.push(("BOROUGH_SHUTDOWN_GRACE".into(), "0s".into()));
     pairs.extend(
         extra

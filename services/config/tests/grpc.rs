@@ -31,7 +31,7 @@ async fn replica(db: &TestDatabase) -> anyhow::Result<Spawned> {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-    pairs.push(("BOROUGH_DATABASE_URL".into(), db.service_url.clone()));
+    pairs.push(("BOROUGH_DATABASE_URL".into(), db.config_url.clone()));
     pairs.push(("BOROUGH_SHUTDOWN_GRACE".into(), "0s".into()));
     let settings = borough_config::Settings::from_env(&Env::from_pairs(pairs))?;
     spawn(2, move |mut l, shutdown| {

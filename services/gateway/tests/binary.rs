@@ -115,7 +115,11 @@ async fn the_gateway_starts_from_its_snapshot_catches_up_and_changes_log_level_l
     // The config service comes up on its address, with a newer log level: the gateway
     // catches up (no restart) and logs requests at INFO again.
     let db = TestDatabase::create().await?;
-    let settings = borough_config::Settings::from_env(&support::service_env(&db, &[]))?;
+    let settings = borough_config::Settings::from_env(&support::service_env(
+        &db,
+        borough_testkit::pg::Login::Config,
+        &[],
+    ))?;
     let listeners = borough_config::Listeners {
         api: tokio::net::TcpListener::bind(config_addr).await?,
         admin: tokio::net::TcpListener::bind("127.0.0.1:0").await?,

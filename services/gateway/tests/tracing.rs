@@ -131,7 +131,6 @@ async fn one_rest_call_is_one_trace_from_the_gateway_through_grpc_to_sql_continu
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ("OTEL_TRACES_SAMPLER", "parentbased_always_on".to_owned()),
-        ("BOROUGH_DATABASE_URL", db.service_url.clone()),
         ("BOROUGH_PROBE_INTERVAL", "100ms".to_owned()),
         ("BOROUGH_SHUTDOWN_GRACE", "0s".to_owned()),
         ("RUST_LOG", "warn".to_owned()),
@@ -151,6 +150,7 @@ async fn one_rest_call_is_one_trace_from_the_gateway_through_grpc_to_sql_continu
         vec![
             ("BOROUGH_GRPC_ADDR", user.to_string()),
             ("BOROUGH_ADMIN_ADDR", user_admin.to_string()),
+            ("BOROUGH_DATABASE_URL", db.user_url.clone()),
         ],
     )?;
     let _query = spawn(
@@ -158,6 +158,7 @@ async fn one_rest_call_is_one_trace_from_the_gateway_through_grpc_to_sql_continu
         vec![
             ("BOROUGH_GRPC_ADDR", query.to_string()),
             ("BOROUGH_ADMIN_ADDR", query_admin.to_string()),
+            ("BOROUGH_DATABASE_URL", db.query_url.clone()),
         ],
     )?;
     let _gateway = spawn(

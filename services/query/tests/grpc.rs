@@ -12,7 +12,7 @@ async fn start() -> anyhow::Result<(TestDatabase, Spawned)> {
     borough_telemetry::logging::init_test_logging();
     let db = TestDatabase::create().await?;
     let settings = borough_query::Settings::from_env(&borough_testkit::tls::service_env(&[
-        ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
+        ("BOROUGH_DATABASE_URL", db.query_url.as_str()),
         ("BOROUGH_SHUTDOWN_GRACE", "0s"),
     ])?)?;
     let service = spawn(2, move |mut l, shutdown| {
@@ -107,7 +107,9 @@ async fn export_streams_every_user_in_id_order_and_search_caps_its_page() -> any
     let own = TestDatabase {
         name: format!("t_{}", tenant.as_uuid().simple()),
         admin_url: cluster.superuser_url(&format!("t_{}", tenant.as_uuid().simple())),
-        service_url: String::new(),
+        user_url: String::new(),
+        query_url: String::new(),
+        config_url: String::new(),
     };
     let pool = own.admin_pool().await?;
     sqlx::query(

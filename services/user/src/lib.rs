@@ -35,6 +35,27 @@ pub struct Settings {
     pub idempotency_ttl: std::time::Duration,
     /// Mutual TLS with the other services (`BOROUGH_TLS_*`, `BOROUGH_INTERNAL_TLS`).
     pub tls: borough_tls::TlsSettings,
+    /// `BOROUGH_SECRET_KEYS` (`<id>:<base64 of 32 bytes>[,...]`, the first seals): the
+    /// keys tenants' database URLs are sealed with at rest. Unset: tenants in databases
+    /// given by URL can be neither created nor reached.
+    pub secret_keys: Option<std::sync::Arc<borough_tenancy::secrets::Keyring>>,
+}
+
+/// `BOROUGH_SECRET_KEYS`, if set. The error never shows the value.
+pub fn secret_keys(
+    env: &Env,
+) -> Result<Option<std::sync::Arc<borough_tenancy::secrets::Keyring>>, SettingsError> {
+    env.optional("BOROUGH_SECRET_KEYS")
+        .map(|spec| {
+            borough_tenancy::secrets::Keyring::parse(&spec)
+                .map(std::sync::Arc::new)
+                .map_err(|e| SettingsError::Invalid {
+                    name: "BOROUGH_SECRET_KEYS".to_owned(),
+                    value: "<redacted>".to_owned(),
+                    reason: e.to_string(),
+                })
+        })
+        .transpose()
 }
 
 /// Who may call the user service: the gateway (users, for tenants; the tenant
@@ -51,6 +72,11 @@ pub static POLICY: borough_net::authz::Policy = borough_net::authz::Policy {
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let secret_keys = secret_keys(env)?;
+        let mut database = DatabaseSettings::from_env(env)?;
+        // The write side opens the operator's URLs of tenant databases elsewhere.
+        database.router.credentials =
+            borough_tenancy::placement::Credentials::TenantUrls(secret_keys.clone());
         Ok(Settings {
             server: ServerSettings::from_env(
                 env,
@@ -59,7 +85,7 @@ impl Settings {
                 "127.0.0.1:50051",
                 "127.0.0.1:9461",
             )?,
-            database: DatabaseSettings::from_env(env)?,
+            database,
             provisioner_url: match env.optional("BOROUGH_PROVISIONER_DATABASE_URL") {
                 Some(_) => Some(env.secret_url(
                     "BOROUGH_PROVISIONER_DATABASE_URL",
@@ -73,6 +99,7 @@ impl Settings {
                 std::time::Duration::from_secs(24 * 3600),
             )?,
             tls: borough_tls::TlsSettings::from_env(env, SERVICE)?,
+            secret_keys,
         })
     }
 }
@@ -100,6 +127,7 @@ pub async fn serve(
     .add_service(TenantAdminServiceServer::new(tenants::Tenants::new(
         router,
         provisioner,
+        settings.secret_keys.clone(),
         &metrics,
     )));
     borough_net::serve_grpc(

@@ -1,8 +1,15 @@
-//! `borough-user`: serve (default), or `borough-user migrate` to bring the database to the
-//! latest schema (as the owner role in `BOROUGH_MIGRATION_DATABASE_URL`, falling back to
-//! `BOROUGH_DATABASE_URL`; with `BOROUGH_SERVICE_ROLE` set, that LOGIN role is granted the
-//! service role), then every schema and database tenant, reporting each; it exits non-zero
-//! when any tenant failed, after trying them all.
+//! `borough-user`: serve (default), or
+//!
+//! - `borough-user migrate`: brings the database to the latest schema (as the owner role in
+//!   `BOROUGH_MIGRATION_DATABASE_URL`, falling back to `BOROUGH_DATABASE_URL`); creates the
+//!   login of each service whose password is given (`BOROUGH_USER_DB_PASSWORD`,
+//!   `BOROUGH_QUERY_DB_PASSWORD`, `BOROUGH_CONFIG_DB_PASSWORD`: roles `borough_user`,
+//!   `borough_query`, `borough_config`, each in its group alone); seals tenants' database
+//!   URLs stored in clear (`BOROUGH_SECRET_KEYS`); then migrates every schema and database
+//!   tenant, reporting each. It exits non-zero when any tenant failed, after trying them all.
+//! - `borough-user rekey`: re-seals every tenant URL under the first key of
+//!   `BOROUGH_SECRET_KEYS` (the others still open the old ones); afterwards the old keys
+//!   can be dropped from the list.
 
 use anyhow::Context;
 use borough_config_client::Env;
@@ -19,7 +26,10 @@ async fn main() -> anyhow::Result<()> {
     let result = match std::env::args().nth(1).as_deref() {
         None | Some("serve") => serve(&env).await,
         Some("migrate") => migrate(&env).await,
-        Some(other) => anyhow::bail!("unknown command {other:?}; expected `serve` or `migrate`"),
+        Some("rekey") => rekey(&env).await,
+        Some(other) => {
+            anyhow::bail!("unknown command {other:?}; expected `serve`, `migrate` or `rekey`")
+        }
     };
     // Spans still buffered are sent before the process ends.
     borough_telemetry::otel::flush().await;
@@ -38,7 +48,8 @@ async fn serve(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn migrate(env: &Env) -> anyhow::Result<()> {
+/// The owner's connection for `migrate` and `rekey`.
+async fn owner_connection(env: &Env) -> anyhow::Result<(String, sqlx::PgConnection)> {
     let url = match env.optional("BOROUGH_MIGRATION_DATABASE_URL") {
         Some(_) => env.url(
             "BOROUGH_MIGRATION_DATABASE_URL",
@@ -51,9 +62,30 @@ async fn migrate(env: &Env) -> anyhow::Result<()> {
             &["postgres", "postgresql"],
         )?,
     };
-    let mut conn = sqlx::PgConnection::connect(&url)
+    let conn = sqlx::PgConnection::connect(&url)
         .await
-        .context("connecting to the database to migrate")?;
+        .context("connecting to the database as its owner")?;
+    Ok((url, conn))
+}
+
+async fn rekey(env: &Env) -> anyhow::Result<()> {
+    let keys = borough_user::secret_keys(env)?
+        .context("BOROUGH_SECRET_KEYS must be set (the new key first)")?;
+    let (_, mut conn) = owner_connection(env).await?;
+    let report = borough_tenancy::secrets::seal_stored(&mut conn, Some(&keys), true).await?;
+    tracing::info!(
+        key = keys.current(),
+        resealed = report.resealed,
+        sealed = report.sealed,
+        unchanged = report.unchanged,
+        "tenant URLs now sealed under the current key"
+    );
+    Ok(())
+}
+
+async fn migrate(env: &Env) -> anyhow::Result<()> {
+    let keys = borough_user::secret_keys(env)?;
+    let (url, mut conn) = owner_connection(env).await?;
     for report in borough_tenancy::migrate::run_all(&mut conn).await? {
         tracing::info!(
             scope = report.scope,
@@ -63,13 +95,32 @@ async fn migrate(env: &Env) -> anyhow::Result<()> {
             "migrated"
         );
     }
-    if let Some(role) = env.optional("BOROUGH_SERVICE_ROLE") {
-        borough_tenancy::migrate::grant_app_role(&mut conn, &role).await?;
-        tracing::info!(role = %role, "service role granted");
+    let passwords: Vec<(borough_tenancy::migrate::Login, String)> =
+        borough_tenancy::migrate::Login::ALL
+            .iter()
+            .filter_map(|login| {
+                env.optional(login.password_variable())
+                    .map(|password| (*login, password))
+            })
+            .collect();
+    if !passwords.is_empty() {
+        let logins: Vec<_> = passwords.iter().map(|(l, p)| (*l, p.as_str())).collect();
+        borough_tenancy::migrate::ensure_logins(&mut conn, &logins).await?;
+        for (login, _) in &passwords {
+            tracing::info!(
+                role = login.role(),
+                group = login.group(),
+                "service login ready"
+            );
+        }
+    }
+    let sealed = borough_tenancy::secrets::seal_stored(&mut conn, keys.as_deref(), false).await?;
+    if sealed.sealed > 0 {
+        tracing::info!(sealed = sealed.sealed, "tenant database URLs sealed");
     }
     // Then every schema and database tenant; one failing does not stop the others.
     let provisioner = Provisioner::new(Some(&url))?;
-    let results = migrate_tenants(&mut conn, &provisioner).await?;
+    let results = migrate_tenants(&mut conn, &provisioner, keys).await?;
     let failed = results.iter().filter(|r| r.outcome.is_err()).count();
     for result in &results {
         match &result.outcome {

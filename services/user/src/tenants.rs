@@ -49,8 +49,30 @@ pub enum TenantError {
     NotConfigured(String),
     #[error("could not generate a key: {0}")]
     Key(#[from] apikey::KeyError),
+    /// A stored route this service cannot use (a sealed URL that does not open).
+    #[error("{0}")]
+    Unusable(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+impl From<placement::RouteLoadError> for TenantError {
+    fn from(e: placement::RouteLoadError) -> Self {
+        match e {
+            placement::RouteLoadError::Database(e) => TenantError::Database(e),
+            other => {
+                tracing::error!(error = %other, "a tenant's route is unusable");
+                TenantError::Unusable(other.to_string())
+            }
+        }
+    }
+}
+
+impl From<borough_tenancy::secrets::SecretError> for TenantError {
+    fn from(e: borough_tenancy::secrets::SecretError) -> Self {
+        tracing::error!(error = %e, "sealing a tenant's URL failed");
+        TenantError::Unusable(e.to_string())
+    }
 }
 
 impl ServiceError for TenantError {
@@ -63,7 +85,7 @@ impl ServiceError for TenantError {
             TenantError::Busy { .. } => ErrorKind::Conflict,
             TenantError::ProvisioningFailed { .. } => ErrorKind::Unavailable,
             TenantError::NotConfigured(_) => ErrorKind::PreconditionFailed,
-            TenantError::Key(_) => ErrorKind::Internal,
+            TenantError::Key(_) | TenantError::Unusable(_) => ErrorKind::Internal,
             TenantError::Database(e) => db::classify(e),
         }
     }
@@ -201,11 +223,18 @@ pub struct Tenants {
     control: PgPool,
     provisioner: Provisioner,
     router: PoolRouter,
+    /// Seal (and open) tenants' database URLs.
+    keys: Option<std::sync::Arc<borough_tenancy::secrets::Keyring>>,
     outcomes: Family<ProvisionLabels, Counter>,
 }
 
 impl Tenants {
-    pub fn new(router: PoolRouter, provisioner: Provisioner, metrics: &Metrics) -> Self {
+    pub fn new(
+        router: PoolRouter,
+        provisioner: Provisioner,
+        keys: Option<std::sync::Arc<borough_tenancy::secrets::Keyring>>,
+        metrics: &Metrics,
+    ) -> Self {
         let outcomes = Family::<ProvisionLabels, Counter>::default();
         metrics.register(
             "tenant_provisioning",
@@ -216,6 +245,7 @@ impl Tenants {
             control: router.shared_pool().clone(),
             provisioner,
             router,
+            keys,
             outcomes,
         }
     }
@@ -333,18 +363,41 @@ impl Tenants {
             Storage::OwnDatabase { name } => Some(name.as_str()),
             _ => None,
         };
-        let (database_url, read_url) = match &route.storage {
-            Storage::External { url, read_url } => (Some(url.as_str()), read_url.as_deref()),
-            _ => (None, None),
+        // URLs are stored sealed, bound to this row; their locations in clear.
+        let (database_url, read_url, location, read_location) = match &route.storage {
+            Storage::External(external) => {
+                let keys = self.keys.as_deref().ok_or_else(|| {
+                    TenantError::NotConfigured(
+                        "a database given by URL needs BOROUGH_SECRET_KEYS on the user \
+                         service (its URLs are stored encrypted)"
+                            .to_owned(),
+                    )
+                })?;
+                let seal = |column: &str, url: &Option<String>| {
+                    url.as_deref()
+                        .map(|url| keys.seal(*id.as_uuid(), column, url))
+                        .transpose()
+                };
+                (
+                    seal("database_url", &external.url)?,
+                    seal("read_url", &external.read_url)?,
+                    Some(external.location.as_str()),
+                    external.read_location.as_deref(),
+                )
+            }
+            _ => (None, None, None, None),
         };
         sqlx::query(
             "INSERT INTO control.tenants
-                 (id, name, placement, status, schema_name, database_name, database_url, read_url)
-             VALUES ($1, $2, $3, 'provisioning', $4, $5, $6, $7)
+                 (id, name, placement, status, schema_name, database_name, database_url, read_url,
+                  database_location, read_location)
+             VALUES ($1, $2, $3, 'provisioning', $4, $5, $6, $7, $8, $9)
              ON CONFLICT (id) DO UPDATE
                 SET status = 'provisioning', failure_reason = NULL, status_changed_at = now(),
                     schema_name = EXCLUDED.schema_name, database_name = EXCLUDED.database_name,
-                    database_url = EXCLUDED.database_url, read_url = EXCLUDED.read_url",
+                    database_url = EXCLUDED.database_url, read_url = EXCLUDED.read_url,
+                    database_location = EXCLUDED.database_location,
+                    read_location = EXCLUDED.read_location",
         )
         .bind(id.as_uuid())
         .bind(&req.name)
@@ -353,6 +406,8 @@ impl Tenants {
         .bind(database_name)
         .bind(database_url)
         .bind(read_url)
+        .bind(location)
+        .bind(read_location)
         .execute(&mut *tx)
         .await
         .map_err(|e| match db::constraint(&e) {
@@ -452,9 +507,13 @@ impl Tenants {
                 purged: false,
             });
         }
-        let route = placement::load_route(&self.control, TenantId(id))
-            .await?
-            .ok_or(TenantError::NotFound(id))?;
+        let route = placement::load_route(
+            &self.control,
+            TenantId(id),
+            &placement::Credentials::TenantUrls(self.keys.clone()),
+        )
+        .await?
+        .ok_or(TenantError::NotFound(id))?;
         self.provisioner.purge(&route).await.map_err(|e| {
             tracing::warn!(tenant = %id, error = %e, "purging failed");
             TenantError::ProvisioningFailed {

@@ -24,7 +24,7 @@ async fn a_chunk_that_fails_midway_is_reported_whole_and_the_other_chunks_are_cr
     let db = TestDatabase::create_on(&cluster).await?;
     let tenant = db.provision_tenant(Placement::Shared).await?;
     let settings = borough_user::Settings::from_env(&borough_testkit::tls::service_env(&[
-        ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
+        ("BOROUGH_DATABASE_URL", db.user_url.as_str()),
         ("BOROUGH_DB_ACQUIRE_TIMEOUT", "500ms"),
         ("BOROUGH_SHUTDOWN_GRACE", "0s"),
     ])?)?;

@@ -17,7 +17,7 @@ async fn a_call_past_the_in_flight_limit_is_refused_at_once_with_a_retry_hint() 
     let db = TestDatabase::create().await?;
     let tenant = db.provision_tenant(Placement::Shared).await?;
     let settings = borough_user::Settings::from_env(&borough_testkit::tls::service_env(&[
-        ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
+        ("BOROUGH_DATABASE_URL", db.user_url.as_str()),
         ("BOROUGH_MAX_IN_FLIGHT", "1"),
         ("BOROUGH_MAX_QUEUE", "0"),
         ("BOROUGH_SHUTDOWN_GRACE", "0s"),

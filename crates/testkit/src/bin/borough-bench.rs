@@ -28,6 +28,7 @@ use borough_proto::query::v1::GetUserInfoRequest;
 use borough_proto::query::v1::query_service_client::QueryServiceClient;
 use borough_tenancy::TenantContext;
 use borough_testkit::TestDatabase;
+use borough_testkit::pg::Login;
 use borough_testkit::process::ServiceProcess;
 use serde_json::{Value, json};
 
@@ -127,10 +128,15 @@ async fn grpc_lookups(
     seconds: u64,
     connections: u32,
 ) -> Result<Load> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    // As the gateway does: mutual TLS on https, one connection reused.
+    let channel = if url.starts_with("https://") {
+        borough_testkit::tls::channel(url, "gateway", "query")?
+    } else {
+        tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?
+    };
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
@@ -328,12 +334,9 @@ async fn main() -> Result<()> {
 
     let cluster = borough_testkit::own_cluster()?;
     let db = TestDatabase::create_on(&cluster).await?;
-    let service = |extra: &[(&str, &str)]| {
-        let mut env = pairs(&[
-            ("BOROUGH_DATABASE_URL", &db.service_url),
-            ("BOROUGH_PROVISIONER_DATABASE_URL", &db.admin_url),
-            ("BOROUGH_SHUTDOWN_GRACE", "0s"),
-        ]);
+    let service = |login: Login, extra: &[(&str, &str)]| {
+        let mut env = db.env_for(login);
+        env.extend(pairs(&[("BOROUGH_SHUTDOWN_GRACE", "0s")]));
         env.extend(pairs(extra));
         env
     };
@@ -344,7 +347,7 @@ async fn main() -> Result<()> {
         "borough-user",
         "BOROUGH_GRPC_ADDR",
         None,
-        &service(&[]),
+        &service(Login::User, &[]),
     )
     .await?;
     // The query services' pool, all of it for the one tenant being read.
@@ -359,7 +362,7 @@ async fn main() -> Result<()> {
         "borough-query",
         "BOROUGH_GRPC_ADDR",
         None,
-        &service(&pool_env),
+        &service(Login::Query, &pool_env),
     )
     .await?;
     let uncached = ServiceProcess::start(
@@ -367,7 +370,10 @@ async fn main() -> Result<()> {
         "borough-query",
         "BOROUGH_GRPC_ADDR",
         None,
-        &service(&[pool_env.as_slice(), &[("BOROUGH_CACHE_MAX_ENTRIES", "0")]].concat()),
+        &service(
+            Login::Query,
+            &[pool_env.as_slice(), &[("BOROUGH_CACHE_MAX_ENTRIES", "0")]].concat(),
+        ),
     )
     .await?;
     let config = ServiceProcess::start(
@@ -375,14 +381,14 @@ async fn main() -> Result<()> {
         "borough-config",
         "BOROUGH_GRPC_ADDR",
         None,
-        &service(&[]),
+        &service(Login::Config, &[]),
     )
     .await?;
     let gateway_env = |query: &ServiceProcess| {
         pairs(&[
-            ("BOROUGH_USER_URL", &user.url()),
-            ("BOROUGH_QUERY_URL", &query.url()),
-            ("BOROUGH_CONFIG_URL", &config.url()),
+            ("BOROUGH_USER_URL", &user.grpc_url()),
+            ("BOROUGH_QUERY_URL", &query.grpc_url()),
+            ("BOROUGH_CONFIG_URL", &config.grpc_url()),
             ("BOROUGH_ADMIN_TOKEN", ADMIN_TOKEN),
             ("BOROUGH_RATE_LIMIT_RPS", "1000000"),
             ("BOROUGH_RATE_LIMIT_BURST", "1000000"),
@@ -516,7 +522,8 @@ end
                 seconds,
             )
             .await?;
-            let direct = grpc_lookups(&query.url(), shared_ctx, &shared_user, seconds, 1).await?;
+            let direct =
+                grpc_lookups(&query.grpc_url(), shared_ctx, &shared_user, seconds, 1).await?;
             hop_p50.push((cached.p50_ms - direct.p50_ms) * 1e3);
             hop_p99.push((cached.p99_ms - direct.p99_ms) * 1e3);
             line += &format!(

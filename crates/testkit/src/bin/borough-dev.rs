@@ -5,13 +5,16 @@
 //! 1. A PostgreSQL cluster under `./.data/pg` (initialised on first run, as `postgres`
 //!    when root), on 127.0.0.1:`BOROUGH_DEV_PG_PORT` (55432), TLS only; services verify it
 //!    against the PKI's CA (`sslmode=verify-full`).
-//! 2. The `borough` database, migrated; the service login role with its own password.
+//! 2. The `borough` database, migrated; one login per service (`borough_user`,
+//!    `borough_query`, `borough_config`), each with its own password and only its grants;
+//!    tenants' database URLs sealed with the key in `./.data/secret-keys`.
 //! 3. The user, query and gateway binaries (siblings of this one), with `BOROUGH_*`
 //!    settings derived from the above unless already set in the environment.
 //! 4. On first run a `demo` tenant and its API key (kept in `./.data/demo-api-key`).
 //! 5. Copy-paste curl lines. Ctrl-C (or SIGTERM) stops the services, then PostgreSQL.
 //!
-//! Secrets it generates (admin token, database passwords) live in `./.data`, mode 0600.
+//! Secrets it generates (admin token, database passwords, the sealing key, the CA's key)
+//! live in `./.data`, mode 0600.
 
 // A terminal tool: what it prints is for the person who ran it.
 #![allow(clippy::print_stdout)]
@@ -22,7 +25,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use borough_testkit::{Cluster, ensure_service_role, pg};
+use borough_testkit::{Cluster, ensure_logins, pg};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use tokio::process::{Child, Command};
@@ -94,7 +97,32 @@ async fn run() -> Result<()> {
 
     // 1. PostgreSQL.
     let superuser_password = secret(&data.join("pg-superuser-password"))?;
-    let service_password = secret(&data.join("pg-service-password"))?;
+    let passwords: Vec<(pg::Login, String)> = pg::Login::ALL
+        .iter()
+        .map(|login| {
+            secret(&data.join(format!("pg-{}-password", login.service())))
+                .map(|password| (*login, password))
+        })
+        .collect::<Result<_>>()?;
+    // Tenants' database URLs are sealed with this key (`BOROUGH_SECRET_KEYS`).
+    let secret_keys = match std::env::var("BOROUGH_SECRET_KEYS")
+        .ok()
+        .filter(|k| !k.is_empty())
+    {
+        Some(keys) => keys,
+        None => {
+            let file = data.join("secret-keys");
+            match std::fs::read_to_string(&file) {
+                Ok(keys) if !keys.trim().is_empty() => keys.trim().to_owned(),
+                _ => {
+                    let entry = borough_tenancy::secrets::Keyring::generate_entry("dev1")?;
+                    write_private(&file, &entry)?;
+                    entry
+                }
+            }
+        }
+    };
+    let keyring = std::sync::Arc::new(borough_tenancy::secrets::Keyring::parse(&secret_keys)?);
     println!(
         "borough: starting PostgreSQL on 127.0.0.1:{pg_port} (data in {})",
         data.join("pg").display()
@@ -103,7 +131,7 @@ async fn run() -> Result<()> {
         &data.join("pg"),
         pg_port,
         &superuser_password,
-        &service_password,
+        &passwords,
         &borough_testkit::pg::ServerTls::in_pki(&pki),
     )?;
 
@@ -119,7 +147,7 @@ async fn run() -> Result<()> {
             .execute(&mut conn)
             .await?;
     }
-    ensure_service_role(&mut conn, &service_password).await?;
+    ensure_logins(&mut conn, &cluster).await?;
     let mut conn = PgConnection::connect(&cluster.superuser_url(DATABASE)).await?;
     for report in borough_tenancy::migrate::run_all(&mut conn).await? {
         if !report.applied.is_empty() {
@@ -129,10 +157,18 @@ async fn run() -> Result<()> {
             );
         }
     }
-    borough_tenancy::migrate::grant_app_role(&mut conn, pg::SERVICE_ROLE).await?;
+    // The logins exist since the first run; their memberships are checked again.
+    ensure_logins(&mut conn, &cluster).await?;
+    let sealed = borough_tenancy::secrets::seal_stored(&mut conn, Some(&keyring), false).await?;
+    if sealed.sealed > 0 {
+        println!("borough: sealed {} tenant database URLs", sealed.sealed);
+    }
     let provisioner_url = cluster.superuser_url(DATABASE);
     let provisioner = borough_tenancy::provision::Provisioner::new(Some(&provisioner_url))?;
-    for tenant in borough_tenancy::provision::migrate_tenants(&mut conn, &provisioner).await? {
+    for tenant in
+        borough_tenancy::provision::migrate_tenants(&mut conn, &provisioner, Some(keyring.clone()))
+            .await?
+    {
         match tenant.outcome {
             Ok(Some(report)) if !report.applied.is_empty() => println!(
                 "borough: migrated {} tenant {} to version {}",
@@ -155,7 +191,8 @@ async fn run() -> Result<()> {
         Some(token) => token,
         None => secret(&data.join("admin-token"))?,
     };
-    let database_url = cluster.service_url(DATABASE);
+    // One login per service, each with only what it needs.
+    let database_url = |login| cluster.login_url(login, DATABASE);
     // BOROUGH_DEV_PORT_OFFSET moves every port (a second stack beside `make run`: the
     // fuzzing one).
     let offset: u16 = env_or("BOROUGH_DEV_PORT_OFFSET", "0")
@@ -198,17 +235,24 @@ async fn run() -> Result<()> {
             ),
         ] {
             let snapshot = snapshot(service);
+            let login = match service {
+                "user" => pg::Login::User,
+                "query" => pg::Login::Query,
+                _ => pg::Login::Config,
+            };
+            let url = database_url(login);
             let mut env = vec![
                 ("BOROUGH_GRPC_ADDR", grpc),
                 ("BOROUGH_ADMIN_ADDR", admin),
-                ("BOROUGH_DATABASE_URL", &database_url),
+                ("BOROUGH_DATABASE_URL", &url),
                 ("BOROUGH_CONFIG_URL", config_url),
                 ("BOROUGH_CONFIG_SNAPSHOT", &snapshot),
                 ("BOROUGH_TLS_DIR", &pki_dir),
             ];
             if binary == "borough-user" {
-                // It creates schema and database tenants.
+                // It creates schema and database tenants, and seals URLs of the others.
                 env.push(("BOROUGH_PROVISIONER_DATABASE_URL", &provisioner_url));
+                env.push(("BOROUGH_SECRET_KEYS", &secret_keys));
             }
             children.push((binary, spawn(&paths.bin, binary, &env)?));
         }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use borough_testkit::TestDatabase;
+use borough_testkit::pg::Login;
 use borough_testkit::process::{ServiceProcess, percentile, rss_kib};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -79,26 +80,44 @@ async fn create_tenant(http: &reqwest::Client, gateway: &str, name: &str) -> Res
 }
 
 async fn start(bin: &Path, db: &TestDatabase) -> Result<Stack> {
-    let service = pairs(&[
-        ("BOROUGH_DATABASE_URL", &db.service_url),
-        ("BOROUGH_PROVISIONER_DATABASE_URL", &db.admin_url),
-        ("BOROUGH_SHUTDOWN_GRACE", "0s"),
-    ]);
-    let config =
-        ServiceProcess::start(bin, "borough-config", "BOROUGH_GRPC_ADDR", None, &service).await?;
-    let user =
-        ServiceProcess::start(bin, "borough-user", "BOROUGH_GRPC_ADDR", None, &service).await?;
-    let query =
-        ServiceProcess::start(bin, "borough-query", "BOROUGH_GRPC_ADDR", None, &service).await?;
+    let service = |login| {
+        let mut env = db.env_for(login);
+        env.extend(pairs(&[("BOROUGH_SHUTDOWN_GRACE", "0s")]));
+        env
+    };
+    let config = ServiceProcess::start(
+        bin,
+        "borough-config",
+        "BOROUGH_GRPC_ADDR",
+        None,
+        &service(Login::Config),
+    )
+    .await?;
+    let user = ServiceProcess::start(
+        bin,
+        "borough-user",
+        "BOROUGH_GRPC_ADDR",
+        None,
+        &service(Login::User),
+    )
+    .await?;
+    let query = ServiceProcess::start(
+        bin,
+        "borough-query",
+        "BOROUGH_GRPC_ADDR",
+        None,
+        &service(Login::Query),
+    )
+    .await?;
     let gateway = ServiceProcess::start(
         bin,
         "borough-gateway",
         "BOROUGH_HTTP_ADDR",
         None,
         &pairs(&[
-            ("BOROUGH_USER_URL", &user.url()),
-            ("BOROUGH_QUERY_URL", &query.url()),
-            ("BOROUGH_CONFIG_URL", &config.url()),
+            ("BOROUGH_USER_URL", &user.grpc_url()),
+            ("BOROUGH_QUERY_URL", &query.grpc_url()),
+            ("BOROUGH_CONFIG_URL", &config.grpc_url()),
             ("BOROUGH_ADMIN_TOKEN", ADMIN_TOKEN),
             ("BOROUGH_SHUTDOWN_GRACE", "0s"),
             (

@@ -99,7 +99,7 @@ async fn breaker(
         None,
         &gateway_env(
             user,
-            &proxy.url(),
+            &proxy.grpc_url(),
             &[
                 ("BOROUGH_BREAKER_OPEN_FOR", "60s"),
                 ("BOROUGH_HEALTH_INTERVAL", "60s"),
@@ -233,14 +233,18 @@ async fn main() -> Result<()> {
     let bin = borough_testkit::process::binary_dir()?;
     let cluster = borough_testkit::own_cluster()?;
     let db = TestDatabase::create_on(&cluster).await?;
-    let service_env: Vec<(String, String)> = [
-        ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
-        ("BOROUGH_SHUTDOWN_GRACE", "300ms"),
-        ("BOROUGH_PROBE_INTERVAL", "100ms"),
-    ]
-    .iter()
-    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-    .collect();
+    let service_env = |login| {
+        let mut env = db.env_for(login);
+        env.extend(
+            [
+                ("BOROUGH_SHUTDOWN_GRACE", "300ms"),
+                ("BOROUGH_PROBE_INTERVAL", "100ms"),
+            ]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        env
+    };
     let mut users = Vec::new();
     let mut queries = Vec::new();
     for _ in 0..2 {
@@ -250,7 +254,7 @@ async fn main() -> Result<()> {
                 "borough-user",
                 "BOROUGH_GRPC_ADDR",
                 None,
-                &service_env,
+                &service_env(borough_testkit::pg::Login::User),
             )
             .await?,
         );
@@ -260,15 +264,19 @@ async fn main() -> Result<()> {
                 "borough-query",
                 "BOROUGH_GRPC_ADDR",
                 None,
-                &service_env,
+                &service_env(borough_testkit::pg::Login::Query),
             )
             .await?,
         );
     }
-    let user_urls = users.iter().map(Process::url).collect::<Vec<_>>().join(",");
+    let user_urls = users
+        .iter()
+        .map(Process::grpc_url)
+        .collect::<Vec<_>>()
+        .join(",");
     let query_urls = queries
         .iter()
-        .map(Process::url)
+        .map(Process::grpc_url)
         .collect::<Vec<_>>()
         .join(",");
     let gateway = Process::start(
@@ -320,7 +328,8 @@ async fn main() -> Result<()> {
             created["id"].as_str().unwrap_or_default()
         );
         let query_addr = format!("127.0.0.1:{}", queries[0].api).parse()?;
-        let (opened, p99) = breaker(&bin, &users[0].url(), query_addr, &key, &user_path).await?;
+        let (opened, p99) =
+            breaker(&bin, &users[0].grpc_url(), query_addr, &key, &user_path).await?;
         open_times.push(opened.as_secs_f64());
         fast_p99.push(p99.as_secs_f64());
 

@@ -15,7 +15,7 @@ use anyhow::Context;
 use borough_proto::config::v1::config_service_client::ConfigServiceClient;
 use borough_proto::config::v1::watch_event::Event;
 use borough_proto::config::v1::{PutRequest, WatchRequest};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Watch streams per HTTP/2 connection (servers cap concurrent streams per connection).
 const STREAMS_PER_CONNECTION: usize = 100;
@@ -47,7 +47,8 @@ async fn main() -> anyhow::Result<()> {
         .context("no binary directory")?
         .join("borough-config");
     let mut service = tokio::process::Command::new(&binary)
-        .env("BOROUGH_DATABASE_URL", &db.service_url)
+        .envs(borough_testkit::tls::pki()?.env())
+        .env("BOROUGH_DATABASE_URL", &db.config_url)
         .env("BOROUGH_GRPC_ADDR", format!("127.0.0.1:{port}"))
         .env("BOROUGH_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
         .env("RUST_LOG", "warn")
@@ -56,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
     let pid = service.id().context("no pid")?;
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}");
     borough_testkit::wait_for_status(
         &format!("http://127.0.0.1:{admin_port}/readyz"),
         200,
@@ -64,7 +65,9 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    let mut writer = ConfigServiceClient::connect(url.clone()).await?;
+    // Over mutual TLS, as the gateway (which may write platform configuration).
+    let mut writer =
+        ConfigServiceClient::new(borough_testkit::tls::channel(&url, "gateway", "config")?);
     writer
         .put(PutRequest {
             namespace: "platform/bench".into(),
@@ -80,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
     let received: Arc<Mutex<HashMap<i64, Vec<Instant>>>> = Arc::default();
     let mut channels: Vec<Channel> = Vec::new();
     for _ in 0..watchers.div_ceil(STREAMS_PER_CONNECTION) {
-        channels.push(Endpoint::from_shared(url.clone())?.connect().await?);
+        channels.push(borough_testkit::tls::channel(&url, "gateway", "config")?);
     }
     let from = writer
         .get(borough_proto::config::v1::GetRequest {

@@ -367,7 +367,7 @@ async fn with_backends_down_hello_works_readyz_says_what_is_missing_and_calls_ar
 #[tokio::test]
 async fn services_start_with_the_database_down_and_report_it_on_readyz() -> anyhow::Result<()> {
     let url = format!(
-        "postgres://borough_service:x@127.0.0.1:{}/none",
+        "postgres://borough_user:x@127.0.0.1:{}/none",
         borough_testkit::pg::free_port()?
     );
     let env = borough_testkit::tls::service_env(&[

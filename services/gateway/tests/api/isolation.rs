@@ -75,7 +75,10 @@ async fn a_sql_session_as_the_service_role_scoped_to_b_sees_none_of_a_rows() -> 
         .create_user(&key_a, "Alan", "alan@example.com")
         .await?;
 
-    let pool = stack.db.service_pool().await?;
+    let pool = stack
+        .db
+        .login_pool(borough_testkit::pg::Login::User)
+        .await?;
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT set_config('borough.tenant_id', $1, true)")
         .bind(&tenant_b)

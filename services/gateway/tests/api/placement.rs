@@ -362,14 +362,15 @@ async fn an_unreachable_database_url_leaves_the_tenant_provisioning_failed_and_a
         format!("CREATE DATABASE {database}"),
         format!(
             "GRANT CREATE ON DATABASE {database} TO {}",
-            borough_testkit::pg::SERVICE_ROLE
+            borough_testkit::pg::Login::User.role()
         ),
     ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
             .execute(&mut admin)
             .await?;
     }
-    let fixed = cluster.service_url(&database);
+    // The operator's URL: here the user service's own login (any login will do).
+    let fixed = cluster.login_url(borough_testkit::pg::Login::User, &database);
     let response = stack
         .http
         .post(stack.url("/admin/v1/tenants"))
@@ -390,10 +391,31 @@ async fn an_unreachable_database_url_leaves_the_tenant_provisioning_failed_and_a
     assert_eq!(created["tenant"]["status"], "active");
     assert_eq!(created["tenant"]["external_database"], true);
     assert_eq!(created["tenant"]["read_replica"], true);
-    assert!(!created.to_string().contains(cluster.service_password()));
+    assert!(
+        !created
+            .to_string()
+            .contains(cluster.password(borough_testkit::pg::Login::User))
+    );
     let key = created["api_key"]["key"].as_str().unwrap_or_default();
+    // Stored sealed, bound to the row; only the location in clear.
+    let password = cluster.password(borough_testkit::pg::Login::User);
+    let (stored, stored_read, location): (String, String, String) = sqlx::query_as(
+        "SELECT database_url, read_url, database_location FROM control.tenants WHERE id = $1::uuid",
+    )
+    .bind(id.as_str())
+    .fetch_one(&stack.db.admin_pool().await?)
+    .await?;
+    for value in [&stored, &stored_read] {
+        assert!(value.starts_with("enc:v1:test1:"), "{value}");
+        assert!(!value.contains(password) && !value.contains("borough_user"));
+    }
+    assert_eq!(
+        location,
+        format!("postgres://127.0.0.1:{}/{database}", cluster.port)
+    );
 
-    // It works, and its rows are in the database it was given.
+    // It works, and its rows are in the database it was given (the query service reads
+    // them with its own login at that location: it never sees the URL).
     let user = stack.create_user(key, "Rem", "rem@example.com").await?;
     let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap_or_default());
     let response = stack

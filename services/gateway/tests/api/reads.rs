@@ -453,6 +453,7 @@ async fn writes_are_read_back_at_once_and_invalidate_another_query_replica_withi
     // A second query replica, warmed with version 1.
     let replica = spawn_query_with(borough_query::Settings::from_env(&service_env(
         &stack.db,
+        borough_testkit::pg::Login::Query,
         &[],
     ))?)
     .await?;

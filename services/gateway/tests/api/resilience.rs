@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use borough_testkit::pg::Login;
 use borough_testkit::proxy::{Fault, FaultProxy};
 use borough_testkit::{Spawned, wait_for_status};
 use serde_json::{Value, json};
@@ -588,15 +589,18 @@ async fn restarting_every_user_and_query_replica_one_by_one_under_load_fails_no_
     let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
     let user_path = format!("/api/v1/users/{}", user["id"].as_str().unwrap_or_default());
     // Two replicas of each, draining for 300 ms on shutdown (readiness fails first).
-    let replica_env = service_env(
-        &stack.db,
-        &[
-            ("BOROUGH_SHUTDOWN_GRACE", "300ms"),
-            ("BOROUGH_PROBE_INTERVAL", "50ms"),
-        ],
-    );
-    let user_settings = borough_user::Settings::from_env(&replica_env)?;
-    let query_settings = borough_query::Settings::from_env(&replica_env)?;
+    let replica_env = |login| {
+        service_env(
+            &stack.db,
+            login,
+            &[
+                ("BOROUGH_SHUTDOWN_GRACE", "300ms"),
+                ("BOROUGH_PROBE_INTERVAL", "50ms"),
+            ],
+        )
+    };
+    let user_settings = borough_user::Settings::from_env(&replica_env(Login::User))?;
+    let query_settings = borough_query::Settings::from_env(&replica_env(Login::Query))?;
     let mut users = vec![
         spawn_user_with(user_settings.clone()).await?,
         spawn_user_with(user_settings.clone()).await?,

@@ -13,6 +13,7 @@ use borough_proto::config::v1::{GetRequest, PutRequest};
 use borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClient;
 use borough_proto::user::v1::user_service_client::UserServiceClient;
 use borough_proto::user::v1::{GetUserRequest, ListTenantsRequest};
+use borough_testkit::pg::Login;
 use borough_testkit::tls::{
     TRUST_DOMAIN, TestPki, channel, channel_with, issue_into, pki, settings_in,
 };
@@ -329,6 +330,7 @@ async fn required_post_quantum_refuses_a_classical_only_peer_that_preferred_acce
     let db = TestDatabase::create().await?;
     let required = spawn_user_with(borough_user::Settings::from_env(&service_env(
         &db,
+        Login::User,
         &[("BOROUGH_TLS_PQ", "required")],
     ))?)
     .await?;
@@ -339,8 +341,12 @@ async fn required_post_quantum_refuses_a_classical_only_peer_that_preferred_acce
     );
     health(channel(&required.grpc_url(0), "gateway", "user")?).await?;
 
-    let preferred =
-        spawn_user_with(borough_user::Settings::from_env(&service_env(&db, &[]))?).await?;
+    let preferred = spawn_user_with(borough_user::Settings::from_env(&service_env(
+        &db,
+        Login::User,
+        &[],
+    ))?)
+    .await?;
     health(classical_only(&preferred.grpc_url(0), "user")?).await?;
     let classical = metric(
         &preferred.url(1),
@@ -376,9 +382,18 @@ async fn certificates_and_the_ca_rotate_under_traffic_without_a_failed_request()
         ("BOROUGH_TLS_DIR", dir.as_str()),
         ("BOROUGH_TLS_RELOAD_INTERVAL", "50ms"),
     ];
-    let user = spawn_user_with(borough_user::Settings::from_env(&service_env(&db, &tls))?).await?;
-    let query =
-        spawn_query_with(borough_query::Settings::from_env(&service_env(&db, &tls))?).await?;
+    let user = spawn_user_with(borough_user::Settings::from_env(&service_env(
+        &db,
+        Login::User,
+        &tls,
+    ))?)
+    .await?;
+    let query = spawn_query_with(borough_query::Settings::from_env(&service_env(
+        &db,
+        Login::Query,
+        &tls,
+    ))?)
+    .await?;
     let gateway = spawn_gateway(&user.grpc_url(0), &query.grpc_url(0), &tls).await?;
     let admins = [user.url(1), query.url(1), gateway.url(1)];
     let http = reqwest::Client::new();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use borough_config_client::Env;
+use borough_testkit::pg::Login;
 use borough_testkit::{Spawned, TestDatabase, spawn, spawn_at, wait_for_status};
 use serde_json::{Value, json};
 
@@ -34,18 +35,26 @@ pub fn tls_env() -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-pub fn service_env(db: &TestDatabase, extra: &[(&str, &str)]) -> Env {
+pub use borough_testkit::SECRET_KEYS;
+
+/// Settings of the service whose database login is `login`, on `db`.
+pub fn service_env(db: &TestDatabase, login: Login, extra: &[(&str, &str)]) -> Env {
+    let keys: &[(&str, &str)] = match login {
+        Login::User => &[("BOROUGH_SECRET_KEYS", SECRET_KEYS)],
+        _ => &[],
+    };
     // Later pairs win: `extra` overrides the defaults.
     let pairs: Vec<(String, String)> = tls_env()
         .into_iter()
         .chain(
             [
-                ("BOROUGH_DATABASE_URL", db.service_url.as_str()),
+                ("BOROUGH_DATABASE_URL", db.url_of(login)),
                 ("BOROUGH_PROVISIONER_DATABASE_URL", db.admin_url.as_str()),
                 ("BOROUGH_SHUTDOWN_GRACE", "0s"),
                 ("BOROUGH_PROBE_INTERVAL", "100ms"),
             ]
             .iter()
+            .chain(keys)
             .chain(extra)
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         )
@@ -54,7 +63,12 @@ pub fn service_env(db: &TestDatabase, extra: &[(&str, &str)]) -> Env {
 }
 
 pub async fn spawn_user(db: &TestDatabase) -> Result<Spawned> {
-    spawn_user_with(borough_user::Settings::from_env(&service_env(db, &[]))?).await
+    spawn_user_with(borough_user::Settings::from_env(&service_env(
+        db,
+        Login::User,
+        &[],
+    ))?)
+    .await
 }
 
 pub async fn spawn_user_with(settings: borough_user::Settings) -> Result<Spawned> {
@@ -113,7 +127,12 @@ pub async fn respawn_query(
 }
 
 pub async fn spawn_query(db: &TestDatabase) -> Result<Spawned> {
-    spawn_query_with(borough_query::Settings::from_env(&service_env(db, &[]))?).await
+    spawn_query_with(borough_query::Settings::from_env(&service_env(
+        db,
+        Login::Query,
+        &[],
+    ))?)
+    .await
 }
 
 pub async fn spawn_query_with(settings: borough_query::Settings) -> Result<Spawned> {
@@ -121,7 +140,7 @@ pub async fn spawn_query_with(settings: borough_query::Settings) -> Result<Spawn
 }
 
 pub async fn spawn_config(db: &TestDatabase) -> Result<Spawned> {
-    let settings = borough_config::Settings::from_env(&service_env(db, &[]))?;
+    let settings = borough_config::Settings::from_env(&service_env(db, Login::Config, &[]))?;
     spawn(2, move |mut l, shutdown| {
         let admin = l.remove(1);
         let grpc = l.remove(0);
@@ -229,15 +248,21 @@ impl Stack {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let user =
-            spawn_user_with(borough_user::Settings::from_env(&service_env(&db, &pairs))?).await?;
+        let user = spawn_user_with(borough_user::Settings::from_env(&service_env(
+            &db,
+            Login::User,
+            &pairs,
+        ))?)
+        .await?;
         let owned = following(&query_snapshot, service_settings);
         let pairs: Vec<(&str, &str)> = owned
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let query = spawn_query_with(borough_query::Settings::from_env(&service_env(
-            &db, &pairs,
+            &db,
+            Login::Query,
+            &pairs,
         ))?)
         .await?;
         let owned = following(&gateway_snapshot, gateway_settings);
