@@ -7,6 +7,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod otel;
+pub mod otlp_tls;
 pub mod trace;
 
 pub use admin::{AdminState, Readiness};

@@ -1,6 +1,9 @@
 //! OpenTelemetry traces over OTLP/gRPC.
 //!
 //! On when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and not empty); off otherwise, at no cost.
+//! An `https://` endpoint is reached over TLS ([`crate::otlp_tls`]: the collector verified
+//! against `OTEL_EXPORTER_OTLP_CERTIFICATE` or public roots, a client certificate from
+//! `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`/`_KEY`).
 //! The standard variables are honoured by the SDK: `OTEL_SERVICE_NAME` (default
 //! `borough-<service>`), `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and
 //! `OTEL_TRACES_SAMPLER_ARG` (default: parent-based, always on), `OTEL_BSP_*` (batching),
@@ -39,10 +42,24 @@ where
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
         .filter(|e| !e.trim().is_empty())?;
-    let exporter = match opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-    {
+    // An https collector: over TLS of our own (tonic's TLS features stay off).
+    let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    let builder = if endpoint.trim().starts_with("https://") {
+        use opentelemetry_otlp::WithTonicConfig;
+        match crate::otlp_tls::channel(endpoint.trim()) {
+            Ok(channel) => builder.with_channel(channel),
+            Err(e) => {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("OpenTelemetry: no trace export to {endpoint}: {e}");
+                }
+                return None;
+            }
+        }
+    } else {
+        builder
+    };
+    let exporter = match builder.build() {
         Ok(exporter) => exporter,
         Err(e) => {
             #[allow(clippy::print_stderr)]

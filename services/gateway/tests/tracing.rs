@@ -293,3 +293,152 @@ async fn one_rest_call_is_one_trace_from_the_gateway_through_grpc_to_sql_continu
     assert_eq!(problem["trace_id"], trace_id);
     Ok(())
 }
+
+/// A TLS connection for tonic's server (no client certificate: a collector's).
+struct CollectorConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for CollectorConn {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for CollectorConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CollectorConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// A collector on `https://localhost:<port>` with a certificate of the test CA.
+async fn https_collector() -> anyhow::Result<(Receiver, u16)> {
+    let pki = borough_testkit::tls::pki()?;
+    let issued = pki
+        .authority()?
+        .issue_server(&["localhost".into()], borough_tls::generate::Validity::YEAR)?;
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (connections, incoming) = tokio::sync::mpsc::channel::<std::io::Result<CollectorConn>>(8);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, connections) = (acceptor.clone(), connections.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    let _ = connections.send(Ok(CollectorConn(tls))).await;
+                }
+            });
+        }
+    });
+    let receiver = Receiver::default();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(incoming)),
+    );
+    Ok((receiver, port))
+}
+
+/// Starts a gateway exporting to `endpoint` trusting `ca`, and sends it a request.
+async fn gateway_exporting(
+    endpoint: &str,
+    ca: &std::path::Path,
+) -> anyhow::Result<tokio::process::Child> {
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+    let (http, admin) = (free()?, free()?);
+    let child = tokio::process::Command::new(binary("borough-gateway"))
+        .envs(borough_testkit::tls::pki()?.env())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("BOROUGH_HTTP_ADDR", http.to_string())
+        .env("BOROUGH_ADMIN_ADDR", admin.to_string())
+        .env("BOROUGH_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env_remove("BOROUGH_CONFIG_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_for_status(
+        &format!("http://{http}/hello"),
+        200,
+        Duration::from_secs(20),
+    )
+    .await?;
+    Ok(child)
+}
+
+#[tokio::test]
+async fn traces_reach_an_https_collector_only_when_its_certificate_verifies() -> anyhow::Result<()>
+{
+    let pki = borough_testkit::tls::pki()?;
+    let (receiver, port) = https_collector().await?;
+    let endpoint = format!("https://localhost:{port}");
+    let arrived = |receiver: &Receiver| {
+        receiver
+            .spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|s| s.service == "borough-gateway")
+    };
+
+    // Trusting another CA: the collector is refused, nothing is sent.
+    let elsewhere = tempfile::tempdir()?;
+    let other = elsewhere.path().join("ca.crt");
+    std::fs::write(
+        &other,
+        borough_tls::generate::Authority::new("not the collector's")?.cert_pem(),
+    )?;
+    let untrusting = gateway_exporting(&endpoint, &other).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!arrived(&receiver), "spans went to an unverified collector");
+    drop(untrusting);
+
+    // Trusting the collector's CA: spans arrive.
+    let _trusting = gateway_exporting(&endpoint, &pki.dir.join("ca.crt")).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !arrived(&receiver) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no span reached the https collector"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
