@@ -1,4 +1,5 @@
-# One image with the four services; the service is the command:
+# One image with the four services (and `borough-pki`, which makes a development PKI); the
+# service is the command:
 #   docker run borough borough-gateway      (the default)
 #   docker run borough borough-user migrate
 #
@@ -21,9 +22,11 @@ RUN cargo chef cook --release --recipe-path recipe.json
 COPY . .
 RUN cargo build --release --locked \
         --bin borough-user --bin borough-query --bin borough-config --bin borough-gateway \
+    && cargo build --release --locked -p borough-tls --features generate --bin borough-pki \
     && mkdir -p /out \
     && cp target/release/borough-user target/release/borough-query \
-          target/release/borough-config target/release/borough-gateway /out/
+          target/release/borough-config target/release/borough-gateway \
+          target/release/borough-pki /out/
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \

@@ -71,6 +71,38 @@ echo "k8s-check: helm chart"
     --set ingress.enabled=true --set ingress.tlsSecret=borough-tls \
     --set otel.endpoint=http://otel-collector:4317 \
     --set database.existingSecret=borough-db --set migrate.enabled=false \
+    --set tls.certManager.enabled=true --set tls.postQuantum=required \
     > "$out/helm-options.yaml"
-validate "$out/helm-defaults.yaml" "$out/helm-options.yaml"
+"$helm" template borough k8s/helm/borough \
+    --set tls.certManager.enabled=true \
+    --set tls.certManager.issuerRef.name=corp-ca --set tls.certManager.issuerRef.kind=ClusterIssuer \
+    > "$out/helm-issuer.yaml"
+validate "$out/helm-defaults.yaml" "$out/helm-options.yaml" "$out/helm-issuer.yaml"
+
+# Cross-references the schema cannot check: every certificate Secret a pod mounts is
+# issued by a Certificate in the same rendering (where cert-manager is used), naming the
+# SPIFFE ID of the service that mounts it; every gRPC URL is https.
+echo "k8s-check: certificates and URLs"
+"$tools/venv/bin/python" - "$out/dev.yaml" "$out/helm-options.yaml" "$out/helm-issuer.yaml" <<'PY'
+import sys, yaml
+for path in sys.argv[1:]:
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    certs = {d["spec"]["secretName"]: d["spec"].get("uris", []) for d in docs
+             if d["kind"] == "Certificate" and not d["spec"].get("isCA")}
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            spec = d["spec"]["template"]["spec"]
+            for v in spec.get("volumes", []):
+                name = v.get("secret", {}).get("secretName", "")
+                if "tls-" not in name:
+                    continue
+                assert name in certs, f"{path}: {d['metadata']['name']} mounts {name}, which no Certificate issues"
+                service = name.rsplit("tls-", 1)[1]
+                assert any(u.endswith(f"/borough/{service}") for u in certs[name]), f"{path}: {name} does not name {service}"
+        if d["kind"] == "ConfigMap":
+            for k, v in d.get("data", {}).items():
+                if k.endswith("_URL") and k.startswith("BOROUGH_") and "DATABASE" not in k:
+                    assert v.startswith("https://"), f"{path}: {k}={v} is not mutual TLS"
+    print(f"  {path}: {len(certs)} certificates, every mount issued, every gRPC URL https")
+PY
 echo "k8s-check: all manifests valid for Kubernetes $k8s_version (rendered into $out/)"

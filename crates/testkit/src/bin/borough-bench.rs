@@ -8,11 +8,17 @@
 //! 3. read path: uncached reads (cache off) vs `pgbench -S`, same concurrency;
 //! 4. isolation cost: the uncached read of a shared (RLS) tenant vs a database tenant;
 //! 5. write path: `POST /api/v1/users`;
-//! 6. footprint: idle RSS and time from start to `/readyz` 200 of each service.
+//! 6. footprint: idle RSS and time from start to `/readyz` 200 of each service;
+//! 7. mtls: what mutual TLS between services costs — the same cached read through a
+//!    gateway whose backends speak mTLS (the default) and one whose stack runs with
+//!    `BOROUGH_INTERNAL_TLS=off`, alternating, one caller at a time (the hop's added p50
+//!    and p99); the handshakes the query service saw per 1,000 calls (connection reuse);
+//!    and the CPU one full mutual handshake costs (client and server, in this process),
+//!    with X25519MLKEM768 and with classical X25519.
 //!
 //! Settings: `BENCH_SECONDS` (10 per measurement), `BENCH_CONNECTIONS` (32),
 //! `BENCH_ROUNDS` (3; medians reported), `BENCH_ONLY` (e.g. `edge,hop`: a subset of
-//! `edge`, `hop`, `read`, `write`), `BENCH_VERBOSE` (print wrk's reports), `BENCH_DB_POOL` (the
+//! `edge`, `hop`, `read`, `write`, `mtls`), `BENCH_VERBOSE` (print wrk's reports), `BENCH_DB_POOL` (the
 //! connections the query services may open, all of them for one tenant: 10, the default
 //! pool; more only adds PostgreSQL backends competing for the same two cores). Writes
 //! `target/bench/results.json`.
@@ -411,6 +417,40 @@ async fn main() -> Result<()> {
         &gateway_env(&uncached),
     )
     .await?;
+    // The same stack with internal TLS off: what mTLS costs is the difference.
+    let plain: &[(&str, &str)] = &[("BOROUGH_INTERNAL_TLS", "off")];
+    let user_plain = ServiceProcess::start(
+        &bin,
+        "borough-user",
+        "BOROUGH_GRPC_ADDR",
+        None,
+        &service(Login::User, plain),
+    )
+    .await?;
+    let query_plain = ServiceProcess::start(
+        &bin,
+        "borough-query",
+        "BOROUGH_GRPC_ADDR",
+        None,
+        &service(Login::Query, &[pool_env.as_slice(), plain].concat()),
+    )
+    .await?;
+    let gateway_plain = ServiceProcess::start(
+        &bin,
+        "borough-gateway",
+        "BOROUGH_HTTP_ADDR",
+        None,
+        &pairs(&[
+            ("BOROUGH_INTERNAL_TLS", "off"),
+            ("BOROUGH_USER_URL", &user_plain.grpc_url()),
+            ("BOROUGH_QUERY_URL", &query_plain.grpc_url()),
+            ("BOROUGH_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("BOROUGH_RATE_LIMIT_RPS", "1000000"),
+            ("BOROUGH_RATE_LIMIT_BURST", "1000000"),
+            ("BOROUGH_SHUTDOWN_GRACE", "0s"),
+        ]),
+    )
+    .await?;
     let hello = ServiceProcess::start_probing(
         &bin,
         "borough-hello",
@@ -465,15 +505,14 @@ end
         sqlx::query("CREATE DATABASE borough_pgbench")
             .execute(&admin)
             .await?;
-        db.admin_url
-            .rsplit_once('/')
-            .map(|(base, _)| format!("{base}/borough_pgbench"))
-            .context("admin url")?
+        // Over TLS like the services (libpq reads the same URL parameters).
+        cluster.superuser_url("borough_pgbench")
     };
 
     let mut rounds_out: Vec<Value> = Vec::new();
     let (mut edge_ratio, mut hop_p50, mut hop_p99, mut read_ratio, mut rls_cost, mut writes) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut mtls_p50, mut mtls_p99, mut per_thousand) = (vec![], vec![], vec![]);
     let gu = gateway_uncached.url();
     for round in 1..=rounds {
         let mut line = format!("round {round}:");
@@ -583,6 +622,43 @@ end
             line += &format!(" writes {:.0} rps p99 {:.2} ms;", write.rps, write.p99_ms);
             out["write"] = load_json(write);
         }
+        // 6. mtls: the same cached read, through the mTLS stack and the plaintext one,
+        //    alternating halves, one caller at a time.
+        if run("mtls") {
+            let plain_url = format!("{}/api/v1/users/{shared_user}", gateway_plain.url());
+            let tls_url = format!("{g}/api/v1/users/{shared_user}");
+            let half = seconds.div_ceil(2);
+            let before = handshakes(&http, &query).await?;
+            let (mut tls, mut plaintext) = (Vec::new(), Vec::new());
+            for _ in 0..2 {
+                tls.push(http_lookups(&tls_url, &shared_key, half).await?);
+                plaintext.push(http_lookups(&plain_url, &shared_key, half).await?);
+            }
+            let made = handshakes(&http, &query).await? - before;
+            let calls: f64 = tls.iter().map(|l| l.rps * half as f64).sum();
+            let mean = |loads: &[Load], f: fn(&Load) -> f64| {
+                loads.iter().map(f).sum::<f64>() / loads.len() as f64
+            };
+            let (p50, p99) = (
+                (mean(&tls, |l| l.p50_ms) - mean(&plaintext, |l| l.p50_ms)) * 1e3,
+                (mean(&tls, |l| l.p99_ms) - mean(&plaintext, |l| l.p99_ms)) * 1e3,
+            );
+            mtls_p50.push(p50);
+            mtls_p99.push(p99);
+            per_thousand.push(made / calls.max(1.0) * 1000.0);
+            line += &format!(
+                " mTLS hop p50 {p50:+.0} us p99 {p99:+.0} us (mTLS {:.3}/{:.3} ms, plaintext {:.3}/{:.3} ms), {made:.0} handshakes for {calls:.0} calls;",
+                mean(&tls, |l| l.p50_ms),
+                mean(&tls, |l| l.p99_ms),
+                mean(&plaintext, |l| l.p50_ms),
+                mean(&plaintext, |l| l.p99_ms),
+            );
+            out["mtls"] = json!({
+                "mtls_p50_ms": mean(&tls, |l| l.p50_ms), "mtls_p99_ms": mean(&tls, |l| l.p99_ms),
+                "plaintext_p50_ms": mean(&plaintext, |l| l.p50_ms), "plaintext_p99_ms": mean(&plaintext, |l| l.p99_ms),
+                "handshakes": made, "calls": calls,
+            });
+        }
         println!("{line}");
         rounds_out.push(out);
     }
@@ -600,6 +676,7 @@ end
                show: &dyn Fn(f64) -> String,
                target: &str,
                ok: &dyn Fn(f64) -> bool| match value {
+        Some(v) if target.is_empty() => println!("| {name} | {} | | |", show(v)),
         Some(v) => println!("| {name} | {} | {target} | {} |", show(v), verdict(ok(v))),
         None => println!("| {name} | (skipped) | {target} | |"),
     };
@@ -642,6 +719,41 @@ end
         Some(w) => println!("| write path: POST /api/v1/users | {w:.0} rps | | |"),
         None => println!("| write path: POST /api/v1/users | (skipped) | | |"),
     }
+    row(
+        "mTLS: REST->gRPC hop p50 added (vs internal TLS off)",
+        median(mtls_p50),
+        &|v| format!("{v:.0} us"),
+        "<= 30 us",
+        &|v| v <= 30.0,
+    );
+    row(
+        "mTLS: REST->gRPC hop p99 added (vs internal TLS off)",
+        median(mtls_p99),
+        &|v| format!("{v:.0} us"),
+        "",
+        &|_| true,
+    );
+    row(
+        "mTLS: handshakes per 1,000 calls (connection reuse)",
+        median(per_thousand),
+        &|v| format!("{v:.3}"),
+        "",
+        &|_| true,
+    );
+    let mut handshake = json!(null);
+    if run("mtls") {
+        let (pq, pq_group) = handshake_cpu(400, false).await?;
+        let (classical, classical_group) = handshake_cpu(400, true).await?;
+        println!(
+            "| mTLS: CPU per full handshake, both ends ({pq_group} / {classical_group}) | {:.0} us / {:.0} us | | |",
+            pq.as_secs_f64() * 1e6,
+            classical.as_secs_f64() * 1e6,
+        );
+        handshake = json!({
+            "pq_group": pq_group, "pq_cpu_us": pq.as_secs_f64() * 1e6,
+            "classical_group": classical_group, "classical_cpu_us": classical.as_secs_f64() * 1e6,
+        });
+    }
     for f in &footprint {
         let rss = f["idle_rss_mib"].as_f64().unwrap_or(f64::NAN);
         let ready = f["ready_ms"].as_f64().unwrap_or(f64::NAN);
@@ -658,6 +770,7 @@ end
             "connections": connections,
             "db_pool": db_pool,
             "footprint": footprint,
+            "handshake": handshake,
             "rounds": rounds_out,
         }))?,
     )?;
@@ -665,8 +778,11 @@ end
     for process in [
         gateway,
         gateway_uncached,
+        gateway_plain,
         user,
+        user_plain,
         query,
+        query_plain,
         uncached,
         config,
         hello,
@@ -674,6 +790,88 @@ end
         process.stop().await?;
     }
     Ok(())
+}
+
+/// This process's CPU time (user and system), from /proc.
+fn process_cpu() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command (which may hold spaces) start after its closing paren.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).context("stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the command.
+    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+        + fields.get(12).context("stime")?.parse::<u64>()?;
+    // The kernel's USER_HZ is 100 on Linux's common architectures.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// CPU per full mutual TLS 1.3 handshake, both ends in this process over loopback: the
+/// query service's server config and the gateway's client config from the test PKI,
+/// offering X25519MLKEM768 (or classical X25519 alone when `classical`).
+async fn handshake_cpu(count: usize, classical: bool) -> Result<(Duration, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = borough_testkit::tls::pki()?;
+    let server = pki.materials("query")?;
+    let client = pki.materials("gateway")?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(borough_tls::server::server_config(
+        &server,
+        true,
+        &[b"h2"],
+    ));
+    let config = if classical {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+        borough_tls::client::client_config_with(&client, "query", Arc::new(provider))
+    } else {
+        borough_tls::client::client_config(&client, "query")
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let serving = tokio::spawn(async move {
+        for _ in 0..count {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            // The server's side done (client certificate verified) before the byte.
+            if let Ok(mut tls) = acceptor.accept(tcp).await {
+                let _ = tls.write_all(b"k").await;
+                let _ = tls.flush().await;
+            }
+        }
+    });
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let name = rustls::pki_types::ServerName::try_from("query.borough")?;
+    let mut group = String::new();
+    let cpu = process_cpu()?;
+    for _ in 0..count {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut tls = connector.connect(name.clone(), tcp).await?;
+        let mut byte = [0u8; 1];
+        tls.read_exact(&mut byte).await?;
+        if group.is_empty() {
+            group = tls
+                .get_ref()
+                .1
+                .negotiated_key_exchange_group()
+                .map(|g| borough_tls::group_name(g.name()).to_owned())
+                .unwrap_or_default();
+        }
+    }
+    let spent = process_cpu()? - cpu;
+    serving.await?;
+    Ok((spent / count as u32, group))
+}
+
+/// The handshakes `process`'s gRPC server has completed with the gateway.
+async fn handshakes(http: &reqwest::Client, process: &ServiceProcess) -> Result<f64> {
+    Ok(borough_testkit::scrape_metric(
+        http,
+        &process.admin_url(""),
+        "borough_tls_handshakes_total",
+        "role=\"server\",peer=\"gateway\"",
+    )
+    .await?
+    .unwrap_or(0.0))
 }
 
 fn load_json(load: Load) -> Value {
