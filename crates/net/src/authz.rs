@@ -67,8 +67,8 @@ impl Caller {
 }
 
 /// Who may call which methods: `callers` (service names; `*` any Borough service) may call
-/// the methods whose path starts with one of `methods` (`/package.Service/` for a whole
-/// service, `/package.Service/Method` for one).
+/// `methods` (`/package.Service/` for every method of a service, `/package.Service/Method`
+/// for that method alone).
 #[derive(Debug)]
 pub struct Rule {
     pub callers: &'static [&'static str],
@@ -90,7 +90,14 @@ impl Policy {
         path.starts_with(HEALTH)
             || self.rules.iter().any(|rule| {
                 (rule.callers.contains(&"*") || rule.callers.contains(&caller))
-                    && rule.methods.iter().any(|m| path.starts_with(m))
+                    && rule.methods.iter().any(|m| {
+                        // `/pkg.Service/`: every method; `/pkg.Service/Method`: that one.
+                        if m.ends_with('/') {
+                            path.starts_with(m)
+                        } else {
+                            path == *m
+                        }
+                    })
             })
     }
 }
@@ -262,6 +269,11 @@ mod tests {
         assert!(decide(&POLICY, Some(&peer("query")), admin, false).is_err());
         let watch = "/borough.config.v1.ConfigService/Watch";
         assert!(decide(&POLICY, Some(&peer("query")), watch, false).is_ok());
+        assert!(
+            decide(&POLICY, Some(&peer("query")), "/borough.config.v1.ConfigService/WatchAll", false)
+                .is_err(),
+            "a method named alone is that method, not a prefix"
+        );
         assert!(
             decide(&POLICY, Some(&peer("query")), watch, true).is_err(),
             "tenant context from another service"
