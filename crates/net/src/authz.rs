@@ -270,8 +270,13 @@ mod tests {
         let watch = "/borough.config.v1.ConfigService/Watch";
         assert!(decide(&POLICY, Some(&peer("query")), watch, false).is_ok());
         assert!(
-            decide(&POLICY, Some(&peer("query")), "/borough.config.v1.ConfigService/WatchAll", false)
-                .is_err(),
+            decide(
+                &POLICY,
+                Some(&peer("query")),
+                "/borough.config.v1.ConfigService/WatchAll",
+                false
+            )
+            .is_err(),
             "a method named alone is that method, not a prefix"
         );
         assert!(

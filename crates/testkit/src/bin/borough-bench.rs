@@ -796,7 +796,10 @@ end
 fn process_cpu() -> Result<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     // Fields after the command (which may hold spaces) start after its closing paren.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).context("stat")?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("stat")?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // utime and stime: fields 14 and 15 of the line, 12 and 13 after the command.
     let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
