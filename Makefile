@@ -66,11 +66,11 @@ bench: wrk
 		--bin borough-gateway --bin borough-hello --bin borough-bench
 	./target/release/borough-bench
 
-# wrk comes from Debian's packages, installed here when missing.
+# wrk and h2load (nghttp2-client) come from Debian's packages, installed here when missing.
 wrk:
-	@command -v wrk >/dev/null || { echo "bench: installing wrk"; \
+	@{ command -v wrk && command -v h2load; } >/dev/null || { echo "bench: installing wrk and h2load"; \
 		if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo=sudo; fi; \
-		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq wrk >/dev/null; }
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq wrk nghttp2-client >/dev/null; }
 
 # The suite end to end in seconds on the debug build: every measurement for one second,
 # one round (debug figures mean nothing; that it runs does).

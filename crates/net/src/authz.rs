@@ -105,7 +105,7 @@ impl Policy {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeniedLabels {
     caller: String,
-    method: String,
+    method: Arc<str>,
 }
 
 /// Authorises every call by its caller's identity.

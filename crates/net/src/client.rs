@@ -567,7 +567,8 @@ impl Shared {
                 && Some(e.addr) != avoid
                 && lock(&e.state).breaker.could_admit(now)
         };
-        let mut candidates: Vec<&Arc<Endpoint>> =
+        // Power of two choices among the eligible endpoints (collected on the stack).
+        let mut candidates: smallvec::SmallVec<[&Arc<Endpoint>; 8]> =
             endpoints.iter().filter(|e| eligible(e, avoid)).collect();
         if candidates.is_empty() && avoid.is_some() {
             candidates = endpoints.iter().filter(|e| eligible(e, None)).collect();
@@ -617,10 +618,7 @@ impl Shared {
 
     fn publish_breaker(&self, endpoint: &Endpoint) {
         let state = lock(&endpoint.state).breaker.state_at(Instant::now());
-        self.metrics
-            .breaker_state
-            .get_or_create(&endpoint.labels)
-            .set(state as i64);
+        endpoint.breaker_gauge.set(state as i64);
     }
 
     /// Records an attempt's outcome on its endpoint.
@@ -883,18 +881,27 @@ impl tower::Service<http::Request<Body>> for Backend {
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        // One client span per call (retries included), whose context the server continues.
-        let path = request.uri().path();
-        let (service, method) = borough_telemetry::trace::rpc_names(path);
-        let span = tracing::info_span!(
-            "grpc.client",
-            otel.name = %path.trim_start_matches('/'),
-            otel.kind = "client",
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            backend = self.shared.name,
-        );
+        // One client span per call (retries included), whose context the server
+        // continues, when traces are exported; otherwise the call runs in the caller's
+        // span (its request id on any line logged meanwhile) and costs no span.
+        let span = if borough_telemetry::otel::enabled() {
+            let path = request.uri().path();
+            let (service, method) = borough_telemetry::trace::rpc_names(path);
+            let span = tracing::info_span!(
+                "grpc.client",
+                otel.name = %path.trim_start_matches('/'),
+                otel.kind = "client",
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                backend = self.shared.name,
+            );
+            span
+        } else {
+            tracing::Span::current()
+        };
+        // The trace context travels either way (without export: the caller's ids, so that
+        // the services' log lines join the gateway's).
         borough_telemetry::otel::inject(&span, request.headers_mut());
         Box::pin(tracing::Instrument::instrument(
             self.shared.clone().call(request),
@@ -929,6 +936,9 @@ struct Endpoint {
     in_flight: AtomicUsize,
     state: Mutex<EndpointState>,
     labels: EndpointLabels,
+    /// This endpoint's `borough_backend_breaker_state` series, set on every call without
+    /// looking it up again.
+    breaker_gauge: Gauge,
 }
 
 struct EndpointState {
@@ -962,8 +972,10 @@ impl Endpoint {
             backend: shared.name,
             endpoint: addr.to_string(),
         };
-        shared.metrics.breaker_state.get_or_create(&labels).set(0);
+        let breaker_gauge = shared.metrics.breaker_state.get_or_create(&labels).clone();
+        breaker_gauge.set(0);
         Some(Endpoint {
+            breaker_gauge,
             addr,
             channel,
             // Optimistic until the first check: a new replica gets calls at once.

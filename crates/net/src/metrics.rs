@@ -23,7 +23,7 @@ pub const MAX_METHODS: usize = 256;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GrpcLabels {
-    pub method: String,
+    pub method: Arc<str>,
     pub code: &'static str,
 }
 
@@ -52,11 +52,11 @@ impl GrpcMetrics {
         }
     }
 
-    fn method_label(&self, path: &str) -> String {
+    fn method_label(&self, path: &str) -> Arc<str> {
         self.methods.label(path)
     }
 
-    fn record(&self, method: String, code: tonic::Code, seconds: f64) {
+    fn record(&self, method: Arc<str>, code: tonic::Code, seconds: f64) {
         let labels = GrpcLabels {
             method,
             code: code_name(code),
@@ -166,7 +166,7 @@ struct Recording {
     inner: tonic::body::Body,
     metrics: GrpcMetrics,
     /// Taken when recorded.
-    method: Option<String>,
+    method: Option<Arc<str>>,
     started: Instant,
     /// From a trailers-only reply's headers, or the trailers once seen.
     code: Option<tonic::Code>,

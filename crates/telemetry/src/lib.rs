@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod lifecycle;
+pub mod log_writer;
 pub mod logging;
 pub mod metrics;
 pub mod otel;

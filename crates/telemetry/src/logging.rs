@@ -3,6 +3,11 @@
 //! `BOROUGH_LOG_FORMAT=json|pretty` overrides the terminal check. Request spans carry
 //! `request_id` and `trace_id`, and the JSON format prints the current span's fields on
 //! every line, so each line of a request can be found by either id.
+//!
+//! Lines go to standard output through [`crate::log_writer::Output`]: formatted on the
+//! thread that logs, written by a thread of their own in batches, never waited for; at
+//! most `BOROUGH_LOG_BUFFER_BYTES` (default 4 MiB) wait to be written, and a line that
+//! finds the buffer full is dropped and counted (`borough_log_lines_dropped_total`).
 
 use std::io::IsTerminal;
 
@@ -14,6 +19,24 @@ use tracing_subscriber::{
 
 /// The filter of the installed subscriber, for [`set_filter`].
 static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Where the installed subscriber's lines go.
+static OUTPUT: OnceLock<crate::log_writer::Output> = OnceLock::new();
+
+/// `BOROUGH_LOG_BUFFER_BYTES`: log bytes that may wait to be written.
+const DEFAULT_BUFFER_BYTES: usize = 4 << 20;
+
+/// Log lines dropped so far because output could not keep up.
+pub fn dropped_lines() -> u64 {
+    OUTPUT.get().map_or(0, crate::log_writer::Output::dropped)
+}
+
+/// Waits (up to 2 s) until every line logged so far is written: at exit.
+pub fn flush_logs() {
+    if let Some(output) = OUTPUT.get() {
+        output.flush(std::time::Duration::from_secs(2));
+    }
+}
 
 /// The filter when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,h2=warn,hyper=warn,tower=warn";
@@ -47,15 +70,37 @@ pub fn init_logging(service: &'static str) {
         Ok("pretty") => false,
         _ => !std::io::stdout().is_terminal(),
     };
-    let logs = if json {
-        fmt::layer()
+    let limit = std::env::var("BOROUGH_LOG_BUFFER_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DEFAULT_BUFFER_BYTES);
+    let output = match OUTPUT.get() {
+        Some(output) => Some(output.clone()),
+        None => crate::log_writer::Output::spawn(Box::new(std::io::stdout()), limit)
+            .ok()
+            .map(|output| OUTPUT.get_or_init(|| output).clone()),
+    };
+    let logs = match (json, output) {
+        (true, Some(output)) => fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(output)
+            .with_filter(filter)
+            .boxed(),
+        (false, Some(output)) => fmt::layer()
+            .with_writer(output)
+            .with_filter(filter)
+            .boxed(),
+        // No thread for the writer: write as we go.
+        (true, None) => fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .with_filter(filter)
-            .boxed()
-    } else {
-        fmt::layer().with_filter(filter).boxed()
+            .boxed(),
+        (false, None) => fmt::layer().with_filter(filter).boxed(),
     };
     let result = tracing_subscriber::registry()
         .with(logs)

@@ -22,9 +22,15 @@ impl Metrics {
             )]
             .into_iter(),
         );
-        Metrics {
+        let metrics = Metrics {
             registry: Arc::new(Mutex::new(registry)),
-        }
+        };
+        metrics.register(
+            "log_lines_dropped",
+            "Log lines dropped because output could not keep up (the log buffer was full)",
+            DroppedLogLines,
+        );
+        metrics
     }
 
     /// Registers one metric.
@@ -50,6 +56,26 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// [`crate::logging::dropped_lines`] as a counter, read when scraped.
+#[derive(Debug)]
+struct DroppedLogLines;
+
+impl prometheus_client::encoding::EncodeMetric for DroppedLogLines {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+            &crate::logging::dropped_lines(),
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
     }
 }
 
@@ -139,31 +165,46 @@ impl HttpMetrics {
 /// Keeps a label's cardinality bounded: the first `max` distinct values are used as they
 /// are, any later one becomes `other` (so a client sending junk, or a platform with
 /// millions of tenants, cannot grow the series without bound).
+///
+/// A value already seen costs a read lock and a reference count, no allocation: labels
+/// are shared `Arc<str>`s.
 #[derive(Debug)]
 pub struct LabelCap {
-    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    seen: std::sync::RwLock<std::collections::HashSet<std::sync::Arc<str>>>,
+    other: std::sync::Arc<str>,
     max: usize,
 }
 
 impl LabelCap {
     pub fn new(max: usize) -> Self {
         LabelCap {
-            seen: std::sync::Mutex::new(std::collections::HashSet::new()),
+            seen: std::sync::RwLock::new(std::collections::HashSet::new()),
+            other: std::sync::Arc::from("other"),
             max,
         }
     }
 
     /// `value`, or `other` once `max` other values have been seen.
-    pub fn label(&self, value: &str) -> String {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(value) {
-            return value.to_owned();
+    pub fn label(&self, value: &str) -> std::sync::Arc<str> {
+        {
+            let seen = self.seen.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(label) = seen.get(value) {
+                return label.clone();
+            }
+            if seen.len() >= self.max {
+                return self.other.clone();
+            }
         }
-        if seen.len() < self.max {
-            seen.insert(value.to_owned());
-            return value.to_owned();
+        let mut seen = self.seen.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(label) = seen.get(value) {
+            return label.clone();
         }
-        "other".to_owned()
+        if seen.len() >= self.max {
+            return self.other.clone();
+        }
+        let label: std::sync::Arc<str> = std::sync::Arc::from(value);
+        seen.insert(label.clone());
+        label
     }
 }
 
@@ -174,9 +215,9 @@ mod tests {
     #[test]
     fn a_label_cap_keeps_the_first_values_and_folds_the_rest_into_other() {
         let cap = LabelCap::new(2);
-        assert_eq!(cap.label("a"), "a");
-        assert_eq!(cap.label("b"), "b");
-        assert_eq!(cap.label("c"), "other");
-        assert_eq!(cap.label("a"), "a");
+        assert_eq!(&*cap.label("a"), "a");
+        assert_eq!(&*cap.label("b"), "b");
+        assert_eq!(&*cap.label("c"), "other");
+        assert_eq!(&*cap.label("a"), "a");
     }
 }

@@ -79,16 +79,22 @@ pub fn current() -> Option<TraceContext> {
 pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
     let path = request.uri().path();
     let (service, method) = rpc_names(path);
+    // Each field once; the exported span's own (`otel.*`, `rpc.system`) only when
+    // exporting: log lines do not need them, and every field costs formatting per call.
     let span = tracing::info_span!(
         "grpc",
-        otel.name = %path.trim_start_matches('/'),
-        otel.kind = "server",
-        method = %path,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        rpc.system = tracing::field::Empty,
         trace_id = tracing::field::Empty,
-        rpc.system = "grpc",
-        rpc.service = %service,
-        rpc.method = %method,
+        rpc.service = service,
+        rpc.method = method,
     );
+    if crate::otel::enabled() {
+        span.record("otel.name", path.trim_start_matches('/'));
+        span.record("otel.kind", "server");
+        span.record("rpc.system", "grpc");
+    }
     let trace_id = match crate::otel::continue_trace(&span, request.headers()) {
         Some((trace_id, _)) => trace_id,
         None => {

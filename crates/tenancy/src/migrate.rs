@@ -94,6 +94,11 @@ const TENANT: &[Migration] = &[
         name: "query_reads",
         sql: include_str!("../../../migrations/tenant/0004_query_reads.sql"),
     },
+    Migration {
+        version: 5,
+        name: "user_by_id",
+        sql: include_str!("../../../migrations/tenant/0005_user_by_id.sql"),
+    },
 ];
 
 /// The user service's group role (the write side): tenant data and the control plane. Its

@@ -309,7 +309,7 @@ struct PoolLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct TenantLabels {
-    tenant: String,
+    tenant: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -639,6 +639,48 @@ impl PoolRouter {
         }
         .await;
         rows.map_err(|e| {
+            self.note_failure(db, &pool, &e);
+            e.into()
+        })
+    }
+
+    /// One row from a tenant function: `SELECT * FROM "<schema>".<function>($1, $2)` with
+    /// the tenant's id and `arg`, as a prepared statement (parsed and planned once per
+    /// connection, then one Bind/Execute round trip). The function scopes itself: it
+    /// takes the tenant id as a parameter and sets `borough.tenant_id` inside, for
+    /// row-level security, and pins its schema (see `migrations/tenant/0005_user_by_id.sql`).
+    /// Bounded by the caller's deadline here (the statement is a primary-key lookup,
+    /// which waits on no lock).
+    pub async fn call_tenant_function<T>(
+        &self,
+        ctx: &TenantContext,
+        function: &'static str,
+        arg: uuid::Uuid,
+    ) -> Result<Option<T>, RouteError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let (route, _permit, pool, db) = self.prepare(ctx, true).await?;
+        let sql = format!(
+            "SELECT * FROM {}.{function}($1, $2)",
+            quote_ident(&route.schema)
+        );
+        let fetch = async {
+            let mut conn = pool.acquire().await?;
+            sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(sql))
+                .bind(ctx.tenant_id.as_uuid())
+                .bind(arg)
+                .fetch_optional(&mut *conn)
+                .await
+        };
+        let row = match ctx.remaining() {
+            Some(left) => match tokio::time::timeout(left, fetch).await {
+                Ok(row) => row,
+                Err(_) => return Err(RouteError::DeadlineExceeded),
+            },
+            None => fetch.await,
+        };
+        row.map_err(|e| {
             self.note_failure(db, &pool, &e);
             e.into()
         })

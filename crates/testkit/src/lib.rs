@@ -7,6 +7,7 @@
 //! - [`spawn`]: runs a service's `serve` in-process on 127.0.0.1 port 0 and hands back its
 //!   addresses and a shutdown trigger.
 
+pub mod cpu;
 pub mod pg;
 pub mod process;
 pub mod proxy;

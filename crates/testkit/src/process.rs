@@ -44,6 +44,19 @@ impl ServiceProcess {
         Self::start_probing(bin, name, api_var, ports, env, None).await
     }
 
+    /// As [`ServiceProcess::start`], but as a user runs it: no `RUST_LOG` (the default log
+    /// level and access log), standard output written to `stdout` (a file, as a service
+    /// manager or a container runtime would take it).
+    pub async fn start_as_shipped(
+        bin: &Path,
+        name: &'static str,
+        api_var: &'static str,
+        env: &[(String, String)],
+        stdout: &Path,
+    ) -> Result<ServiceProcess> {
+        Self::launch(bin, name, api_var, None, env, None, Some(stdout)).await
+    }
+
     /// As [`ServiceProcess::start`], ready when `GET <api><api_probe>` answers 200 instead
     /// (for a binary without an admin port). A process that exits before it is ready (a
     /// port picked here taken meanwhile, say) is started again on other ports, twice at
@@ -56,6 +69,20 @@ impl ServiceProcess {
         ports: Option<(u16, u16)>,
         env: &[(String, String)],
         api_probe: Option<&str>,
+    ) -> Result<ServiceProcess> {
+        Self::launch(bin, name, api_var, ports, env, api_probe, None).await
+    }
+
+    /// Starts a process: quiet (`RUST_LOG=error`, standard output discarded) unless
+    /// `stdout` is given (then default logging, written there).
+    async fn launch(
+        bin: &Path,
+        name: &'static str,
+        api_var: &'static str,
+        ports: Option<(u16, u16)>,
+        env: &[(String, String)],
+        api_probe: Option<&str>,
+        stdout: Option<&Path>,
     ) -> Result<ServiceProcess> {
         let attempts = if ports.is_some() { 1 } else { 3 };
         // Internal calls are mutual TLS on the test PKI unless the caller chose otherwise.
@@ -74,7 +101,7 @@ impl ServiceProcess {
         let env = env.as_slice();
         let mut attempt = 1;
         loop {
-            match Self::start_once(bin, name, api_var, ports, env, api_probe).await {
+            match Self::start_once(bin, name, api_var, ports, env, api_probe, stdout).await {
                 Ok(process) => return Ok(process),
                 Err(Exited(e)) if attempt < attempts => {
                     eprintln!("{name} exited before it was ready ({e:#}); starting it again");
@@ -92,6 +119,7 @@ impl ServiceProcess {
         ports: Option<(u16, u16)>,
         env: &[(String, String)],
         api_probe: Option<&str>,
+        stdout: Option<&Path>,
     ) -> Result<ServiceProcess, StartError> {
         let (api, admin) = match ports {
             Some(ports) => ports,
@@ -104,13 +132,23 @@ impl ServiceProcess {
         let stderr = std::fs::File::create(&log)
             .with_context(|| format!("creating {}", log.display()))
             .map_err(Failed)?;
+        let mut command = Command::new(bin.join(name));
+        match stdout {
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))
+                    .map_err(Failed)?;
+                command.env_remove("RUST_LOG").stdout(file);
+            }
+            None => {
+                command.env("RUST_LOG", "error").stdout(Stdio::null());
+            }
+        }
         let started = Instant::now();
-        let child = Command::new(bin.join(name))
-            .env("RUST_LOG", "error")
+        let child = command
             .envs(env.iter().cloned())
             .env(api_var, format!("127.0.0.1:{api}"))
             .env("BOROUGH_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
-            .stdout(Stdio::null())
             .stderr(stderr)
             .kill_on_drop(true)
             .spawn()

@@ -13,8 +13,9 @@ async fn main() -> anyhow::Result<()> {
         None | Some("serve") => serve(&env).await,
         Some(other) => anyhow::bail!("unknown command {other:?}; expected `serve`"),
     };
-    // Spans still buffered are sent before the process ends.
+    // Spans and log lines still buffered are sent before the process ends.
     borough_telemetry::otel::flush().await;
+    borough_telemetry::logging::flush_logs();
     result
 }
 

@@ -210,6 +210,7 @@ pub fn router(
         //    while draining every response says `Connection: close`.
         .layer(middleware::AroundLayer::new(middleware::Edge {
             readiness: readiness.clone(),
+            access_log: settings.access_log,
         }))
         // 2. gzip / br for clients that accept them, on bodies worth it.
         .layer(middleware::CompressWhenAskedLayer)

@@ -58,12 +58,70 @@ pub fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
+/// Which requests get an access log line (`BOROUGH_ACCESS_LOG`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogMode {
+    /// Every request.
+    All,
+    /// Responses with a 4xx or 5xx status, and requests slower than the threshold (the
+    /// default: what an operator looks for, at a fraction of the cost).
+    ErrorsAndSlow,
+    /// None (the request span still carries its fields to other lines and to traces).
+    Off,
+}
+
+impl std::str::FromStr for AccessLogMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(AccessLogMode::All),
+            "errors-and-slow" => Ok(AccessLogMode::ErrorsAndSlow),
+            "off" => Ok(AccessLogMode::Off),
+            other => Err(format!(
+                "{other:?} is not an access log mode: all, errors-and-slow or off"
+            )),
+        }
+    }
+}
+
+/// The access log's settings: `BOROUGH_ACCESS_LOG` (`errors-and-slow`) and
+/// `BOROUGH_ACCESS_LOG_SLOW` (500ms). Lines are written at INFO with target `access`
+/// (so `RUST_LOG` can silence them too), through the non-blocking log output.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLog {
+    pub mode: AccessLogMode,
+    pub slow: Duration,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog {
+            mode: AccessLogMode::ErrorsAndSlow,
+            slow: Duration::from_millis(500),
+        }
+    }
+}
+
+impl AccessLog {
+    /// Whether a request that ended with `status` after `took` gets a line.
+    pub fn wants(&self, status: u16, took: Duration) -> bool {
+        match self.mode {
+            AccessLogMode::All => true,
+            AccessLogMode::ErrorsAndSlow => status >= 400 || took >= self.slow,
+            AccessLogMode::Off => false,
+        }
+    }
+}
+
 /// The span of one HTTP request, and its trace: continues the caller's W3C trace
 /// (`traceparent`, `tracestate`) or starts one, runs the rest of the stack inside both
-/// (the deadline is the route group's, set by [`Guard`]), and logs the outcome. The span carries `request_id` and
-/// `trace_id` (on every log line) and the OpenTelemetry HTTP server attributes; its name
-/// becomes `METHOD /route/{template}` once routing knows the template.
-async fn trace_request<S>(mut request: Request, inner: S) -> Response
+/// (the deadline is the route group's, set by [`Guard`]), and writes the access log line
+/// ([`AccessLog`]). The span carries `request_id` and `trace_id` (on every log line) and
+/// the OpenTelemetry HTTP server attributes, each once; `otel.*` (the exported span's
+/// name, kind and status) only when traces are exported. Its name becomes
+/// `METHOD /route/{template}` once routing knows the template.
+async fn trace_request<S>(mut request: Request, inner: S, access: AccessLog) -> Response
 where
     S: tower::Service<Request, Response = Response, Error = Infallible>,
 {
@@ -73,11 +131,9 @@ where
     let method = method_label(request.method());
     let span = tracing::info_span!(
         "http",
-        otel.name = method,
-        otel.kind = "server",
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
-        method,
-        route = tracing::field::Empty,
         request_id = %request_id,
         trace_id = tracing::field::Empty,
         http.request.method = method,
@@ -85,6 +141,11 @@ where
         http.response.status_code = tracing::field::Empty,
         url.path = %request.uri().path(),
     );
+    let exported = borough_telemetry::otel::enabled();
+    if exported {
+        span.record("otel.name", method);
+        span.record("otel.kind", "server");
+    }
     let ctx = match borough_telemetry::otel::continue_trace(&span, request.headers()) {
         Some((trace_id, span_id)) => TraceContext { trace_id, span_id },
         None => TraceContext::from_traceparent(
@@ -105,17 +166,23 @@ where
         .headers_mut()
         .insert(REQUEST_ID, request_id_value.clone());
     let status = response.status().as_u16();
-    span.record("http.response.status_code", status);
-    if status >= 500 {
+    if exported && status >= 500 {
         span.record("otel.status_code", "ERROR");
     }
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            latency_ms = started.elapsed().as_secs_f64() * 1e3,
-            "finished processing request"
-        );
-    });
+    let took = started.elapsed();
+    let logged = access.wants(status, took);
+    if exported || logged {
+        span.record("http.response.status_code", status);
+    }
+    if logged {
+        span.in_scope(|| {
+            tracing::info!(
+                target: "access",
+                duration_ms = took.as_secs_f64() * 1e3,
+                "request"
+            );
+        });
+    }
     response
 }
 
@@ -205,7 +272,6 @@ impl Guard {
             .to_owned();
         // Now the route template is known: name the request's span after it.
         let span = tracing::Span::current();
-        span.record("route", route.as_str());
         span.record("http.route", route.as_str());
         borough_telemetry::otel::rename(&span, || format!("{method} {route}"));
         let response = guarded(self, request, inner).await;
@@ -381,6 +447,7 @@ fn close_when_draining(readiness: &borough_telemetry::Readiness, response: &mut 
 /// `Connection: close` while draining.
 pub struct Edge {
     pub readiness: borough_telemetry::Readiness,
+    pub access_log: AccessLog,
 }
 
 impl Around for Edge {
@@ -389,7 +456,7 @@ impl Around for Edge {
         S: tower::Service<Request, Response = Response, Error = Infallible> + Send + 'static,
         S::Future: Send,
     {
-        let mut response = trace_request(request, inner).await;
+        let mut response = trace_request(request, inner, self.access_log).await;
         close_when_draining(&self.readiness, &mut response);
         response
     }

@@ -99,7 +99,7 @@ struct DecisionLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct TenantLabels {
-    tenant: String,
+    tenant: std::sync::Arc<str>,
 }
 
 /// Admitted and limited requests; the limited ones per tenant (the first 100 tenants

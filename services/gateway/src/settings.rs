@@ -59,6 +59,9 @@ pub struct Settings {
     /// itself (HTTPS, ALPN `h2` and `http/1.1`) with this certificate and key, reloaded
     /// when they change. Unset (the default): plain HTTP, TLS left to a proxy in front.
     pub edge_tls: Option<EdgeTls>,
+    /// `BOROUGH_ACCESS_LOG` (`all`, `errors-and-slow` — the default — or `off`) and
+    /// `BOROUGH_ACCESS_LOG_SLOW` (500ms): which requests get an access log line.
+    pub access_log: crate::middleware::AccessLog,
 }
 
 /// The files of the edge's certificate and key.
@@ -184,6 +187,14 @@ impl Settings {
                 1000,
                 1..=borough_proto::user::MAX_IMPORT_REJECTIONS,
             )?,
+            access_log: crate::middleware::AccessLog {
+                mode: env.parse("BOROUGH_ACCESS_LOG", crate::middleware::AccessLogMode::ErrorsAndSlow)?,
+                slow: env.duration_in(
+                    "BOROUGH_ACCESS_LOG_SLOW",
+                    Duration::from_millis(500),
+                    Duration::ZERO..=Duration::from_secs(3600),
+                )?,
+            },
             cors_origins: env
                 .optional("BOROUGH_CORS_ORIGINS")
                 .map(|v| {

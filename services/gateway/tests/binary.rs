@@ -50,6 +50,7 @@ async fn the_gateway_starts_from_its_snapshot_catches_up_and_changes_log_level_l
         .env("BOROUGH_USER_URL", "https://127.0.0.1:9")
         .env("BOROUGH_QUERY_URL", "https://127.0.0.1:9")
         .env("BOROUGH_LOG_FORMAT", "json")
+        .env("BOROUGH_ACCESS_LOG", "all")
         .env("BOROUGH_SHUTDOWN_GRACE", "0s")
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
@@ -294,5 +295,126 @@ async fn the_gateway_is_upgraded_in_place_under_load_without_a_failed_request_an
     let _ = std::process::Command::new("kill")
         .arg(new_pid.to_string())
         .status();
+    Ok(())
+}
+
+/// Starts the gateway binary as shipped (no `RUST_LOG`, JSON to standard output) with
+/// `access_log` (unset: the default), sends `GET /hello` (200) and `GET /no-such-route`
+/// (404), stops it with SIGTERM and returns every line it wrote.
+async fn access_log_lines(access_log: Option<&str>) -> anyhow::Result<Vec<serde_json::Value>> {
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+    let (http, admin) = (free()?, free()?);
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .envs(support::tls_env())
+        .env("BOROUGH_HTTP_ADDR", http.to_string())
+        .env("BOROUGH_ADMIN_ADDR", admin.to_string())
+        .env("BOROUGH_CONFIG_URL", "https://127.0.0.1:9")
+        .env("BOROUGH_USER_URL", "https://127.0.0.1:9")
+        .env("BOROUGH_QUERY_URL", "https://127.0.0.1:9")
+        .env("BOROUGH_SHUTDOWN_GRACE", "0s")
+        .env_remove("RUST_LOG")
+        .env_remove("BOROUGH_LOG_FORMAT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(mode) = access_log {
+        command.env("BOROUGH_ACCESS_LOG", mode);
+    }
+    let mut child = command.spawn()?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let client = reqwest::Client::new();
+    wait_for("the gateway", async || {
+        Ok(client
+            .get(format!("http://{http}/hello"))
+            .header("x-request-id", "hello-1")
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200))
+    })
+    .await?;
+    let missing = client
+        .get(format!("http://{http}/no-such-route"))
+        .header("x-request-id", "missing-1")
+        .send()
+        .await?;
+    assert_eq!(missing.status(), 404);
+    // SIGTERM: the gateway drains and flushes its log output before it exits.
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("exited early"))?;
+    tokio::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await?;
+    let mut text = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text).await?;
+    tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// The access log lines (target `access`) among `lines`, by request id.
+fn access_lines(lines: &[serde_json::Value]) -> Vec<(String, serde_json::Value)> {
+    lines
+        .iter()
+        .filter(|l| l["target"] == "access")
+        .map(|l| {
+            (
+                l["span"]["request_id"].as_str().unwrap_or_default().to_owned(),
+                l.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn as_shipped_the_access_log_has_errors_but_not_fast_successes_and_off_has_none()
+-> anyhow::Result<()> {
+    let lines = access_log_lines(None).await?;
+    let access = access_lines(&lines);
+    let ids: Vec<&str> = access.iter().map(|(id, _)| id.as_str()).collect();
+    assert!(ids.contains(&"missing-1"), "the 404 was not logged: {lines:?}");
+    assert!(
+        !ids.iter().any(|id| id.starts_with("hello")),
+        "a fast 200 was logged by default: {access:?}"
+    );
+
+    let lines = access_log_lines(Some("off")).await?;
+    assert_eq!(access_lines(&lines), vec![], "access lines with the log off");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_access_log_line_carries_each_field_once() -> anyhow::Result<()> {
+    let lines = access_log_lines(Some("all")).await?;
+    let access = access_lines(&lines);
+    let (_, hello) = access
+        .iter()
+        .find(|(id, _)| id.starts_with("hello"))
+        .ok_or_else(|| anyhow::anyhow!("no line for /hello: {lines:?}"))?;
+    let span = &hello["span"];
+    assert_eq!(span["http.request.method"], "GET", "{hello}");
+    assert_eq!(span["http.route"], "/hello", "{hello}");
+    assert_eq!(span["http.response.status_code"], 200, "{hello}");
+    assert_eq!(span["url.path"], "/hello", "{hello}");
+    assert!(span["trace_id"].as_str().is_some_and(|t| t.len() == 32), "{hello}");
+    assert!(hello["fields"]["duration_ms"].is_number(), "{hello}");
+    // No field twice under another name, and nothing only an exporter needs.
+    for duplicate in ["method", "route", "status", "latency_ms", "otel.name", "otel.kind"] {
+        assert!(
+            span.get(duplicate).is_none() && hello["fields"].get(duplicate).is_none(),
+            "{duplicate} in {hello}"
+        );
+    }
+    let (_, missing) = access
+        .iter()
+        .find(|(id, _)| id == "missing-1")
+        .ok_or_else(|| anyhow::anyhow!("no line for the 404: {lines:?}"))?;
+    assert_eq!(missing["span"]["http.response.status_code"], 404, "{missing}");
     Ok(())
 }

@@ -122,9 +122,6 @@ type UserRow = (Uuid, String, String, i64, DateTime<Utc>, DateTime<Utc>);
 
 const COLUMNS: &str = "id, name, email, version, created_at, updated_at";
 
-/// One user by id (`$1` the tenant, `$2` the user), the [`COLUMNS`].
-const USER_BY_ID: &str = "SELECT id, name, email, version, created_at, updated_at \
-     FROM users WHERE tenant_id = $1 AND id = $2";
 
 fn to_info((id, name, email, version, created_at, updated_at): UserRow) -> UserInfo {
     UserInfo {
@@ -198,12 +195,12 @@ impl Query {
 
     async fn load(&self, ctx: TenantContext, id: Uuid) -> Result<UserInfo, QueryError> {
         self.metrics.user_reads.inc();
-        // One round trip (scope and lookup in one message): the miss path's main cost.
-        let rows = self
+        // One prepared call in one round trip, the tenant scope a parameter
+        // (migrations/tenant/0005_user_by_id.sql): the miss path's main cost.
+        let row: Option<UserRow> = self
             .router
-            .read_one_trip(&ctx, USER_BY_ID, &[*ctx.tenant_id.as_uuid(), id])
+            .call_tenant_function(&ctx, "user_by_id", id)
             .await?;
-        let row: Option<UserRow> = rows.first().map(sqlx::FromRow::from_row).transpose()?;
         row.map(to_info).ok_or(QueryError::NotFound(id))
     }
 

@@ -31,8 +31,9 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("unknown command {other:?}; expected `serve`, `migrate` or `rekey`")
         }
     };
-    // Spans still buffered are sent before the process ends.
+    // Spans and log lines still buffered are sent before the process ends.
     borough_telemetry::otel::flush().await;
+    borough_telemetry::logging::flush_logs();
     result
 }
 

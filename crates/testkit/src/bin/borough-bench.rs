@@ -1,15 +1,25 @@
 //! `make bench`: Borough measured side by side with its baselines, on this machine, with
-//! the release binaries and `wrk` (HTTP) / `pgbench` (PostgreSQL):
+//! the release binaries and `wrk` (HTTP), `h2load` (HTTP/2) and `pgbench` (PostgreSQL).
+//! Beside each load run, the CPU each process on the path spent per request (from
+//! `/proc/<pid>/stat` over the run, divided by the requests it completed; PostgreSQL with
+//! all its backends; the load generator as `client`):
 //!
-//! 1. edge: `GET /hello` through the whole gateway vs a bare axum binary;
+//! 1. edge: `GET /hello` through the whole gateway vs a bare axum binary, with the suite's
+//!    quiet logging (`RUST_LOG=error`), and `shipped`: the same against a gateway run as a
+//!    user runs it (default log level and access log, standard output to a file);
 //! 2. hop: `GET /api/v1/users/{id}` from the query cache vs `GetUserInfo` over gRPC, one
 //!    caller at a time (the latency the hop adds, not queueing), both timed in this
 //!    process (a minimal HTTP/1.1 client on one kept-alive connection; tonic's client);
-//! 3. read path: uncached reads (cache off) vs `pgbench -S`, same concurrency;
-//! 4. isolation cost: the uncached read of a shared (RLS) tenant vs a database tenant;
+//! 3. cached: the cached read at load (throughput, p99, CPU per read);
+//! 4. read path: uncached reads (cache off) vs `pgbench -S`, same concurrency, and the
+//!    isolation cost: the uncached read of a shared (RLS) tenant vs a database tenant;
 //! 5. write path: `POST /api/v1/users`;
-//! 6. footprint: idle RSS and time from start to `/readyz` 200 of each service;
-//! 7. mtls: what mutual TLS between services costs — the same cached read through a
+//! 6. h2: `h2load` against `/hello` and the cached read, HTTP/1.1 vs h2c, same
+//!    connections;
+//! 7. scale: the uncached read through one gateway and two query replicas, against the
+//!    model (cores / CPU per read);
+//! 8. footprint: idle RSS and time from start to `/readyz` 200 of each service;
+//! 9. mtls: what mutual TLS between services costs — the same cached read through a
 //!    gateway whose backends speak mTLS (the default) and one whose stack runs with
 //!    `BOROUGH_INTERNAL_TLS=off`, alternating, one caller at a time (the hop's added p50
 //!    and p99); the handshakes the query service saw per 1,000 calls (connection reuse);
@@ -17,8 +27,9 @@
 //!    with X25519MLKEM768 and with classical X25519.
 //!
 //! Settings: `BENCH_SECONDS` (10 per measurement), `BENCH_CONNECTIONS` (32),
-//! `BENCH_ROUNDS` (3; medians reported), `BENCH_ONLY` (e.g. `edge,hop`: a subset of
-//! `edge`, `hop`, `read`, `write`, `mtls`), `BENCH_VERBOSE` (print wrk's reports), `BENCH_DB_POOL` (the
+//! `BENCH_ROUNDS` (3; medians reported), `BENCH_ONLY` (a subset of `edge`, `shipped`,
+//! `hop`, `cached`, `read`, `write`, `h2`, `scale`, `mtls`, comma-separated),
+//! `BENCH_VERBOSE` (print the load generators' reports), `BENCH_DB_POOL` (the
 //! connections the query services may open, all of them for one tenant: 10, the default
 //! pool; more only adds PostgreSQL backends competing for the same two cores). Writes
 //! `target/bench/results.json`.
@@ -51,8 +62,75 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 #[derive(Debug, Clone, Copy, Default)]
 struct Load {
     rps: f64,
+    /// Requests completed in the run.
+    requests: f64,
     p50_ms: f64,
     p99_ms: f64,
+}
+
+/// CPU each measured process spent per request of one run, in microseconds.
+type CpuPer = Vec<(String, f64)>;
+
+/// Runs `load`, measuring the CPU `processes` (name, pid: each with its descendants)
+/// spend meanwhile, and the load generator's (`client`: the child process the run waited
+/// for — wrk, pgbench, h2load); per request, by the requests the run completed.
+async fn with_cpu(
+    processes: &[(&str, u32)],
+    load: impl std::future::Future<Output = Result<Load>>,
+) -> Result<(Load, CpuPer)> {
+    let window = borough_testkit::cpu::Window::start(processes)?;
+    let client = borough_testkit::cpu::reaped_children()?;
+    let load = load.await?;
+    let client = borough_testkit::cpu::reaped_children()?.saturating_sub(client);
+    let requests = load.requests.max(1.0);
+    let mut per: CpuPer = window
+        .spent()?
+        .into_iter()
+        .map(|(name, cpu)| (name, cpu.as_secs_f64() * 1e6 / requests))
+        .collect();
+    per.push(("client".to_owned(), client.as_secs_f64() * 1e6 / requests));
+    Ok((load, per))
+}
+
+/// The sum of two runs' CPU per request, halved (the mean of two halves).
+fn mean_cpu(a: &CpuPer, b: &CpuPer) -> CpuPer {
+    a.iter()
+        .zip(b)
+        .map(|((name, x), (_, y))| (name.clone(), (x + y) / 2.0))
+        .collect()
+}
+
+/// The CPU per request of `name` in `per` (NaN if absent).
+fn cpu_of(per: &CpuPer, name: &str) -> f64 {
+    per.iter()
+        .find(|(n, _)| n == name)
+        .map_or(f64::NAN, |(_, us)| *us)
+}
+
+/// All processes' CPU per request, the load generator's included.
+fn cpu_total(per: &CpuPer) -> f64 {
+    per.iter().map(|(_, us)| us).sum()
+}
+
+/// `gateway 18 us, query 17 us`.
+fn show_cpu(per: &CpuPer) -> String {
+    per.iter()
+        .map(|(name, us)| format!("{name} {us:.1} us"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cpu_json(per: &CpuPer) -> Value {
+    Value::Object(
+        per.iter()
+            .map(|(name, us)| (name.clone(), json!(us)))
+            .collect(),
+    )
+}
+
+/// The pid of a started process.
+fn pid(process: &ServiceProcess) -> Result<u32> {
+    process.pid().context("the process has exited")
 }
 
 fn parse_wrk_duration(text: &str) -> Option<f64> {
@@ -117,6 +195,8 @@ async fn wrk(
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("Requests/sec:") {
             load.rps = rest.trim().parse().unwrap_or(0.0);
+        } else if let Some((count, _)) = line.split_once(" requests in ") {
+            load.requests = count.trim().parse().unwrap_or(0.0);
         } else if let Some(rest) = line.strip_prefix("50%") {
             load.p50_ms = parse_wrk_duration(rest).unwrap_or(f64::NAN);
         } else if let Some(rest) = line.strip_prefix("99%") {
@@ -241,13 +321,14 @@ fn load_of(mut latencies: Vec<Duration>, elapsed: Duration) -> Load {
     };
     Load {
         rps: latencies.len() as f64 / elapsed.as_secs_f64(),
+        requests: latencies.len() as f64,
         p50_ms: at(0.5),
         p99_ms: at(0.99),
     }
 }
 
-/// `pgbench -S` (select-only) at `connections` for `seconds`: transactions a second.
-async fn pgbench(url: &str, seconds: u64, connections: u32) -> Result<f64> {
+/// `pgbench -i` (scale 1) into the database at `url`.
+async fn pgbench_init(url: &str) -> Result<()> {
     let bin = borough_testkit::pg::pg_bin_dir()?.join("pgbench");
     let init = tokio::process::Command::new(&bin)
         .args(["-i", "-q", "-s", "1", url])
@@ -259,6 +340,13 @@ async fn pgbench(url: &str, seconds: u64, connections: u32) -> Result<f64> {
             String::from_utf8_lossy(&init.stderr)
         );
     }
+    Ok(())
+}
+
+/// `pgbench -S` (select-only) at `connections` for `seconds`: transactions a second (as
+/// `rps`) and in all.
+async fn pgbench(url: &str, seconds: u64, connections: u32) -> Result<Load> {
+    let bin = borough_testkit::pg::pg_bin_dir()?.join("pgbench");
     let output = tokio::process::Command::new(&bin)
         .args(["-S", "-n", "-j", "1"])
         .arg(format!("-c{connections}"))
@@ -267,11 +355,103 @@ async fn pgbench(url: &str, seconds: u64, connections: u32) -> Result<f64> {
         .output()
         .await?;
     let text = String::from_utf8_lossy(&output.stdout).to_string();
-    text.lines()
+    let tps = text
+        .lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no tps in pgbench's output: {text}"))
+        .with_context(|| format!("no tps in pgbench's output: {text}"))?;
+    let requests = text
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|rest| rest.split(['/', ' ']).next())
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("no transaction count in pgbench's output: {text}"))?;
+    Ok(Load {
+        rps: tps,
+        requests,
+        ..Load::default()
+    })
+}
+
+/// `h2load` (Debian's nghttp2-client) against `url` for `seconds` at `connections`, one
+/// stream per connection at a time: HTTP/2 over cleartext (prior knowledge, as the
+/// gateway's h2c), or HTTP/1.1 when `h1`. Throughput and mean latency (h2load reports no
+/// percentiles).
+async fn h2load(
+    url: &str,
+    key: Option<&str>,
+    seconds: u64,
+    connections: u32,
+    h1: bool,
+) -> Result<Load> {
+    let mut command = tokio::process::Command::new("h2load");
+    command
+        .arg("-t1")
+        .arg(format!("-c{connections}"))
+        .arg("-m1")
+        .arg(format!("-D{seconds}"));
+    if h1 {
+        command.arg("--h1");
+    }
+    if let Some(key) = key {
+        command
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {key}"));
+    }
+    let output = command
+        .arg(url)
+        .output()
+        .await
+        .context("running h2load (make bench installs nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        println!("{text}");
+    }
+    let mut load = Load::default();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("finished in ") {
+            load.rps = rest
+                .split(", ")
+                .nth(1)
+                .and_then(|r| r.strip_suffix(" req/s"))
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0.0);
+        } else if let Some(rest) = line.strip_prefix("requests: ") {
+            let field = |name: &str| {
+                rest.split(", ")
+                    .find_map(|f| f.strip_suffix(name))
+                    .and_then(|n| n.trim().parse::<f64>().ok())
+            };
+            load.requests = field(" succeeded").unwrap_or(0.0);
+            if field(" failed").unwrap_or(0.0) + field(" errored").unwrap_or(0.0) > 0.0 {
+                bail!("h2load saw failures against {url}:\n{text}");
+            }
+        } else if let Some(rest) = line.strip_prefix("status codes: ") {
+            let bad: f64 = rest
+                .split(", ")
+                .filter(|f| f.ends_with(" 4xx") || f.ends_with(" 5xx"))
+                .filter_map(|f| f.split_whitespace().next()?.parse::<f64>().ok())
+                .sum();
+            if bad > 0.0 {
+                bail!("h2load saw error statuses against {url}:\n{text}");
+            }
+        } else if let Some(rest) = line.strip_prefix("time for request:") {
+            // min, max, mean, sd, +/- sd
+            load.p50_ms = rest
+                .split_whitespace()
+                .nth(2)
+                .and_then(parse_wrk_duration)
+                .unwrap_or(f64::NAN);
+        }
+    }
+    if !output.status.success() || load.requests == 0.0 {
+        bail!(
+            "h2load failed against {url}: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(load)
 }
 
 async fn create_tenant(
@@ -460,6 +640,45 @@ async fn main() -> Result<()> {
         Some("/hello"),
     )
     .await?;
+    // As a user runs it: default logging, standard output to a file.
+    let shipped_log = out.join("gateway-as-shipped.log");
+    let gateway_shipped = ServiceProcess::start_as_shipped(
+        &bin,
+        "borough-gateway",
+        "BOROUGH_HTTP_ADDR",
+        &gateway_env(&query),
+        &shipped_log,
+    )
+    .await?;
+    // A second uncached query replica, and a gateway spreading reads over both.
+    let replica = ServiceProcess::start(
+        &bin,
+        "borough-query",
+        "BOROUGH_GRPC_ADDR",
+        None,
+        &service(
+            Login::Query,
+            &[pool_env.as_slice(), &[("BOROUGH_CACHE_MAX_ENTRIES", "0")]].concat(),
+        ),
+    )
+    .await?;
+    let gateway_two = ServiceProcess::start(
+        &bin,
+        "borough-gateway",
+        "BOROUGH_HTTP_ADDR",
+        None,
+        &gateway_env(&uncached)
+            .into_iter()
+            .map(|(k, v)| {
+                if k == "BOROUGH_QUERY_URL" {
+                    (k, format!("{v},{}", replica.grpc_url()))
+                } else {
+                    (k, v)
+                }
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut footprint = Vec::new();
     for process in [&gateway, &user, &query, &config] {
@@ -509,11 +728,19 @@ end
         cluster.superuser_url("borough_pgbench")
     };
 
+    pgbench_init(&pgbench_url).await?;
+    let postgres = borough_testkit::cpu::postmaster_pid(&cluster.data_dir)?;
+
     let mut rounds_out: Vec<Value> = Vec::new();
-    let (mut edge_ratio, mut hop_p50, mut hop_p99, mut read_ratio, mut rls_cost, mut writes) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut mtls_p50, mut mtls_p99, mut per_thousand) = (vec![], vec![], vec![]);
+    let mut figures = Figures::default();
     let gu = gateway_uncached.url();
+    let (g_pid, gu_pid, q_pid, qu_pid, u_pid) = (
+        pid(&gateway)?,
+        pid(&gateway_uncached)?,
+        pid(&query)?,
+        pid(&uncached)?,
+        pid(&user)?,
+    );
     for round in 1..=rounds {
         let mut line = format!("round {round}:");
         let mut out = json!({"round": round});
@@ -522,35 +749,51 @@ end
         sqlx::query("CHECKPOINT").execute(&admin).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         // 1. edge: gateway and bare binary in alternating halves, so that a change in the
-        //    machine's background load meets both alike.
-        if run("edge") {
-            let half = seconds.div_ceil(2);
-            let mut edge = Load::default();
-            let mut bare = Load::default();
-            for _ in 0..2 {
-                let e = wrk(&format!("{g}/hello"), None, half, connections, None).await?;
-                let b = wrk(
-                    &format!("{}/hello", hello.url()),
-                    None,
-                    half,
-                    connections,
-                    None,
-                )
-                .await?;
-                for (sum, one) in [(&mut edge, e), (&mut bare, b)] {
-                    sum.rps += one.rps / 2.0;
-                    sum.p50_ms = sum.p50_ms.max(one.p50_ms);
-                    sum.p99_ms = sum.p99_ms.max(one.p99_ms);
-                }
+        //    machine's background load meets both alike; with the suite's quiet logging
+        //    (`RUST_LOG=error`) and as shipped (defaults, the access log to a file).
+        for (measure, edge_gateway) in [("edge", &gateway), ("shipped", &gateway_shipped)] {
+            if !run(measure) {
+                continue;
             }
-            edge_ratio.push(edge.rps / bare.rps);
+            let (edge, edge_cpu, bare, bare_cpu) = alternating(
+                seconds,
+                (&format!("{}/hello", edge_gateway.url()), pid(edge_gateway)?),
+                (&format!("{}/hello", hello.url()), pid(&hello)?),
+                connections,
+            )
+            .await?;
+            let ratio = edge.rps / bare.rps;
+            let gateway_us = cpu_of(&edge_cpu, "server");
+            let bare_us = cpu_of(&bare_cpu, "server");
             line += &format!(
-                " edge {:.0}/{:.0} rps ({:.2}x);",
-                edge.rps,
-                bare.rps,
-                edge.rps / bare.rps
+                " {measure} {:.0}/{:.0} rps ({ratio:.2}x, CPU {gateway_us:.1}/{bare_us:.1} us);",
+                edge.rps, bare.rps,
             );
-            out["edge"] = json!({"gateway": load_json(edge), "bare_axum": load_json(bare)});
+            if measure == "edge" {
+                figures.edge.push(ratio);
+                figures.edge_cpu.push(gateway_us);
+            } else {
+                figures.shipped.push(ratio);
+                figures.shipped_cpu.push(gateway_us);
+            }
+            out[measure] = json!({
+                "gateway": load_json(edge), "gateway_cpu_us": cpu_json(&edge_cpu),
+                "bare_axum": load_json(bare), "bare_axum_cpu_us": cpu_json(&bare_cpu),
+            });
+        }
+        if run("shipped") {
+            let written = std::fs::metadata(&shipped_log).map_or(0, |m| m.len());
+            let dropped = borough_testkit::scrape_metric(
+                &http,
+                &gateway_shipped.admin_url(""),
+                "borough_log_lines_dropped_total",
+                "",
+            )
+            .await?
+            .unwrap_or(0.0);
+            line += &format!(" as-shipped log {written} bytes, {dropped:.0} lines dropped;");
+            out["shipped"]["log_bytes"] = json!(written);
+            out["shipped"]["log_lines_dropped"] = json!(dropped);
         }
         // 2. hop: cached GET through the gateway vs the same lookup over gRPC, one caller
         //    at a time (at saturation both are queueing; the hop's own cost shows unloaded).
@@ -563,8 +806,8 @@ end
             .await?;
             let direct =
                 grpc_lookups(&query.grpc_url(), shared_ctx, &shared_user, seconds, 1).await?;
-            hop_p50.push((cached.p50_ms - direct.p50_ms) * 1e3);
-            hop_p99.push((cached.p99_ms - direct.p99_ms) * 1e3);
+            figures.hop_p50.push((cached.p50_ms - direct.p50_ms) * 1e3);
+            figures.hop_p99.push((cached.p99_ms - direct.p99_ms) * 1e3);
             line += &format!(
                 " hop p50 +{:.0} us p99 +{:.0} us (gateway {:.3}/{:.3} ms, gRPC {:.3}/{:.3} ms);",
                 (cached.p50_ms - direct.p50_ms) * 1e3,
@@ -577,14 +820,43 @@ end
             out["hop"] =
                 json!({"gateway_cached": load_json(cached), "grpc_direct": load_json(direct)});
         }
-        // 3 and 4. uncached reads (shared and database tenants) vs pgbench -S.
+        // 3. cached reads at load: throughput, p99 and each process's CPU per read.
+        if run("cached") {
+            let (load, cpu) = with_cpu(
+                &[("gateway", g_pid), ("query", q_pid), ("postgres", postgres)],
+                wrk(
+                    &format!("{g}/api/v1/users/{shared_user}"),
+                    Some(&shared_key),
+                    seconds,
+                    connections,
+                    None,
+                ),
+            )
+            .await?;
+            line += &format!(
+                " cached {:.0} rps p99 {:.2} ms ({});",
+                load.rps,
+                load.p99_ms,
+                show_cpu(&cpu)
+            );
+            figures.cached.push((load, cpu.clone()));
+            out["cached"] = json!({"load": load_json(load), "cpu_us": cpu_json(&cpu)});
+        }
+        // 4 and 5. uncached reads (shared and database tenants) vs pgbench -S.
         if run("read") {
-            let uncached_shared = wrk(
-                &format!("{gu}/api/v1/users/{shared_user}"),
-                Some(&shared_key),
-                seconds,
-                connections,
-                None,
+            let (uncached_shared, read_cpu) = with_cpu(
+                &[
+                    ("gateway", gu_pid),
+                    ("query", qu_pid),
+                    ("postgres", postgres),
+                ],
+                wrk(
+                    &format!("{gu}/api/v1/users/{shared_user}"),
+                    Some(&shared_key),
+                    seconds,
+                    connections,
+                    None,
+                ),
             )
             .await?;
             let uncached_database = wrk(
@@ -595,34 +867,117 @@ end
                 None,
             )
             .await?;
-            let pg_tps = pgbench(&pgbench_url, seconds, connections).await?;
-            read_ratio.push(uncached_shared.rps / pg_tps);
-            rls_cost.push(1.0 - uncached_shared.rps / uncached_database.rps);
-            line += &format!(
-                " uncached {:.0} rps vs pgbench {:.0} tps ({:.0} %); database tenant {:.0} rps;",
-                uncached_shared.rps,
-                pg_tps,
-                uncached_shared.rps / pg_tps * 100.0,
-                uncached_database.rps,
-            );
-            out["read"] = json!({"uncached_shared": load_json(uncached_shared), "uncached_database": load_json(uncached_database), "pgbench_select_tps": pg_tps});
-        }
-        // 5. writes
-        if run("write") {
-            write_script(&uuid::Uuid::now_v7().simple().to_string())?;
-            let write = wrk(
-                &format!("{g}/api/v1/users"),
-                Some(&shared_key),
-                seconds,
-                connections,
-                Some(&post_script),
+            let (pg, pg_cpu) = with_cpu(
+                &[("postgres", postgres)],
+                pgbench(&pgbench_url, seconds, connections),
             )
             .await?;
-            writes.push(write.rps);
-            line += &format!(" writes {:.0} rps p99 {:.2} ms;", write.rps, write.p99_ms);
-            out["write"] = load_json(write);
+            figures.read.push(uncached_shared.rps / pg.rps);
+            figures
+                .rls
+                .push(1.0 - uncached_shared.rps / uncached_database.rps);
+            line += &format!(
+                " uncached {:.0} rps p99 {:.2} ms ({}) vs pgbench {:.0} tps ({}) = {:.0} %; database tenant {:.0} rps;",
+                uncached_shared.rps,
+                uncached_shared.p99_ms,
+                show_cpu(&read_cpu),
+                pg.rps,
+                show_cpu(&pg_cpu),
+                uncached_shared.rps / pg.rps * 100.0,
+                uncached_database.rps,
+            );
+            figures.read_cpu.push((uncached_shared, read_cpu.clone()));
+            figures.pgbench_cpu.push((pg, pg_cpu.clone()));
+            out["read"] = json!({
+                "uncached_shared": load_json(uncached_shared), "uncached_cpu_us": cpu_json(&read_cpu),
+                "uncached_database": load_json(uncached_database),
+                "pgbench_select_tps": pg.rps, "pgbench_cpu_us": cpu_json(&pg_cpu),
+            });
         }
-        // 6. mtls: the same cached read, through the mTLS stack and the plaintext one,
+        // 6. writes
+        if run("write") {
+            write_script(&uuid::Uuid::now_v7().simple().to_string())?;
+            let (write, write_cpu) = with_cpu(
+                &[("gateway", g_pid), ("user", u_pid), ("postgres", postgres)],
+                wrk(
+                    &format!("{g}/api/v1/users"),
+                    Some(&shared_key),
+                    seconds,
+                    connections,
+                    Some(&post_script),
+                ),
+            )
+            .await?;
+            line += &format!(
+                " writes {:.0} rps p99 {:.2} ms ({});",
+                write.rps,
+                write.p99_ms,
+                show_cpu(&write_cpu)
+            );
+            figures.write.push((write, write_cpu.clone()));
+            out["write"] = json!({"load": load_json(write), "cpu_us": cpu_json(&write_cpu)});
+        }
+        // 7. HTTP/2 (h2c) vs HTTP/1.1 at the edge, h2load, same connections.
+        if run("h2") {
+            let hello_url = format!("{g}/hello");
+            let read_url = format!("{g}/api/v1/users/{shared_user}");
+            let mut results = json!({});
+            for (what, url, key) in [
+                ("hello", hello_url.as_str(), None),
+                ("cached", read_url.as_str(), Some(shared_key.as_str())),
+            ] {
+                let (h1, h1_cpu) = with_cpu(
+                    &[("gateway", g_pid)],
+                    h2load(url, key, seconds.div_ceil(2), connections, true),
+                )
+                .await?;
+                let (h2, h2_cpu) = with_cpu(
+                    &[("gateway", g_pid)],
+                    h2load(url, key, seconds.div_ceil(2), connections, false),
+                )
+                .await?;
+                line += &format!(
+                    " h2load {what}: http/1.1 {:.0} rps ({:.1} us), h2 {:.0} rps ({:.1} us);",
+                    h1.rps,
+                    cpu_of(&h1_cpu, "gateway"),
+                    h2.rps,
+                    cpu_of(&h2_cpu, "gateway"),
+                );
+                figures.h2.push((what, h1, h2));
+                results[what] = json!({
+                    "http1": load_json(h1), "http1_gateway_cpu_us": cpu_of(&h1_cpu, "gateway"),
+                    "h2": load_json(h2), "h2_gateway_cpu_us": cpu_of(&h2_cpu, "gateway"),
+                });
+            }
+            out["h2"] = results;
+        }
+        // 8. scaling: the uncached read through one gateway and two query replicas.
+        if run("scale") {
+            let (load, cpu) = with_cpu(
+                &[
+                    ("gateway", pid(&gateway_two)?),
+                    ("query", qu_pid),
+                    ("query2", pid(&replica)?),
+                    ("postgres", postgres),
+                ],
+                wrk(
+                    &format!("{}/api/v1/users/{shared_user}", gateway_two.url()),
+                    Some(&shared_key),
+                    seconds,
+                    connections,
+                    None,
+                ),
+            )
+            .await?;
+            line += &format!(
+                " two query replicas: uncached {:.0} rps ({});",
+                load.rps,
+                show_cpu(&cpu)
+            );
+            figures.scale.push((load, cpu.clone()));
+            out["scale"] = json!({"load": load_json(load), "cpu_us": cpu_json(&cpu)});
+        }
+        // 9. mtls: the same cached read, through the mTLS stack and the plaintext one,
         //    alternating halves, one caller at a time.
         if run("mtls") {
             let plain_url = format!("{}/api/v1/users/{shared_user}", gateway_plain.url());
@@ -635,7 +990,7 @@ end
                 plaintext.push(http_lookups(&plain_url, &shared_key, half).await?);
             }
             let made = handshakes(&http, &query).await? - before;
-            let calls: f64 = tls.iter().map(|l| l.rps * half as f64).sum();
+            let calls: f64 = tls.iter().map(|l| l.requests).sum();
             let mean = |loads: &[Load], f: fn(&Load) -> f64| {
                 loads.iter().map(f).sum::<f64>() / loads.len() as f64
             };
@@ -643,9 +998,11 @@ end
                 (mean(&tls, |l| l.p50_ms) - mean(&plaintext, |l| l.p50_ms)) * 1e3,
                 (mean(&tls, |l| l.p99_ms) - mean(&plaintext, |l| l.p99_ms)) * 1e3,
             );
-            mtls_p50.push(p50);
-            mtls_p99.push(p99);
-            per_thousand.push(made / calls.max(1.0) * 1000.0);
+            figures.mtls_p50.push(p50);
+            figures.mtls_p99.push(p99);
+            figures
+                .per_thousand
+                .push(made / calls.max(1.0) * 1000.0);
             line += &format!(
                 " mTLS hop p50 {p50:+.0} us p99 {p99:+.0} us (mTLS {:.3}/{:.3} ms, plaintext {:.3}/{:.3} ms), {made:.0} handshakes for {calls:.0} calls;",
                 mean(&tls, |l| l.p50_ms),
@@ -663,83 +1020,7 @@ end
         rounds_out.push(out);
     }
 
-    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    let median =
-        |values: Vec<f64>| (!values.is_empty()).then(|| borough_testkit::process::median(values));
-    println!();
-    println!(
-        "| measure (median of {rounds}, {connections} connections, {seconds} s each) | figure | target | |"
-    );
-    println!("| --- | --- | --- | --- |");
-    let row = |name: &str,
-               value: Option<f64>,
-               show: &dyn Fn(f64) -> String,
-               target: &str,
-               ok: &dyn Fn(f64) -> bool| match value {
-        Some(v) if target.is_empty() => println!("| {name} | {} | | |", show(v)),
-        Some(v) => println!("| {name} | {} | {target} | {} |", show(v), verdict(ok(v))),
-        None => println!("| {name} | (skipped) | {target} | |"),
-    };
-    row(
-        "edge: gateway /hello vs bare axum",
-        median(edge_ratio),
-        &|v| format!("{v:.3}x"),
-        ">= 0.8x",
-        &|v| v >= 0.8,
-    );
-    row(
-        "hop: REST->gRPC p50 added",
-        median(hop_p50),
-        &|v| format!("{v:.0} us"),
-        "<= 100 us",
-        &|v| v <= 100.0,
-    );
-    row(
-        "hop: REST->gRPC p99 added",
-        median(hop_p99),
-        &|v| format!("{v:.0} us"),
-        "<= 300 us",
-        &|v| v <= 300.0,
-    );
-    row(
-        "read path: uncached read vs pgbench -S",
-        median(read_ratio),
-        &|v| format!("{:.0} %", v * 100.0),
-        ">= 60 %",
-        &|v| v >= 0.6,
-    );
-    row(
-        "isolation: RLS (shared) vs database tenant cost",
-        median(rls_cost),
-        &|v| format!("{:.1} %", v * 100.0),
-        "<= 10 %",
-        &|v| v <= 0.10,
-    );
-    match median(writes) {
-        Some(w) => println!("| write path: POST /api/v1/users | {w:.0} rps | | |"),
-        None => println!("| write path: POST /api/v1/users | (skipped) | | |"),
-    }
-    row(
-        "mTLS: REST->gRPC hop p50 added (vs internal TLS off)",
-        median(mtls_p50),
-        &|v| format!("{v:.0} us"),
-        "<= 30 us",
-        &|v| v <= 30.0,
-    );
-    row(
-        "mTLS: REST->gRPC hop p99 added (vs internal TLS off)",
-        median(mtls_p99),
-        &|v| format!("{v:.0} us"),
-        "",
-        &|_| true,
-    );
-    row(
-        "mTLS: handshakes per 1,000 calls (connection reuse)",
-        median(per_thousand),
-        &|v| format!("{v:.3}"),
-        "",
-        &|_| true,
-    );
+    figures.report(rounds, connections, seconds);
     let mut handshake = json!(null);
     if run("mtls") {
         let (pq, pq_group) = handshake_cpu(400, false).await?;
@@ -760,7 +1041,11 @@ end
         println!(
             "| footprint: {} idle RSS / ready | {rss:.1} MiB / {ready:.0} ms | <= 15 MB / <= 100 ms | {} |",
             f["service"].as_str().unwrap_or("?"),
-            verdict(rss * 1.048_576 <= 15.0 && ready <= 100.0),
+            if rss * 1.048_576 <= 15.0 && ready <= 100.0 {
+                "met"
+            } else {
+                "NOT met"
+            },
         );
     }
     std::fs::write(
@@ -777,6 +1062,9 @@ end
     println!("\nwritten: target/bench/results.json");
     for process in [
         gateway,
+        gateway_shipped,
+        gateway_two,
+        replica,
         gateway_uncached,
         gateway_plain,
         user,
@@ -790,6 +1078,169 @@ end
         process.stop().await?;
     }
     Ok(())
+}
+
+/// Gateway and bare binary in alternating halves (a, b, a, b): each one's load (rates
+/// averaged, the worse percentiles kept) and its server's CPU per request (`server`), and
+/// the load generator's (`client`).
+async fn alternating(
+    seconds: u64,
+    a: (&str, u32),
+    b: (&str, u32),
+    connections: u32,
+) -> Result<(Load, CpuPer, Load, CpuPer)> {
+    let half = seconds.div_ceil(2);
+    let mut runs: Vec<(Load, CpuPer)> = Vec::new();
+    for _ in 0..2 {
+        for (url, server) in [a, b] {
+            runs.push(
+                with_cpu(
+                    &[("server", server)],
+                    wrk(url, None, half, connections, None),
+                )
+                .await?,
+            );
+        }
+    }
+    let combine = |x: &(Load, CpuPer), y: &(Load, CpuPer)| {
+        (
+            Load {
+                rps: (x.0.rps + y.0.rps) / 2.0,
+                requests: x.0.requests + y.0.requests,
+                p50_ms: x.0.p50_ms.max(y.0.p50_ms),
+                p99_ms: x.0.p99_ms.max(y.0.p99_ms),
+            },
+            mean_cpu(&x.1, &y.1),
+        )
+    };
+    let (first, second) = (combine(&runs[0], &runs[2]), combine(&runs[1], &runs[3]));
+    Ok((first.0, first.1, second.0, second.1))
+}
+
+/// Every round's figures, for the medians.
+#[derive(Default)]
+struct Figures {
+    edge: Vec<f64>,
+    edge_cpu: Vec<f64>,
+    shipped: Vec<f64>,
+    shipped_cpu: Vec<f64>,
+    hop_p50: Vec<f64>,
+    hop_p99: Vec<f64>,
+    cached: Vec<(Load, CpuPer)>,
+    read: Vec<f64>,
+    read_cpu: Vec<(Load, CpuPer)>,
+    pgbench_cpu: Vec<(Load, CpuPer)>,
+    rls: Vec<f64>,
+    write: Vec<(Load, CpuPer)>,
+    h2: Vec<(&'static str, Load, Load)>,
+    scale: Vec<(Load, CpuPer)>,
+    mtls_p50: Vec<f64>,
+    mtls_p99: Vec<f64>,
+    per_thousand: Vec<f64>,
+}
+
+fn median(values: Vec<f64>) -> Option<f64> {
+    (!values.is_empty()).then(|| borough_testkit::process::median(values))
+}
+
+/// The medians, over rounds, of the throughput, p99 and each process's CPU per request.
+fn medians(runs: &[(Load, CpuPer)]) -> Option<(f64, f64, CpuPer)> {
+    let first = runs.first()?;
+    let cpu = first
+        .1
+        .iter()
+        .map(|(name, _)| {
+            let values = runs.iter().map(|(_, per)| cpu_of(per, name)).collect();
+            (name.clone(), median(values).unwrap_or(f64::NAN))
+        })
+        .collect();
+    Some((
+        median(runs.iter().map(|(l, _)| l.rps).collect())?,
+        median(runs.iter().map(|(l, _)| l.p99_ms).collect())?,
+        cpu,
+    ))
+}
+
+impl Figures {
+    fn report(&self, rounds: usize, connections: u32, seconds: u64) {
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        println!();
+        println!(
+            "| measure (median of {rounds}, {connections} connections, {seconds} s each) | figure | target | |"
+        );
+        println!("| --- | --- | --- | --- |");
+        let row = |name: &str, value: Option<f64>, show: &dyn Fn(f64) -> String, target: &str, ok: &dyn Fn(f64) -> bool| match value {
+            Some(v) if target.is_empty() => println!("| {name} | {} | | |", show(v)),
+            Some(v) => println!("| {name} | {} | {target} | {} |", show(v), verdict(ok(v))),
+            None => println!("| {name} | (skipped) | {target} | |"),
+        };
+        let us = |v: f64| format!("{v:.1} us");
+        let at_most = |limit: f64| move |v: f64| v <= limit;
+        row("edge: gateway /hello vs bare axum (RUST_LOG=error)", median(self.edge.clone()), &|v| format!("{v:.3}x"), ">= 0.9x", &|v| v >= 0.9);
+        row("edge: gateway CPU per /hello (RUST_LOG=error)", median(self.edge_cpu.clone()), &us, "", &|_| true);
+        row("edge as shipped: default logging, access log to a file", median(self.shipped.clone()), &|v| format!("{v:.3}x"), ">= 0.8x", &|v| v >= 0.8);
+        row("edge as shipped: gateway CPU per /hello", median(self.shipped_cpu.clone()), &us, "", &|_| true);
+        row("hop: REST->gRPC p50 added", median(self.hop_p50.clone()), &|v| format!("{v:.0} us"), "<= 100 us", &at_most(100.0));
+        row("hop: REST->gRPC p99 added", median(self.hop_p99.clone()), &|v| format!("{v:.0} us"), "<= 300 us", &at_most(300.0));
+        match medians(&self.cached) {
+            Some((rps, p99, cpu)) => {
+                println!("| cached read: throughput / p99 | {rps:.0} rps / {p99:.2} ms | | |");
+                row("cached read: gateway CPU per read", Some(cpu_of(&cpu, "gateway")), &us, "<= 20 us", &at_most(20.0));
+                row("cached read: query CPU per read", Some(cpu_of(&cpu, "query")), &us, "<= 20 us", &at_most(20.0));
+                row("cached read: all processes per read (load generator included)", Some(cpu_total(&cpu)), &us, "", &|_| true);
+            }
+            None => println!("| cached read | (skipped) | | |"),
+        }
+        row("read path: uncached read vs pgbench -S", median(self.read.clone()), &|v| format!("{:.0} %", v * 100.0), ">= 45 %", &|v| v >= 0.45);
+        let model = medians(&self.read_cpu);
+        match &model {
+            Some((rps, p99, cpu)) => {
+                println!("| uncached read: throughput / p99 | {rps:.0} rps / {p99:.2} ms | | |");
+                row("uncached read: gateway CPU per read", Some(cpu_of(cpu, "gateway")), &us, "<= 20 us", &at_most(20.0));
+                row("uncached read: query CPU per read", Some(cpu_of(cpu, "query")), &us, "<= 20 us", &at_most(20.0));
+                row("uncached read: PostgreSQL CPU per read", Some(cpu_of(cpu, "postgres")), &us, "<= 50 us", &at_most(50.0));
+                row("uncached read: wrk CPU per read", Some(cpu_of(cpu, "client")), &us, "", &|_| true);
+            }
+            None => println!("| uncached read | (skipped) | | |"),
+        }
+        if let Some((tps, _, cpu)) = medians(&self.pgbench_cpu) {
+            println!(
+                "| pgbench -S: tps / PostgreSQL CPU per transaction / pgbench's | {tps:.0} / {:.1} us / {:.1} us | | |",
+                cpu_of(&cpu, "postgres"),
+                cpu_of(&cpu, "client")
+            );
+        }
+        row("isolation: RLS (shared) vs database tenant cost", median(self.rls.clone()), &|v| format!("{:.1} %", v * 100.0), "<= 10 %", &at_most(0.10));
+        match medians(&self.write) {
+            Some((rps, p99, cpu)) => println!(
+                "| write path: POST /api/v1/users | {rps:.0} rps, p99 {p99:.2} ms; CPU per write: {} | | |",
+                show_cpu(&cpu)
+            ),
+            None => println!("| write path: POST /api/v1/users | (skipped) | | |"),
+        }
+        for what in ["hello", "cached"] {
+            let runs: Vec<&(&str, Load, Load)> = self.h2.iter().filter(|(w, _, _)| *w == what).collect();
+            if let (Some(h1), Some(h2)) = (
+                median(runs.iter().map(|(_, h1, _)| h1.rps).collect()),
+                median(runs.iter().map(|(_, _, h2)| h2.rps).collect()),
+            ) {
+                println!("| h2load {what}: HTTP/1.1 vs h2c, {connections} connections | {h1:.0} vs {h2:.0} rps ({:.2}x) | | |", h2 / h1);
+            }
+        }
+        if let (Some((one, _, cpu)), Some((two, _, two_cpu))) = (&model, medians(&self.scale)) {
+            // The machine's cores, all busy: reads a second = cores / CPU per read.
+            let cores = std::thread::available_parallelism().map_or(2.0, |n| n.get() as f64);
+            let predicted = cores * 1e6 / cpu_total(cpu);
+            println!(
+                "| scaling: two query replicas, uncached | {two:.0} rps (one replica {one:.0}; model {predicted:.0} = {cores} cores / {:.1} us per read); CPU per read: {} | | |",
+                cpu_total(cpu),
+                show_cpu(&two_cpu)
+            );
+        }
+        row("mTLS: REST->gRPC hop p50 added (vs internal TLS off)", median(self.mtls_p50.clone()), &|v| format!("{v:.0} us"), "<= 30 us", &at_most(30.0));
+        row("mTLS: REST->gRPC hop p99 added (vs internal TLS off)", median(self.mtls_p99.clone()), &|v| format!("{v:.0} us"), "", &|_| true);
+        row("mTLS: handshakes per 1,000 calls (connection reuse)", median(self.per_thousand.clone()), &|v| format!("{v:.3}"), "", &|_| true);
+    }
 }
 
 /// This process's CPU time (user and system), from /proc.
