@@ -198,7 +198,9 @@ mod tests {
             output.line(format!("line {i}\n").as_bytes());
         }
         output.flush(Duration::from_secs(5));
-        let written = String::from_utf8_lossy(&recorder.written.lock().unwrap_or_else(|p| p.into_inner())).to_string();
+        let written =
+            String::from_utf8_lossy(&recorder.written.lock().unwrap_or_else(|p| p.into_inner()))
+                .to_string();
         let expected: String = (0..1000).map(|i| format!("line {i}\n")).collect();
         assert_eq!(written, expected);
         assert!(
@@ -231,7 +233,11 @@ mod tests {
         *stuck.lock().unwrap_or_else(|p| p.into_inner()) = false;
         released.notify_all();
         output.flush(Duration::from_secs(5));
-        let written = recorder.written.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let written = recorder
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         assert_eq!(
             written.len(),
             "first line, taken by the stuck writer\n".len() + 5 * 20

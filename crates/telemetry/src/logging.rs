@@ -89,10 +89,7 @@ pub fn init_logging(service: &'static str) {
             .with_writer(output)
             .with_filter(filter)
             .boxed(),
-        (false, Some(output)) => fmt::layer()
-            .with_writer(output)
-            .with_filter(filter)
-            .boxed(),
+        (false, Some(output)) => fmt::layer().with_writer(output).with_filter(filter).boxed(),
         // No thread for the writer: write as we go.
         (true, None) => fmt::layer()
             .json()

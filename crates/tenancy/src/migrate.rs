@@ -99,6 +99,11 @@ const TENANT: &[Migration] = &[
         name: "user_by_id",
         sql: include_str!("../../../migrations/tenant/0005_user_by_id.sql"),
     },
+    Migration {
+        version: 6,
+        name: "create_user",
+        sql: include_str!("../../../migrations/tenant/0006_create_user.sql"),
+    },
 ];
 
 /// The user service's group role (the write side): tenant data and the control plane. Its

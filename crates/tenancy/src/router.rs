@@ -644,32 +644,34 @@ impl PoolRouter {
         })
     }
 
-    /// One row from a tenant function: `SELECT * FROM "<schema>".<function>($1, $2)` with
-    /// the tenant's id and `arg`, as a prepared statement (parsed and planned once per
-    /// connection, then one Bind/Execute round trip). The function scopes itself: it
-    /// takes the tenant id as a parameter and sets `borough.tenant_id` inside, for
-    /// row-level security, and pins its schema (see `migrations/tenant/0005_user_by_id.sql`).
-    /// Bounded by the caller's deadline here (the statement is a primary-key lookup,
-    /// which waits on no lock).
+    /// One statement for the tenant, in one round trip: `SELECT * FROM
+    /// "<schema>".<call>`, where `call` names a function of the tenant schema and its
+    /// parameters (`user_by_id($1, $2)`), `$1` being the tenant's id and the rest bound
+    /// by `bind`. A prepared statement: parsed and planned once per connection, then one
+    /// Bind/Execute. The function scopes itself — it takes the tenant id and sets
+    /// `borough.tenant_id` inside, for row-level security — and names its tables with its
+    /// schema (`migrations/tenant/0005_user_by_id.sql`); the statement commits when it
+    /// ends. `read` routes to the tenant's read replica where it has one. Bounded by the
+    /// caller's deadline.
     pub async fn call_tenant_function<T>(
         &self,
         ctx: &TenantContext,
-        function: &'static str,
-        arg: uuid::Uuid,
+        read: bool,
+        call: &'static str,
+        bind: impl for<'q> FnOnce(
+            sqlx::query::QueryAs<'q, Postgres, T, sqlx::postgres::PgArguments>,
+        )
+            -> sqlx::query::QueryAs<'q, Postgres, T, sqlx::postgres::PgArguments>
+        + Send,
     ) -> Result<Option<T>, RouteError>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
     {
-        let (route, _permit, pool, db) = self.prepare(ctx, true).await?;
-        let sql = format!(
-            "SELECT * FROM {}.{function}($1, $2)",
-            quote_ident(&route.schema)
-        );
+        let (route, _permit, pool, db) = self.prepare(ctx, read).await?;
+        let sql = format!("SELECT * FROM {}.{call}", quote_ident(&route.schema));
         let fetch = async {
             let mut conn = pool.acquire().await?;
-            sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(sql))
-                .bind(ctx.tenant_id.as_uuid())
-                .bind(arg)
+            bind(sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(sql)).bind(ctx.tenant_id.as_uuid()))
                 .fetch_optional(&mut *conn)
                 .await
         };

@@ -188,7 +188,10 @@ impl Settings {
                 1..=borough_proto::user::MAX_IMPORT_REJECTIONS,
             )?,
             access_log: crate::middleware::AccessLog {
-                mode: env.parse("BOROUGH_ACCESS_LOG", crate::middleware::AccessLogMode::ErrorsAndSlow)?,
+                mode: env.parse(
+                    "BOROUGH_ACCESS_LOG",
+                    crate::middleware::AccessLogMode::ErrorsAndSlow,
+                )?,
                 slow: env.duration_in(
                     "BOROUGH_ACCESS_LOG_SLOW",
                     Duration::from_millis(500),

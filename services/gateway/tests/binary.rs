@@ -365,7 +365,10 @@ fn access_lines(lines: &[serde_json::Value]) -> Vec<(String, serde_json::Value)>
         .filter(|l| l["target"] == "access")
         .map(|l| {
             (
-                l["span"]["request_id"].as_str().unwrap_or_default().to_owned(),
+                l["span"]["request_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 l.clone(),
             )
         })
@@ -378,14 +381,21 @@ async fn as_shipped_the_access_log_has_errors_but_not_fast_successes_and_off_has
     let lines = access_log_lines(None).await?;
     let access = access_lines(&lines);
     let ids: Vec<&str> = access.iter().map(|(id, _)| id.as_str()).collect();
-    assert!(ids.contains(&"missing-1"), "the 404 was not logged: {lines:?}");
+    assert!(
+        ids.contains(&"missing-1"),
+        "the 404 was not logged: {lines:?}"
+    );
     assert!(
         !ids.iter().any(|id| id.starts_with("hello")),
         "a fast 200 was logged by default: {access:?}"
     );
 
     let lines = access_log_lines(Some("off")).await?;
-    assert_eq!(access_lines(&lines), vec![], "access lines with the log off");
+    assert_eq!(
+        access_lines(&lines),
+        vec![],
+        "access lines with the log off"
+    );
     Ok(())
 }
 
@@ -402,10 +412,20 @@ async fn an_access_log_line_carries_each_field_once() -> anyhow::Result<()> {
     assert_eq!(span["http.route"], "/hello", "{hello}");
     assert_eq!(span["http.response.status_code"], 200, "{hello}");
     assert_eq!(span["url.path"], "/hello", "{hello}");
-    assert!(span["trace_id"].as_str().is_some_and(|t| t.len() == 32), "{hello}");
+    assert!(
+        span["trace_id"].as_str().is_some_and(|t| t.len() == 32),
+        "{hello}"
+    );
     assert!(hello["fields"]["duration_ms"].is_number(), "{hello}");
     // No field twice under another name, and nothing only an exporter needs.
-    for duplicate in ["method", "route", "status", "latency_ms", "otel.name", "otel.kind"] {
+    for duplicate in [
+        "method",
+        "route",
+        "status",
+        "latency_ms",
+        "otel.name",
+        "otel.kind",
+    ] {
         assert!(
             span.get(duplicate).is_none() && hello["fields"].get(duplicate).is_none(),
             "{duplicate} in {hello}"
@@ -415,6 +435,9 @@ async fn an_access_log_line_carries_each_field_once() -> anyhow::Result<()> {
         .iter()
         .find(|(id, _)| id == "missing-1")
         .ok_or_else(|| anyhow::anyhow!("no line for the 404: {lines:?}"))?;
-    assert_eq!(missing["span"]["http.response.status_code"], 404, "{missing}");
+    assert_eq!(
+        missing["span"]["http.response.status_code"], 404,
+        "{missing}"
+    );
     Ok(())
 }

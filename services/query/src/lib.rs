@@ -122,7 +122,6 @@ type UserRow = (Uuid, String, String, i64, DateTime<Utc>, DateTime<Utc>);
 
 const COLUMNS: &str = "id, name, email, version, created_at, updated_at";
 
-
 fn to_info((id, name, email, version, created_at, updated_at): UserRow) -> UserInfo {
     UserInfo {
         user_id: id.to_string(),
@@ -199,7 +198,7 @@ impl Query {
         // (migrations/tenant/0005_user_by_id.sql): the miss path's main cost.
         let row: Option<UserRow> = self
             .router
-            .call_tenant_function(&ctx, "user_by_id", id)
+            .call_tenant_function(&ctx, true, "user_by_id($1, $2)", |q| q.bind(id))
             .await?;
         row.map(to_info).ok_or(QueryError::NotFound(id))
     }

@@ -331,9 +331,30 @@ impl Users {
     ) -> Result<User, UserError> {
         let name = validate::name(name).map_err(UserError::Invalid)?;
         let email = validate::email(email).map_err(UserError::Invalid)?;
-        let mut tx = self.begin(ctx).await?;
-        let user = Self::insert_user(&mut tx, ctx, &name, &email).await?;
-        tx.commit().await?;
+        // One prepared call, committed as it ends (migrations/tenant/0006_create_user.sql):
+        // one round trip where a transaction takes three. Lock waits (a concurrent insert
+        // of the same email) are bounded by what is left of the deadline.
+        let lock_timeout = ctx.remaining().map_or_else(
+            || "0".to_owned(),
+            |left| format!("{}ms", left.as_millis().max(1)),
+        );
+        let row: Option<UserRow> = self
+            .router
+            .call_tenant_function(ctx, false, "create_user($1, $2, $3, $4, $5)", {
+                let (name, email) = (name.clone(), email.clone());
+                move |q| {
+                    q.bind(Uuid::now_v7())
+                        .bind(name)
+                        .bind(email)
+                        .bind(lock_timeout)
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                borough_tenancy::RouteError::Database(e) => email_conflict(e, &email),
+                e => UserError::from(e),
+            })?;
+        let user = to_proto(row.ok_or_else(|| UserError::Database(sqlx::Error::RowNotFound))?);
         tracing::info!(tenant = %ctx.tenant_id, user = %user.id, "user created");
         Ok(user)
     }

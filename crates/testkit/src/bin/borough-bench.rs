@@ -1000,9 +1000,7 @@ end
             );
             figures.mtls_p50.push(p50);
             figures.mtls_p99.push(p99);
-            figures
-                .per_thousand
-                .push(made / calls.max(1.0) * 1000.0);
+            figures.per_thousand.push(made / calls.max(1.0) * 1000.0);
             line += &format!(
                 " mTLS hop p50 {p50:+.0} us p99 {p99:+.0} us (mTLS {:.3}/{:.3} ms, plaintext {:.3}/{:.3} ms), {made:.0} handshakes for {calls:.0} calls;",
                 mean(&tls, |l| l.p50_ms),
@@ -1169,37 +1167,125 @@ impl Figures {
             "| measure (median of {rounds}, {connections} connections, {seconds} s each) | figure | target | |"
         );
         println!("| --- | --- | --- | --- |");
-        let row = |name: &str, value: Option<f64>, show: &dyn Fn(f64) -> String, target: &str, ok: &dyn Fn(f64) -> bool| match value {
+        let row = |name: &str,
+                   value: Option<f64>,
+                   show: &dyn Fn(f64) -> String,
+                   target: &str,
+                   ok: &dyn Fn(f64) -> bool| match value {
             Some(v) if target.is_empty() => println!("| {name} | {} | | |", show(v)),
             Some(v) => println!("| {name} | {} | {target} | {} |", show(v), verdict(ok(v))),
             None => println!("| {name} | (skipped) | {target} | |"),
         };
         let us = |v: f64| format!("{v:.1} us");
         let at_most = |limit: f64| move |v: f64| v <= limit;
-        row("edge: gateway /hello vs bare axum (RUST_LOG=error)", median(self.edge.clone()), &|v| format!("{v:.3}x"), ">= 0.9x", &|v| v >= 0.9);
-        row("edge: gateway CPU per /hello (RUST_LOG=error)", median(self.edge_cpu.clone()), &us, "", &|_| true);
-        row("edge as shipped: default logging, access log to a file", median(self.shipped.clone()), &|v| format!("{v:.3}x"), ">= 0.8x", &|v| v >= 0.8);
-        row("edge as shipped: gateway CPU per /hello", median(self.shipped_cpu.clone()), &us, "", &|_| true);
-        row("hop: REST->gRPC p50 added", median(self.hop_p50.clone()), &|v| format!("{v:.0} us"), "<= 100 us", &at_most(100.0));
-        row("hop: REST->gRPC p99 added", median(self.hop_p99.clone()), &|v| format!("{v:.0} us"), "<= 300 us", &at_most(300.0));
+        row(
+            "edge: gateway /hello vs bare axum (RUST_LOG=error)",
+            median(self.edge.clone()),
+            &|v| format!("{v:.3}x"),
+            ">= 0.9x",
+            &|v| v >= 0.9,
+        );
+        row(
+            "edge: gateway CPU per /hello (RUST_LOG=error)",
+            median(self.edge_cpu.clone()),
+            &us,
+            "",
+            &|_| true,
+        );
+        row(
+            "edge as shipped: default logging, access log to a file",
+            median(self.shipped.clone()),
+            &|v| format!("{v:.3}x"),
+            ">= 0.8x",
+            &|v| v >= 0.8,
+        );
+        row(
+            "edge as shipped: gateway CPU per /hello",
+            median(self.shipped_cpu.clone()),
+            &us,
+            "",
+            &|_| true,
+        );
+        row(
+            "hop: REST->gRPC p50 added",
+            median(self.hop_p50.clone()),
+            &|v| format!("{v:.0} us"),
+            "<= 100 us",
+            &at_most(100.0),
+        );
+        row(
+            "hop: REST->gRPC p99 added",
+            median(self.hop_p99.clone()),
+            &|v| format!("{v:.0} us"),
+            "<= 300 us",
+            &at_most(300.0),
+        );
         match medians(&self.cached) {
             Some((rps, p99, cpu)) => {
                 println!("| cached read: throughput / p99 | {rps:.0} rps / {p99:.2} ms | | |");
-                row("cached read: gateway CPU per read", Some(cpu_of(&cpu, "gateway")), &us, "<= 20 us", &at_most(20.0));
-                row("cached read: query CPU per read", Some(cpu_of(&cpu, "query")), &us, "<= 20 us", &at_most(20.0));
-                row("cached read: all processes per read (load generator included)", Some(cpu_total(&cpu)), &us, "", &|_| true);
+                row(
+                    "cached read: gateway CPU per read",
+                    Some(cpu_of(&cpu, "gateway")),
+                    &us,
+                    "<= 20 us",
+                    &at_most(20.0),
+                );
+                row(
+                    "cached read: query CPU per read",
+                    Some(cpu_of(&cpu, "query")),
+                    &us,
+                    "<= 20 us",
+                    &at_most(20.0),
+                );
+                row(
+                    "cached read: all processes per read (load generator included)",
+                    Some(cpu_total(&cpu)),
+                    &us,
+                    "",
+                    &|_| true,
+                );
             }
             None => println!("| cached read | (skipped) | | |"),
         }
-        row("read path: uncached read vs pgbench -S", median(self.read.clone()), &|v| format!("{:.0} %", v * 100.0), ">= 45 %", &|v| v >= 0.45);
+        row(
+            "read path: uncached read vs pgbench -S",
+            median(self.read.clone()),
+            &|v| format!("{:.0} %", v * 100.0),
+            ">= 45 %",
+            &|v| v >= 0.45,
+        );
         let model = medians(&self.read_cpu);
         match &model {
             Some((rps, p99, cpu)) => {
                 println!("| uncached read: throughput / p99 | {rps:.0} rps / {p99:.2} ms | | |");
-                row("uncached read: gateway CPU per read", Some(cpu_of(cpu, "gateway")), &us, "<= 20 us", &at_most(20.0));
-                row("uncached read: query CPU per read", Some(cpu_of(cpu, "query")), &us, "<= 20 us", &at_most(20.0));
-                row("uncached read: PostgreSQL CPU per read", Some(cpu_of(cpu, "postgres")), &us, "<= 50 us", &at_most(50.0));
-                row("uncached read: wrk CPU per read", Some(cpu_of(cpu, "client")), &us, "", &|_| true);
+                row(
+                    "uncached read: gateway CPU per read",
+                    Some(cpu_of(cpu, "gateway")),
+                    &us,
+                    "<= 20 us",
+                    &at_most(20.0),
+                );
+                row(
+                    "uncached read: query CPU per read",
+                    Some(cpu_of(cpu, "query")),
+                    &us,
+                    "<= 20 us",
+                    &at_most(20.0),
+                );
+                row(
+                    "uncached read: PostgreSQL CPU per read",
+                    Some(cpu_of(cpu, "postgres")),
+                    &us,
+                    "<= 50 us",
+                    &at_most(50.0),
+                );
+                row(
+                    "uncached read: wrk CPU per read",
+                    Some(cpu_of(cpu, "client")),
+                    &us,
+                    "",
+                    &|_| true,
+                );
             }
             None => println!("| uncached read | (skipped) | | |"),
         }
@@ -1210,7 +1296,13 @@ impl Figures {
                 cpu_of(&cpu, "client")
             );
         }
-        row("isolation: RLS (shared) vs database tenant cost", median(self.rls.clone()), &|v| format!("{:.1} %", v * 100.0), "<= 10 %", &at_most(0.10));
+        row(
+            "isolation: RLS (shared) vs database tenant cost",
+            median(self.rls.clone()),
+            &|v| format!("{:.1} %", v * 100.0),
+            "<= 10 %",
+            &at_most(0.10),
+        );
         match medians(&self.write) {
             Some((rps, p99, cpu)) => println!(
                 "| write path: POST /api/v1/users | {rps:.0} rps, p99 {p99:.2} ms; CPU per write: {} | | |",
@@ -1219,12 +1311,16 @@ impl Figures {
             None => println!("| write path: POST /api/v1/users | (skipped) | | |"),
         }
         for what in ["hello", "cached"] {
-            let runs: Vec<&(&str, Load, Load)> = self.h2.iter().filter(|(w, _, _)| *w == what).collect();
+            let runs: Vec<&(&str, Load, Load)> =
+                self.h2.iter().filter(|(w, _, _)| *w == what).collect();
             if let (Some(h1), Some(h2)) = (
                 median(runs.iter().map(|(_, h1, _)| h1.rps).collect()),
                 median(runs.iter().map(|(_, _, h2)| h2.rps).collect()),
             ) {
-                println!("| h2load {what}: HTTP/1.1 vs h2c, {connections} connections | {h1:.0} vs {h2:.0} rps ({:.2}x) | | |", h2 / h1);
+                println!(
+                    "| h2load {what}: HTTP/1.1 vs h2c, {connections} connections | {h1:.0} vs {h2:.0} rps ({:.2}x) | | |",
+                    h2 / h1
+                );
             }
         }
         if let (Some((one, _, cpu)), Some((two, _, two_cpu))) = (&model, medians(&self.scale)) {
@@ -1237,9 +1333,27 @@ impl Figures {
                 show_cpu(&two_cpu)
             );
         }
-        row("mTLS: REST->gRPC hop p50 added (vs internal TLS off)", median(self.mtls_p50.clone()), &|v| format!("{v:.0} us"), "<= 30 us", &at_most(30.0));
-        row("mTLS: REST->gRPC hop p99 added (vs internal TLS off)", median(self.mtls_p99.clone()), &|v| format!("{v:.0} us"), "", &|_| true);
-        row("mTLS: handshakes per 1,000 calls (connection reuse)", median(self.per_thousand.clone()), &|v| format!("{v:.3}"), "", &|_| true);
+        row(
+            "mTLS: REST->gRPC hop p50 added (vs internal TLS off)",
+            median(self.mtls_p50.clone()),
+            &|v| format!("{v:.0} us"),
+            "<= 30 us",
+            &at_most(30.0),
+        );
+        row(
+            "mTLS: REST->gRPC hop p99 added (vs internal TLS off)",
+            median(self.mtls_p99.clone()),
+            &|v| format!("{v:.0} us"),
+            "",
+            &|_| true,
+        );
+        row(
+            "mTLS: handshakes per 1,000 calls (connection reuse)",
+            median(self.per_thousand.clone()),
+            &|v| format!("{v:.3}"),
+            "",
+            &|_| true,
+        );
     }
 }
 
