@@ -81,20 +81,31 @@ pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
     let (service, method) = rpc_names(path);
     // Each field once; the exported span's own (`otel.*`, `rpc.system`) only when
     // exporting: log lines do not need them, and every field costs formatting per call.
+    if !crate::otel::enabled() {
+        // Every field at creation, formatted once (each later `record` re-formats them).
+        let trace_id = TraceContext::from_traceparent(
+            request
+                .headers()
+                .get(TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+        )
+        .trace_id;
+        return tracing::info_span!(
+            "grpc",
+            trace_id = trace_id.as_str(),
+            rpc.service = service,
+            rpc.method = method,
+        );
+    }
     let span = tracing::info_span!(
         "grpc",
-        otel.name = tracing::field::Empty,
-        otel.kind = tracing::field::Empty,
-        rpc.system = tracing::field::Empty,
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
         trace_id = tracing::field::Empty,
         rpc.service = service,
         rpc.method = method,
     );
-    if crate::otel::enabled() {
-        span.record("otel.name", path.trim_start_matches('/'));
-        span.record("otel.kind", "server");
-        span.record("rpc.system", "grpc");
-    }
     let trace_id = match crate::otel::continue_trace(&span, request.headers()) {
         Some((trace_id, _)) => trace_id,
         None => {

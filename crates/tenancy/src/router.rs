@@ -389,11 +389,101 @@ impl PoolKey {
 
 struct Dedicated {
     pool: PgPool,
+    warm: Arc<Warm>,
     /// What the pool connects to; a route that moved gets a new pool.
     target: Storage,
     last_used: Instant,
     /// The change-feed listener on the tenant's primary database, if there is a feed.
     listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Connections that [`PoolRouter::call_tenant_function`] keeps checked out between calls,
+/// at most half the pool's connections (none for a pool of one) and each for at most
+/// [`WARM_FOR`]. sqlx sends a
+/// round trip (a `Sync`) on every connection returned to its pool, to check it: for a
+/// one-statement call, a second round trip that doubles what the database is woken for.
+/// A connection that just answered is known to be good; the next call takes it from here
+/// instead (the newest first). Transactions take from here first too, so the pool's
+/// other users never wait on connections parked here; older ones go back to the pool
+/// (checked then) from the router's reaper, and all of them when the pool closes.
+struct Warm {
+    conns: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    cap: usize,
+}
+
+/// How long a connection stays in [`Warm`] unused: as long as the pool trusts an idle
+/// connection without a ping (`db::PING_AFTER_IDLE`).
+const WARM_FOR: Duration = crate::db::PING_AFTER_IDLE;
+
+impl Warm {
+    fn new(pool: &PgPool) -> Arc<Warm> {
+        Arc::new(Warm {
+            conns: Mutex::new(Vec::new()),
+            // Half: the pool's other users (route loads, the control plane) that take
+            // from it directly always find the other half.
+            cap: pool.options().get_max_connections() as usize / 2,
+        })
+    }
+
+    /// The newest connection parked less than [`WARM_FOR`] ago (older ones go back).
+    fn take(&self) -> Option<PoolConnection<Postgres>> {
+        let mut stale = Vec::new();
+        let taken = {
+            let mut conns = lock(&self.conns);
+            loop {
+                match conns.pop() {
+                    Some((conn, at)) if at.elapsed() < WARM_FOR => break Some(conn),
+                    Some((conn, _)) => stale.push(conn),
+                    None => break None,
+                }
+            }
+        };
+        drop(stale);
+        taken
+    }
+
+    /// Parks `conn` (ready: its last statement answered) if there is room.
+    fn put(&self, conn: PoolConnection<Postgres>) {
+        let mut conns = lock(&self.conns);
+        if conns.len() < self.cap {
+            conns.push((conn, Instant::now()));
+        }
+    }
+
+    /// Returns connections parked [`WARM_FOR`] or longer to the pool (all with `all`).
+    fn trim(&self, all: bool) {
+        let returned: Vec<(PoolConnection<Postgres>, Instant)> = {
+            let mut conns = lock(&self.conns);
+            let keep = if all {
+                0
+            } else {
+                conns
+                    .iter()
+                    .filter(|(_, at)| at.elapsed() < WARM_FOR)
+                    .count()
+            };
+            // Oldest first in the vector: what is returned is its front.
+            let returned = conns.len() - keep;
+            conns.drain(..returned).collect()
+        };
+        drop(returned);
+    }
+}
+
+/// A tenant's pool and its [`Warm`] connections.
+#[derive(Clone)]
+struct Routed {
+    pool: PgPool,
+    warm: Arc<Warm>,
+}
+
+impl Routed {
+    async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        match self.warm.take() {
+            Some(conn) => Ok(conn),
+            None => self.pool.acquire().await,
+        }
+    }
 }
 
 /// Where a [`FeedEvent`] comes from: the default server's database (shared and schema
@@ -430,6 +520,7 @@ impl Feed {
 
 struct Inner {
     default: PgPool,
+    default_warm: Arc<Warm>,
     default_options: PgConnectOptions,
     settings: RouterSettings,
     routes: Mutex<HashMap<TenantId, (Arc<Route>, Instant)>>,
@@ -500,6 +591,7 @@ impl PoolRouter {
         feed: Option<Feed>,
     ) -> Self {
         let inner = Arc::new(Inner {
+            default_warm: Warm::new(&default),
             default,
             default_options,
             settings,
@@ -558,7 +650,7 @@ impl PoolRouter {
         &self,
         ctx: &TenantContext,
         read: bool,
-    ) -> Result<(Arc<Route>, OwnedSemaphorePermit, PgPool, Option<TenantId>), RouteError> {
+    ) -> Result<(Arc<Route>, OwnedSemaphorePermit, Routed, Option<TenantId>), RouteError> {
         if ctx.remaining().is_some_and(|left| left.is_zero()) {
             return Err(RouteError::DeadlineExceeded);
         }
@@ -579,9 +671,10 @@ impl PoolRouter {
     }
 
     async fn open(&self, ctx: &TenantContext, read: bool) -> Result<TenantTx, RouteError> {
-        let (route, permit, pool, db) = self.prepare(ctx, read).await?;
+        let (route, permit, routed, db) = self.prepare(ctx, read).await?;
+        let pool = &routed.pool;
         let begun = async {
-            let conn = pool.acquire().await?;
+            let conn = routed.acquire().await?;
             let begin = format!(
                 "{}; {}",
                 if read { "BEGIN READ ONLY" } else { "BEGIN" },
@@ -593,7 +686,7 @@ impl PoolRouter {
         match begun {
             Ok(tx) => Ok(tx),
             Err(e) => {
-                self.note_failure(db, &pool, &e);
+                self.note_failure(db, pool, &e);
                 Err(e.into())
             }
         }
@@ -616,14 +709,15 @@ impl PoolRouter {
         args: &[uuid::Uuid],
     ) -> Result<Vec<sqlx::postgres::PgRow>, RouteError> {
         use futures_util::TryStreamExt;
-        let (route, _permit, pool, db) = self.prepare(ctx, true).await?;
+        let (route, _permit, routed, db) = self.prepare(ctx, true).await?;
+        let pool = &routed.pool;
         let mut sql = statement.to_owned();
         for (n, arg) in args.iter().enumerate().rev() {
             sql = sql.replace(&format!("${}", n + 1), &format!("'{arg}'::uuid"));
         }
         let message = format!("{}; {sql}", scope_statement(ctx, &route, true));
         let rows = async {
-            let mut conn = pool.acquire().await?;
+            let mut conn = routed.acquire().await?;
             let mut results = sqlx::raw_sql(sqlx::AssertSqlSafe(message)).fetch_many(&mut *conn);
             // The scope's own row and result come first; then the statement's rows.
             let mut scoped = false;
@@ -639,7 +733,7 @@ impl PoolRouter {
         }
         .await;
         rows.map_err(|e| {
-            self.note_failure(db, &pool, &e);
+            self.note_failure(db, pool, &e);
             e.into()
         })
     }
@@ -667,13 +761,19 @@ impl PoolRouter {
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
     {
-        let (route, _permit, pool, db) = self.prepare(ctx, read).await?;
+        let (route, _permit, routed, db) = self.prepare(ctx, read).await?;
+        let pool = &routed.pool;
         let sql = format!("SELECT * FROM {}.{call}", quote_ident(&route.schema));
         let fetch = async {
-            let mut conn = pool.acquire().await?;
-            bind(sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(sql)).bind(ctx.tenant_id.as_uuid()))
-                .fetch_optional(&mut *conn)
-                .await
+            let mut conn = routed.acquire().await?;
+            let row = bind(
+                sqlx::query_as::<_, T>(sqlx::AssertSqlSafe(sql)).bind(ctx.tenant_id.as_uuid()),
+            )
+            .fetch_optional(&mut *conn)
+            .await?;
+            // Answered: ready for the next call without sqlx's check (see `Warm`).
+            routed.warm.put(conn);
+            Ok(row)
         };
         let row = match ctx.remaining() {
             Some(left) => match tokio::time::timeout(left, fetch).await {
@@ -683,7 +783,7 @@ impl PoolRouter {
             None => fetch.await,
         };
         row.map_err(|e| {
-            self.note_failure(db, &pool, &e);
+            self.note_failure(db, pool, &e);
             e.into()
         })
     }
@@ -771,9 +871,14 @@ impl PoolRouter {
         }
     }
 
-    fn pool_for(&self, route: &Route, read: bool) -> PgPool {
+    fn pool_for(&self, route: &Route, read: bool) -> Routed {
         let (options, read) = match &route.storage {
-            Storage::Default => return self.inner.default.clone(),
+            Storage::Default => {
+                return Routed {
+                    pool: self.inner.default.clone(),
+                    warm: self.inner.default_warm.clone(),
+                };
+            }
             Storage::OwnDatabase { name } => {
                 (Ok(self.inner.default_options.clone().database(name)), false)
             }
@@ -793,7 +898,10 @@ impl PoolRouter {
         if let Some(entry) = pools.get_mut(&key) {
             if entry.target == route.storage {
                 entry.last_used = Instant::now();
-                return entry.pool.clone();
+                return Routed {
+                    pool: entry.pool.clone(),
+                    warm: entry.warm.clone(),
+                };
             }
             if let Some(old) = pools.remove(&key) {
                 self.close(key, old, "moved");
@@ -824,10 +932,12 @@ impl PoolRouter {
                 primary_options(&self.inner.default_options, &route.storage),
             ))
         });
+        let warm = Warm::new(&pool);
         pools.insert(
             key,
             Dedicated {
                 pool: pool.clone(),
+                warm: warm.clone(),
                 target: route.storage.clone(),
                 last_used: Instant::now(),
                 listener,
@@ -835,7 +945,7 @@ impl PoolRouter {
         );
         self.inner.metrics.pools_open.set(pools.len() as i64);
         tracing::info!(pool = %key.label(), open = pools.len(), "tenant pool opened");
-        pool
+        Routed { pool, warm }
     }
 
     fn close(&self, key: PoolKey, entry: Dedicated, reason: &'static str) {
@@ -862,7 +972,9 @@ fn close_pool(inner: &Inner, key: PoolKey, entry: Dedicated, reason: &'static st
             feed.send(FeedEvent::Lost(FeedSource::Tenant(key.tenant)));
         }
     }
-    // Transactions already running on it finish; close() waits for them.
+    // Transactions already running on it finish; close() waits for them (and for the
+    // parked connections, returned first).
+    entry.warm.trim(true);
     tokio::spawn(async move { entry.pool.close().await });
 }
 
@@ -1100,6 +1212,10 @@ async fn reap(inner: Weak<Inner>) {
             }
         }
         inner.metrics.pools_open.set(pools.len() as i64);
+        inner.default_warm.trim(false);
+        for entry in pools.values() {
+            entry.warm.trim(false);
+        }
         let samples = std::iter::once(("default".to_owned(), &inner.default))
             .chain(pools.iter().map(|(key, entry)| (key.label(), &entry.pool)));
         for (label, pool) in samples {

@@ -396,3 +396,104 @@ async fn a_one_trip_read_is_scoped_read_only_and_bounded_by_the_deadline() -> Te
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tenant_function_call_is_scoped_to_its_tenant_and_its_parked_connection_serves_others_at_once()
+-> TestResult {
+    let db = TestDatabase::create().await?;
+    // Two connections: one may be parked after a call.
+    let pool = borough_tenancy::db::lazy_pool(
+        &db.user_url,
+        &PoolSettings {
+            max_connections: 2,
+            ..PoolSettings::default()
+        },
+    )?;
+    let router = PoolRouter::new(
+        pool.clone(),
+        db.user_url.parse()?,
+        RouterSettings::default(),
+        &Metrics::new("test"),
+    );
+    let a = db.provision_tenant(Placement::Shared).await?;
+    let b = db.provision_tenant(Placement::Shared).await?;
+    let count = |tenant: TenantId| {
+        let router = router.clone();
+        async move {
+            let mut tx = router.begin(&TenantContext::new(tenant)).await?;
+            let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            anyhow::Ok(seen)
+        }
+    };
+    assert_eq!(count(b).await?, 0);
+    let create = |tenant: TenantId, id: uuid::Uuid, email: &'static str| {
+        let router = router.clone();
+        async move {
+            let ctx = TenantContext::new(tenant)
+                .with_deadline(Some(Instant::now() + Duration::from_secs(5)));
+            router
+                .call_tenant_function::<(uuid::Uuid, String, String, i64)>(
+                    &ctx,
+                    false,
+                    "create_user($1, $2, $3, $4, $5)",
+                    move |q| {
+                        q.bind(id)
+                            .bind("Ada".to_owned())
+                            .bind(email.to_owned())
+                            .bind("5000ms".to_owned())
+                    },
+                )
+                .await
+        }
+    };
+    let id = uuid::Uuid::now_v7();
+    let created = create(a, id, "ada@x.io").await?;
+    assert_eq!(
+        created.map(|(id, _, email, version)| (id, email, version)),
+        Some((id, "ada@x.io".to_owned(), 1))
+    );
+
+    // The call's connection is parked; with the pool's other one held elsewhere, a
+    // transaction still gets a connection at once — the parked one — and it carries no
+    // tenant scope (tenant b sees nothing of a's).
+    let held = pool.acquire().await?;
+    let started = Instant::now();
+    assert_eq!(count(b).await?, 0, "tenant b saw tenant a's user");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the transaction waited for the parked connection: {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    assert_eq!(count(a).await?, 1);
+
+    // A failed call (the email taken) reports the constraint and writes nothing.
+    match create(a, uuid::Uuid::now_v7(), "ada@x.io").await {
+        Err(RouteError::Database(e)) => {
+            assert_eq!(
+                borough_tenancy::db::constraint(&e),
+                Some("users_tenant_email")
+            );
+        }
+        other => anyhow::bail!("expected a unique violation, got {:?}", other.map(|_| ())),
+    }
+
+    // A parked connection goes back to the pool once it has waited a second unused (the
+    // other one held meanwhile, so the pool's idle connection can only be the parked one).
+    let held = pool.acquire().await?;
+    create(b, uuid::Uuid::now_v7(), "bob@x.io").await?;
+    assert_eq!(pool.num_idle(), 0, "the call's connection was not parked");
+    let started = Instant::now();
+    while pool.num_idle() == 0 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "the parked connection never went back to the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(held);
+    Ok(())
+}

@@ -129,33 +129,47 @@ where
     let request_id_value = request_id(&mut request);
     let request_id = request_id_value.to_str().unwrap_or_default();
     let method = method_label(request.method());
+    let exported = borough_telemetry::otel::enabled();
+    // Without export the trace context is known before the span: every field goes in at
+    // creation, formatted once (each later `record` re-formats the span's fields).
+    let local = (!exported).then(|| {
+        TraceContext::from_traceparent(
+            request
+                .headers()
+                .get(TRACEPARENT)
+                .and_then(|v| v.to_str().ok()),
+        )
+    });
     let span = tracing::info_span!(
         "http",
         otel.name = tracing::field::Empty,
         otel.kind = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         request_id = %request_id,
-        trace_id = tracing::field::Empty,
+        trace_id = local.as_ref().map(|ctx| ctx.trace_id.as_str()),
         http.request.method = method,
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         url.path = %request.uri().path(),
     );
-    let exported = borough_telemetry::otel::enabled();
-    if exported {
-        span.record("otel.name", method);
-        span.record("otel.kind", "server");
-    }
-    let ctx = match borough_telemetry::otel::continue_trace(&span, request.headers()) {
-        Some((trace_id, span_id)) => TraceContext { trace_id, span_id },
-        None => TraceContext::from_traceparent(
-            request
-                .headers()
-                .get(TRACEPARENT)
-                .and_then(|v| v.to_str().ok()),
-        ),
+    let ctx = match local {
+        Some(ctx) => ctx,
+        None => {
+            span.record("otel.name", method);
+            span.record("otel.kind", "server");
+            let ctx = match borough_telemetry::otel::continue_trace(&span, request.headers()) {
+                Some((trace_id, span_id)) => TraceContext { trace_id, span_id },
+                None => TraceContext::from_traceparent(
+                    request
+                        .headers()
+                        .get(TRACEPARENT)
+                        .and_then(|v| v.to_str().ok()),
+                ),
+            };
+            span.record("trace_id", ctx.trace_id.as_str());
+            ctx
+        }
     };
-    span.record("trace_id", ctx.trace_id.as_str());
     let mut response = tracing::Instrument::instrument(
         // Inside the trace: a problem body carries the request's trace id.
         ctx.scope(async { problem_for_bare_errors(call(inner, request).await) }),
@@ -175,6 +189,9 @@ where
         span.record("http.response.status_code", status);
     }
     if logged {
+        if !exported && let Some(route) = response.extensions().get::<RouteTemplate>() {
+            span.record("http.route", route.0);
+        }
         span.in_scope(|| {
             tracing::info!(
                 target: "access",
@@ -184,6 +201,28 @@ where
         });
     }
     response
+}
+
+/// The matched route's template, on the response for the access log.
+#[derive(Clone, Copy, Debug)]
+struct RouteTemplate(&'static str);
+
+/// A route template as a `&'static str`: the router's templates are a fixed, small set
+/// (declared in code), each leaked once and reused.
+fn leak_route(template: &str) -> &'static str {
+    static SEEN: std::sync::OnceLock<std::sync::RwLock<std::collections::HashSet<&'static str>>> =
+        std::sync::OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(known) = seen.read().unwrap_or_else(|p| p.into_inner()).get(template) {
+        return known;
+    }
+    let mut seen = seen.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = seen.get(template) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(template.to_owned().into_boxed_str());
+    seen.insert(leaked);
+    leaked
 }
 
 /// Error responses made by framework layers (404 no route, 405, 408/504 timeout, 413 body
@@ -270,11 +309,21 @@ impl Guard {
             .get::<axum::extract::MatchedPath>()
             .map_or("unmatched", |p| p.as_str())
             .to_owned();
-        // Now the route template is known: name the request's span after it.
-        let span = tracing::Span::current();
-        span.record("http.route", route.as_str());
-        borough_telemetry::otel::rename(&span, || format!("{method} {route}"));
-        let response = guarded(self, request, inner).await;
+        // Now the route template is known: name the exported span after it. (Without
+        // export the access log takes it from the response, only when it writes a line.)
+        if borough_telemetry::otel::enabled() {
+            let span = tracing::Span::current();
+            span.record("http.route", route.as_str());
+            borough_telemetry::otel::rename(&span, || format!("{method} {route}"));
+        }
+        let template = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map(|p| RouteTemplate(leak_route(p.as_str())));
+        let mut response = guarded(self, request, inner).await;
+        if let Some(template) = template {
+            response.extensions_mut().insert(template);
+        }
         self.metrics.observe(
             borough_telemetry::metrics::HttpLabels {
                 method,
