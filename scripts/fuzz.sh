@@ -78,6 +78,28 @@ timeout --signal=INT "$seconds" "$venv/bin/st" --config-file scripts/fuzz/schema
 answered=$(curl -sf "$gateway_admin/metrics" |
   awk '/^borough_http_requests_total\{/ { sum += $NF } END { printf "%d", sum }')
 echo "fuzz: the gateway answered $answered requests"
+# A run whose only problems are hypothesis' own internal error ("AST constructor recursion
+# depth mismatch", raised while it describes one of its lambdas: a bug of the tool, met at
+# random since 2026-11-29) found nothing in the gateway: say so and go on. A failed check,
+# or any other error, still fails the run.
+tool_bug_only() {
+  python3 - "$data/report" <<'PY'
+import pathlib, sys, xml.etree.ElementTree as ET
+reports = sorted(pathlib.Path(sys.argv[1]).glob("junit-*.xml"), key=lambda p: p.stat().st_mtime)
+if not reports:
+    sys.exit(1)
+root = ET.parse(reports[-1]).getroot()
+failures = root.findall(".//failure")
+errors = root.findall(".//error")
+bug = "AST constructor recursion depth mismatch"
+only_bug = not failures and errors and all(bug in ((e.get("message") or "") + (e.text or "")) for e in errors)
+sys.exit(0 if only_bug else 1)
+PY
+}
+if [ "$status" -ne 0 ] && tool_bug_only; then
+  echo "fuzz: schemathesis stopped on hypothesis' internal AST error only (a tool bug); no check failed" >&2
+  status=0
+fi
 if [ "$status" -ne 0 ]; then
   echo "fuzz: schemathesis failed (exit $status); report in $data/report, stack log in $data/stack.log" >&2
   exit "$status"
