@@ -52,6 +52,11 @@ impl TraceContext {
             .unwrap_or_else(Self::new_root)
     }
 
+    /// [`TraceContext::from_traceparent`] of a request's `traceparent` header.
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        Self::from_traceparent(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
+    }
+
     /// The `traceparent` value to send to the next hop.
     pub fn traceparent(&self) -> String {
         format!("00-{}-{}-01", self.trace_id, self.span_id)
@@ -83,13 +88,7 @@ pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
     // exporting: log lines do not need them, and every field costs formatting per call.
     if !crate::otel::enabled() {
         // Every field at creation, formatted once (each later `record` re-formats them).
-        let trace_id = TraceContext::from_traceparent(
-            request
-                .headers()
-                .get(TRACEPARENT)
-                .and_then(|v| v.to_str().ok()),
-        )
-        .trace_id;
+        let trace_id = TraceContext::from_headers(request.headers()).trace_id;
         return tracing::info_span!(
             "grpc",
             trace_id = trace_id.as_str(),
@@ -108,15 +107,7 @@ pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
     );
     let trace_id = match crate::otel::continue_trace(&span, request.headers()) {
         Some((trace_id, _)) => trace_id,
-        None => {
-            TraceContext::from_traceparent(
-                request
-                    .headers()
-                    .get(TRACEPARENT)
-                    .and_then(|v| v.to_str().ok()),
-            )
-            .trace_id
-        }
+        None => TraceContext::from_headers(request.headers()).trace_id,
     };
     span.record("trace_id", trace_id.as_str());
     span

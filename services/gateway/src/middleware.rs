@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use borough_error::{PROBLEM_JSON, Problem};
-use borough_telemetry::trace::{REQUEST_ID, TRACEPARENT, TraceContext};
+use borough_telemetry::trace::{REQUEST_ID, TraceContext};
 use http::{HeaderValue, header};
 
 use crate::grpc::Deadline;
@@ -132,14 +132,7 @@ where
     let exported = borough_telemetry::otel::enabled();
     // Without export the trace context is known before the span: every field goes in at
     // creation, formatted once (each later `record` re-formats the span's fields).
-    let local = (!exported).then(|| {
-        TraceContext::from_traceparent(
-            request
-                .headers()
-                .get(TRACEPARENT)
-                .and_then(|v| v.to_str().ok()),
-        )
-    });
+    let local = (!exported).then(|| TraceContext::from_headers(request.headers()));
     let span = tracing::info_span!(
         "http",
         otel.name = tracing::field::Empty,
@@ -159,12 +152,7 @@ where
             span.record("otel.kind", "server");
             let ctx = match borough_telemetry::otel::continue_trace(&span, request.headers()) {
                 Some((trace_id, span_id)) => TraceContext { trace_id, span_id },
-                None => TraceContext::from_traceparent(
-                    request
-                        .headers()
-                        .get(TRACEPARENT)
-                        .and_then(|v| v.to_str().ok()),
-                ),
+                None => TraceContext::from_headers(request.headers()),
             };
             span.record("trace_id", ctx.trace_id.as_str());
             ctx
@@ -189,8 +177,9 @@ where
         span.record("http.response.status_code", status);
     }
     if logged {
-        if !exported && let Some(route) = response.extensions().get::<RouteTemplate>() {
-            span.record("http.route", route.0);
+        if !exported && let Some(route) = response.extensions().get::<axum::extract::MatchedPath>()
+        {
+            span.record("http.route", route.as_str());
         }
         span.in_scope(|| {
             tracing::info!(
@@ -201,28 +190,6 @@ where
         });
     }
     response
-}
-
-/// The matched route's template, on the response for the access log.
-#[derive(Clone, Copy, Debug)]
-struct RouteTemplate(&'static str);
-
-/// A route template as a `&'static str`: the router's templates are a fixed, small set
-/// (declared in code), each leaked once and reused.
-fn leak_route(template: &str) -> &'static str {
-    static SEEN: std::sync::OnceLock<std::sync::RwLock<std::collections::HashSet<&'static str>>> =
-        std::sync::OnceLock::new();
-    let seen = SEEN.get_or_init(Default::default);
-    if let Some(known) = seen.read().unwrap_or_else(|p| p.into_inner()).get(template) {
-        return known;
-    }
-    let mut seen = seen.write().unwrap_or_else(|p| p.into_inner());
-    if let Some(known) = seen.get(template) {
-        return known;
-    }
-    let leaked: &'static str = Box::leak(template.to_owned().into_boxed_str());
-    seen.insert(leaked);
-    leaked
 }
 
 /// Error responses made by framework layers (404 no route, 405, 408/504 timeout, 413 body
@@ -304,10 +271,15 @@ impl Guard {
     {
         let started = Instant::now();
         let method = method_label(request.method());
-        let route = request
+        // The route's template (a shared string), also put on the response for the access
+        // log.
+        let matched = request
             .extensions()
             .get::<axum::extract::MatchedPath>()
-            .map_or("unmatched", |p| p.as_str())
+            .cloned();
+        let route = matched
+            .as_ref()
+            .map_or("unmatched", axum::extract::MatchedPath::as_str)
             .to_owned();
         // Now the route template is known: name the exported span after it. (Without
         // export the access log takes it from the response, only when it writes a line.)
@@ -316,13 +288,9 @@ impl Guard {
             span.record("http.route", route.as_str());
             borough_telemetry::otel::rename(&span, || format!("{method} {route}"));
         }
-        let template = request
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .map(|p| RouteTemplate(leak_route(p.as_str())));
         let mut response = guarded(self, request, inner).await;
-        if let Some(template) = template {
-            response.extensions_mut().insert(template);
+        if let Some(matched) = matched {
+            response.extensions_mut().insert(matched);
         }
         self.metrics.observe(
             borough_telemetry::metrics::HttpLabels {
