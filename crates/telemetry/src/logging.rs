@@ -70,34 +70,40 @@ pub fn init_logging(service: &'static str) {
         Ok("pretty") => false,
         _ => !std::io::stdout().is_terminal(),
     };
-    let limit = std::env::var("BOROUGH_LOG_BUFFER_BYTES")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(DEFAULT_BUFFER_BYTES);
+    // Logging is not up yet to say a bad value is ignored: standard error says it.
+    let limit = match std::env::var("BOROUGH_LOG_BUFFER_BYTES") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!(
+                    "BOROUGH_LOG_BUFFER_BYTES={v:?} is not a positive number of bytes; using {DEFAULT_BUFFER_BYTES}"
+                );
+                DEFAULT_BUFFER_BYTES
+            }
+        },
+        Err(_) => DEFAULT_BUFFER_BYTES,
+    };
     let output = match OUTPUT.get() {
         Some(output) => Some(output.clone()),
         None => crate::log_writer::Output::spawn(Box::new(std::io::stdout()), limit)
             .ok()
             .map(|output| OUTPUT.get_or_init(|| output).clone()),
     };
-    let logs = match (json, output) {
-        (true, Some(output)) => fmt::layer()
+    // No thread for the writer (it could not be spawned): write as we go.
+    let writer = match output {
+        Some(output) => fmt::writer::BoxMakeWriter::new(output),
+        None => fmt::writer::BoxMakeWriter::new(std::io::stdout),
+    };
+    let logs = if json {
+        fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .with_writer(output)
+            .with_writer(writer)
             .with_filter(filter)
-            .boxed(),
-        (false, Some(output)) => fmt::layer().with_writer(output).with_filter(filter).boxed(),
-        // No thread for the writer: write as we go.
-        (true, None) => fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_filter(filter)
-            .boxed(),
-        (false, None) => fmt::layer().with_filter(filter).boxed(),
+            .boxed()
+    } else {
+        fmt::layer().with_writer(writer).with_filter(filter).boxed()
     };
     let result = tracing_subscriber::registry()
         .with(logs)
