@@ -112,6 +112,12 @@ impl Window {
     }
 }
 
+/// CPU this process has used itself (its threads; not its children).
+pub fn own() -> Result<Duration> {
+    let me = stat(std::process::id()).context("reading /proc/self/stat")?;
+    Ok(Duration::from_millis(me.own * 1000 / TICKS_PER_SECOND))
+}
+
 /// CPU this process's children used that have exited and been waited for (a load
 /// generator run to completion, say): this process's `cutime` + `cstime`.
 pub fn reaped_children() -> Result<Duration> {

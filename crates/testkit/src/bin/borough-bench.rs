@@ -1357,22 +1357,6 @@ impl Figures {
     }
 }
 
-/// This process's CPU time (user and system), from /proc.
-fn process_cpu() -> Result<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // Fields after the command (which may hold spaces) start after its closing paren.
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .context("stat")?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the command.
-    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
-        + fields.get(12).context("stime")?.parse::<u64>()?;
-    // The kernel's USER_HZ is 100 on Linux's common architectures.
-    Ok(Duration::from_millis(ticks * 10))
-}
-
 /// CPU per full mutual TLS 1.3 handshake, both ends in this process over loopback: the
 /// query service's server config and the gateway's client config from the test PKI,
 /// offering X25519MLKEM768 (or classical X25519 alone when `classical`).
@@ -1410,7 +1394,8 @@ async fn handshake_cpu(count: usize, classical: bool) -> Result<(Duration, Strin
     let connector = tokio_rustls::TlsConnector::from(config);
     let name = rustls::pki_types::ServerName::try_from("query.borough")?;
     let mut group = String::new();
-    let cpu = process_cpu()?;
+    // This process alone: its children are the services.
+    let cpu = borough_testkit::cpu::own()?;
     for _ in 0..count {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let mut tls = connector.connect(name.clone(), tcp).await?;
@@ -1425,7 +1410,7 @@ async fn handshake_cpu(count: usize, classical: bool) -> Result<(Duration, Strin
                 .unwrap_or_default();
         }
     }
-    let spent = process_cpu()? - cpu;
+    let spent = borough_testkit::cpu::own()? - cpu;
     serving.await?;
     Ok((spent / count as u32, group))
 }
