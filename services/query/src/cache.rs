@@ -84,7 +84,10 @@ struct CauseLabels {
 
 #[derive(Clone)]
 pub struct CacheMetrics {
-    lookups: Family<ResultLabels, Counter>,
+    /// `cache_lookups{result="hit"}` and `{result="miss"}`, held so that a lookup does
+    /// not go through the family's lock and hash.
+    hits: Counter,
+    misses: Counter,
     removals: Family<CauseLabels, Counter>,
     stale_serves: Counter,
     pub invalidation_lag: Histogram,
@@ -93,8 +96,18 @@ pub struct CacheMetrics {
 
 impl CacheMetrics {
     fn register(metrics: &Metrics) -> Self {
+        let lookups = Family::<ResultLabels, Counter>::default();
+        // One statement each: the family's guard must be gone before the next creation
+        // takes its write lock.
+        let hits = lookups
+            .get_or_create(&ResultLabels { result: "hit" })
+            .clone();
+        let misses = lookups
+            .get_or_create(&ResultLabels { result: "miss" })
+            .clone();
         let m = CacheMetrics {
-            lookups: Family::default(),
+            hits,
+            misses,
             removals: Family::default(),
             stale_serves: Counter::default(),
             invalidation_lag: Histogram::new([
@@ -105,7 +118,7 @@ impl CacheMetrics {
         metrics.register(
             "cache_lookups",
             "User cache lookups by result (hit, miss)",
-            m.lookups.clone(),
+            lookups,
         );
         metrics.register(
             "cache_evictions",
@@ -229,7 +242,40 @@ impl UserCache {
     /// The user, from the cache when fresh (and at least `min_version`), else read by
     /// `load` — once for all concurrent callers. When `load` fails because the database is
     /// unreachable (`is_unreachable`), a stale copy is returned if there is one.
-    pub async fn get<E, F>(
+    ///
+    /// `load` is called only on a miss, and the miss is a boxed future of its own: a hit
+    /// neither builds nor moves the database read's state (several kilobytes, copied at
+    /// every move of the caller's future otherwise).
+    pub async fn get<E, F, L>(
+        &self,
+        key: Key,
+        min_version: i64,
+        load: L,
+        is_unreachable: impl Fn(&E) -> bool,
+    ) -> Result<Found, Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        L: FnOnce() -> F,
+        F: Future<Output = Result<UserInfo, E>>,
+    {
+        if let Some(fresh) = &self.fresh
+            && let Some(user) = fresh.get(&key).await
+        {
+            if user.info.version >= min_version {
+                self.metrics.hits.inc();
+                return Ok(Found {
+                    user,
+                    stale_for: None,
+                });
+            }
+            // The caller has seen a newer version than this copy: read past it.
+            fresh.invalidate(&key).await;
+        }
+        Box::pin(self.miss(key, min_version, load(), is_unreachable)).await
+    }
+
+    /// Reads the user (one read for all concurrent callers of a key) and keeps it.
+    async fn miss<E, F>(
         &self,
         key: Key,
         min_version: i64,
@@ -250,18 +296,7 @@ impl UserCache {
                 stale_for: None,
             });
         };
-        if let Some(user) = fresh.get(&key).await {
-            if user.info.version >= min_version {
-                self.count("hit");
-                return Ok(Found {
-                    user,
-                    stale_for: None,
-                });
-            }
-            // The caller has seen a newer version than this copy: read past it.
-            fresh.invalidate(&key).await;
-        }
-        self.count("miss");
+        self.metrics.misses.inc();
         let loaded = fresh
             .try_get_with(key, async {
                 let info = load.await?;
@@ -290,13 +325,6 @@ impl UserCache {
             },
             Err(e) => Err(e),
         }
-    }
-
-    fn count(&self, result: &'static str) {
-        self.metrics
-            .lookups
-            .get_or_create(&ResultLabels { result })
-            .inc();
     }
 
     /// Forgets one user (fresh and stale copies).
@@ -369,7 +397,7 @@ mod tests {
                     .get(
                         key,
                         0,
-                        async {
+                        || async {
                             loads.fetch_add(1, Ordering::SeqCst);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             Ok::<_, Down>(info(1))
@@ -398,24 +426,39 @@ mod tests {
         );
         let key = (TenantId::new_v7(), Uuid::now_v7());
         let loaded = cache
-            .get(key, 0, async { Ok::<_, Down>(info(3)) }, |_| true)
+            .get(key, 0, || async { Ok::<_, Down>(info(3)) }, |_| true)
             .await;
         assert!(loaded.is_ok_and(|f| f.stale_for.is_none()));
         tokio::time::sleep(Duration::from_millis(20)).await;
         let stale = cache
-            .get(key, 0, async { Err::<UserInfo, _>(Down) }, |_| true)
+            .get(key, 0, || async { Err::<UserInfo, _>(Down) }, |_| true)
             .await;
         assert!(stale.is_ok_and(|f| f.stale_for.is_some() && f.user.info.version == 3));
         // A version newer than the copy is required: no stale serve.
         let newer = cache
-            .get(key, 4, async { Err::<UserInfo, _>(Down) }, |_| true)
+            .get(key, 4, || async { Err::<UserInfo, _>(Down) }, |_| true)
             .await;
         assert!(newer.is_err());
         cache.invalidate(&key).await;
         let gone = cache
-            .get(key, 0, async { Err::<UserInfo, _>(Down) }, |_| true)
+            .get(key, 0, || async { Err::<UserInfo, _>(Down) }, |_| true)
             .await;
         assert!(gone.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_hit_never_builds_the_read() {
+        let cache = UserCache::new(&settings(), &Metrics::new("test"));
+        let key = (TenantId::new_v7(), Uuid::now_v7());
+        let built = AtomicUsize::new(0);
+        let load = || {
+            built.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Down>(info(1)) }
+        };
+        assert!(cache.get(key, 0, load, |_| false).await.is_ok());
+        assert!(cache.get(key, 0, load, |_| false).await.is_ok());
+        assert!(cache.get(key, 1, load, |_| false).await.is_ok());
+        assert_eq!(built.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -423,11 +466,11 @@ mod tests {
         let cache = UserCache::new(&settings(), &Metrics::new("test"));
         let key = (TenantId::new_v7(), Uuid::now_v7());
         let first = cache
-            .get(key, 0, async { Ok::<_, Down>(info(1)) }, |_| false)
+            .get(key, 0, || async { Ok::<_, Down>(info(1)) }, |_| false)
             .await;
         assert!(first.is_ok());
         let again = cache
-            .get(key, 2, async { Ok::<_, Down>(info(2)) }, |_| false)
+            .get(key, 2, || async { Ok::<_, Down>(info(2)) }, |_| false)
             .await;
         assert!(again.is_ok_and(|f| f.user.info.version == 2));
     }
@@ -445,7 +488,7 @@ mod tests {
         for _ in 0..200 {
             let key = (tenant, Uuid::now_v7());
             let _ = cache
-                .get(key, 0, async { Ok::<_, Down>(info(1)) }, |_| false)
+                .get(key, 0, || async { Ok::<_, Down>(info(1)) }, |_| false)
                 .await;
         }
         let Some(fresh) = &cache.fresh else {

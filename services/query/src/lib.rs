@@ -214,7 +214,7 @@ impl Query {
             .get(
                 (ctx.tenant_id, id),
                 min_version,
-                self.load(*ctx, id),
+                || self.load(*ctx, id),
                 QueryError::is_unreachable,
             )
             .await

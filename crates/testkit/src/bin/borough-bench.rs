@@ -10,7 +10,10 @@
 //! 2. hop: `GET /api/v1/users/{id}` from the query cache vs `GetUserInfo` over gRPC, one
 //!    caller at a time (the latency the hop adds, not queueing), both timed in this
 //!    process (a minimal HTTP/1.1 client on one kept-alive connection; tonic's client);
-//! 3. cached: the cached read at load (throughput, p99, CPU per read);
+//! 3. cached: the cached read at load (throughput, p99, CPU per read); `floor`: the same
+//!    read through Borough's plaintext stack and through a bare axum gateway calling a
+//!    bare tonic query service (`borough-hello`), alternating: each role's CPU per read
+//!    over what the libraries and the kernel cost;
 //! 4. read path: uncached reads (cache off) vs `pgbench -S`, same concurrency, and the
 //!    isolation cost: the uncached read of a shared (RLS) tenant vs a database tenant;
 //! 5. write path: `POST /api/v1/users`;
@@ -28,7 +31,7 @@
 //!
 //! Settings: `BENCH_SECONDS` (10 per measurement), `BENCH_CONNECTIONS` (32),
 //! `BENCH_ROUNDS` (3; medians reported), `BENCH_ONLY` (a subset of `edge`, `shipped`,
-//! `hop`, `cached`, `read`, `write`, `h2`, `scale`, `mtls`, comma-separated),
+//! `hop`, `cached`, `floor`, `read`, `write`, `h2`, `scale`, `mtls`, comma-separated),
 //! `BENCH_VERBOSE` (print the load generators' reports), `BENCH_DB_POOL` (the
 //! connections the query services may open, all of them for one tenant: 10, the default
 //! pool; more only adds PostgreSQL backends competing for the same two cores). Writes
@@ -640,6 +643,27 @@ async fn main() -> Result<()> {
         Some("/hello"),
     )
     .await?;
+    // The floor of the cached read: a bare tonic query service and a bare axum gateway
+    // calling it (borough-hello), plaintext like the stack they are compared with.
+    let bare_grpc = format!("127.0.0.1:{}", borough_testkit::pg::free_port()?);
+    let bare_query = ServiceProcess::start_probing(
+        &bin,
+        "borough-hello",
+        "BOROUGH_HTTP_ADDR",
+        None,
+        &pairs(&[("BOROUGH_HELLO_GRPC_ADDR", &bare_grpc)]),
+        Some("/hello"),
+    )
+    .await?;
+    let bare_gateway = ServiceProcess::start_probing(
+        &bin,
+        "borough-hello",
+        "BOROUGH_HTTP_ADDR",
+        None,
+        &pairs(&[("BOROUGH_HELLO_QUERY_URL", &format!("http://{bare_grpc}"))]),
+        Some("/api/v1/users/probe"),
+    )
+    .await?;
     // As a user runs it: default logging, standard output to a file.
     let shipped_log = out.join("gateway-as-shipped.log");
     let gateway_shipped = ServiceProcess::start_as_shipped(
@@ -755,10 +779,22 @@ end
             if !run(measure) {
                 continue;
             }
+            let (edge_url, bare_url) = (
+                format!("{}/hello", edge_gateway.url()),
+                format!("{}/hello", hello.url()),
+            );
             let (edge, edge_cpu, bare, bare_cpu) = alternating(
                 seconds,
-                (&format!("{}/hello", edge_gateway.url()), pid(edge_gateway)?),
-                (&format!("{}/hello", hello.url()), pid(&hello)?),
+                Side {
+                    url: &edge_url,
+                    key: None,
+                    processes: &[("server", pid(edge_gateway)?)],
+                },
+                Side {
+                    url: &bare_url,
+                    key: None,
+                    processes: &[("server", pid(&hello)?)],
+                },
                 connections,
             )
             .await?;
@@ -841,6 +877,50 @@ end
             );
             figures.cached.push((load, cpu.clone()));
             out["cached"] = json!({"load": load_json(load), "cpu_us": cpu_json(&cpu)});
+        }
+        // 3b. floor: the same cached read through Borough's plaintext stack and through
+        //     the bare pair, alternating halves: what our own code costs per read over
+        //     axum + tonic + hyper + the kernel.
+        if run("floor") {
+            let (ours_url, bare_url) = (
+                format!("{}/api/v1/users/{shared_user}", gateway_plain.url()),
+                format!("{}/api/v1/users/{shared_user}", bare_gateway.url()),
+            );
+            let (ours, ours_cpu, bare, bare_cpu) = alternating(
+                seconds,
+                Side {
+                    url: &ours_url,
+                    key: Some(&shared_key),
+                    processes: &[
+                        ("gateway", pid(&gateway_plain)?),
+                        ("query", pid(&query_plain)?),
+                    ],
+                },
+                Side {
+                    url: &bare_url,
+                    key: Some(&shared_key),
+                    processes: &[
+                        ("gateway", pid(&bare_gateway)?),
+                        ("query", pid(&bare_query)?),
+                    ],
+                },
+                connections,
+            )
+            .await?;
+            line += &format!(
+                " floor: ours {:.0} rps ({}), bare {:.0} rps ({});",
+                ours.rps,
+                show_cpu(&ours_cpu),
+                bare.rps,
+                show_cpu(&bare_cpu)
+            );
+            figures
+                .floor
+                .push((ours, ours_cpu.clone(), bare, bare_cpu.clone()));
+            out["floor"] = json!({
+                "ours": load_json(ours), "ours_cpu_us": cpu_json(&ours_cpu),
+                "bare": load_json(bare), "bare_cpu_us": cpu_json(&bare_cpu),
+            });
         }
         // 4 and 5. uncached reads (shared and database tenants) vs pgbench -S.
         if run("read") {
@@ -1072,29 +1152,40 @@ end
         uncached,
         config,
         hello,
+        bare_gateway,
+        bare_query,
     ] {
         process.stop().await?;
     }
     Ok(())
 }
 
-/// Gateway and bare binary in alternating halves (a, b, a, b): each one's load (rates
-/// averaged, the worse percentiles kept) and its server's CPU per request (`server`), and
-/// the load generator's (`client`).
+/// One side of an alternating comparison: the URL loaded (with an API key or none) and the
+/// processes whose CPU is measured, by name.
+#[derive(Clone, Copy)]
+struct Side<'a> {
+    url: &'a str,
+    key: Option<&'a str>,
+    processes: &'a [(&'a str, u32)],
+}
+
+/// Two sides in alternating halves (a, b, a, b): each one's load (rates averaged, the
+/// worse percentiles kept) and its processes' CPU per request, and the load generator's
+/// (`client`).
 async fn alternating(
     seconds: u64,
-    a: (&str, u32),
-    b: (&str, u32),
+    a: Side<'_>,
+    b: Side<'_>,
     connections: u32,
 ) -> Result<(Load, CpuPer, Load, CpuPer)> {
     let half = seconds.div_ceil(2);
     let mut runs: Vec<(Load, CpuPer)> = Vec::new();
     for _ in 0..2 {
-        for (url, server) in [a, b] {
+        for side in [a, b] {
             runs.push(
                 with_cpu(
-                    &[("server", server)],
-                    wrk(url, None, half, connections, None),
+                    side.processes,
+                    wrk(side.url, side.key, half, connections, None),
                 )
                 .await?,
             );
@@ -1125,6 +1216,7 @@ struct Figures {
     hop_p50: Vec<f64>,
     hop_p99: Vec<f64>,
     cached: Vec<(Load, CpuPer)>,
+    floor: Vec<(Load, CpuPer, Load, CpuPer)>,
     read: Vec<f64>,
     read_cpu: Vec<(Load, CpuPer)>,
     pgbench_cpu: Vec<(Load, CpuPer)>,
@@ -1246,6 +1338,24 @@ impl Figures {
                 );
             }
             None => println!("| cached read | (skipped) | | |"),
+        }
+        let ours: Vec<(Load, CpuPer)> = self.floor.iter().map(|f| (f.0, f.1.clone())).collect();
+        let bare: Vec<(Load, CpuPer)> = self.floor.iter().map(|f| (f.2, f.3.clone())).collect();
+        if let (Some((ours_rps, _, ours)), Some((bare_rps, _, bare))) =
+            (medians(&ours), medians(&bare))
+        {
+            for role in ["gateway", "query"] {
+                println!(
+                    "| floor: {role} CPU per cached read, ours (internal TLS off) vs bare axum/tonic | {:.1} us vs {:.1} us (ours {:.1} us over it) | | |",
+                    cpu_of(&ours, role),
+                    cpu_of(&bare, role),
+                    cpu_of(&ours, role) - cpu_of(&bare, role),
+                );
+            }
+            println!(
+                "| floor: cached read throughput, ours vs bare | {ours_rps:.0} vs {bare_rps:.0} rps ({:.2}x) | | |",
+                ours_rps / bare_rps
+            );
         }
         row(
             "read path: uncached read vs pgbench -S",
