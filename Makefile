@@ -3,7 +3,7 @@
 #   make run        the whole stack locally: PostgreSQL under ./.data, user, query, gateway
 #   make test       every test in the workspace (PostgreSQL from the test kit)
 #   make lint       rustfmt check, clippy with warnings as errors, cargo deny (bans, licences,
-#                   sources)
+#                   sources), cargo machete (unused dependencies)
 #   make build      debug build of every binary
 #   make clean-data forget the local cluster, tokens and demo tenant of `make run`
 #   make bench      the performance suite side by side with its baselines (release; wrk, pgbench)
@@ -22,7 +22,7 @@
 CARGO ?= cargo
 SERVICE_BINS := --bin borough-config --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
 
-.PHONY: run test lint deny build fmt clean-data wrk bench bench-smoke bench-config bench-resilience bench-hostile fuzz upgrade k8s-check
+.PHONY: run test lint deny machete build fmt clean-data wrk bench bench-smoke bench-config bench-resilience bench-hostile fuzz upgrade k8s-check
 
 run:
 	$(CARGO) build $(SERVICE_BINS)
@@ -37,9 +37,15 @@ test:
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-lint: deny
+lint: deny machete
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# A dependency no source file uses (cargo-machete, installed from crates.io when missing;
+# a crate imported under another name is listed in its [package.metadata.cargo-machete]).
+machete:
+	@$(CARGO) machete --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-machete
+	$(CARGO) machete
 
 # Licences, duplicate majors and sources of every dependency (deny.toml); cargo-deny is
 # installed from crates.io when missing. Advisories need the RustSec database, which is

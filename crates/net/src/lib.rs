@@ -1,8 +1,11 @@
 //! gRPC plumbing shared by Borough's services.
 //!
-//! Today: binding a server's listeners and running a database-backed gRPC service with
-//! health, readiness, the admin port and graceful drain ([`server`]). Client-side
-//! discovery, balancing, retries and circuit breaking join here with the resilience work.
+//! The server side: binding a service's listeners and running a database-backed gRPC
+//! service with health, readiness, the admin port and graceful drain ([`server`]),
+//! per-method authorisation by the caller's identity ([`authz`]), load shedding
+//! ([`shed`]), per-method metrics ([`metrics`]) and the platform's hot settings
+//! ([`config`]). The client side ([`client`]): discovery, health checks, balancing,
+//! deadline-aware retries with a budget, and a circuit breaker per endpoint.
 
 pub mod authz;
 pub mod client;
