@@ -230,6 +230,12 @@ pub const KIND_METADATA: &str = "x-borough-kind";
 /// gRPC metadata: seconds before a retry may succeed.
 pub const RETRY_AFTER_METADATA: &str = "retry-after";
 
+/// A wait in whole seconds, rounded up (`Retry-After` and its kin count whole seconds; a
+/// caller told 0 for 0.4 s would come back too early).
+pub fn whole_seconds_up(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// gRPC metadata marking a server-side fault's message as written for the caller (it
 /// names no internals), so the edge passes it on instead of the generic title.
 pub const PUBLIC_DETAIL_METADATA: &str = "x-borough-public-detail";
@@ -259,7 +265,7 @@ pub fn to_status<E: ServiceError + ?Sized>(err: &E) -> tonic::Status {
         status.metadata_mut().insert(KIND_METADATA, slug);
     }
     if let Some(after) = err.retry_after() {
-        let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        let seconds = whole_seconds_up(after);
         status.metadata_mut().insert(
             RETRY_AFTER_METADATA,
             tonic::metadata::MetadataValue::from(seconds.max(1)),
@@ -418,6 +424,15 @@ impl IntoResponse for Problem {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn waits_round_up_to_whole_seconds() {
+        use std::time::Duration;
+        assert_eq!(whole_seconds_up(Duration::ZERO), 0);
+        assert_eq!(whole_seconds_up(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds_up(Duration::from_secs(2)), 2);
+        assert_eq!(whole_seconds_up(Duration::from_millis(2_001)), 3);
+    }
 
     #[test]
     fn every_kind_has_exactly_one_row() {

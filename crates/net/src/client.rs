@@ -183,9 +183,6 @@ pub struct RetryPolicy {
     pub keyed: &'static [&'static str],
 }
 
-/// The metadata key of an idempotency key on a write.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
 impl RetryPolicy {
     fn allows(&self, path: &str, has_key: bool) -> bool {
         self.idempotent.contains(&path) || (has_key && self.keyed.contains(&path))
@@ -609,9 +606,7 @@ impl Shared {
         ));
         status.metadata_mut().insert(
             borough_error::RETRY_AFTER_METADATA,
-            tonic::metadata::MetadataValue::from(
-                wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-            ),
+            tonic::metadata::MetadataValue::from(borough_error::whole_seconds_up(wait)),
         );
         Err(status)
     }
@@ -651,7 +646,9 @@ impl Shared {
             .map(|timeout| Instant::now() + timeout);
         let retryable = self.policy.allows(
             request.uri().path(),
-            request.headers().contains_key(IDEMPOTENCY_KEY),
+            request
+                .headers()
+                .contains_key(borough_proto::IDEMPOTENCY_KEY),
         ) && self.settings.retry.max_attempts > 1;
         lock(&self.budget).deposit(Instant::now());
         self.wait_for_discovery(deadline).await;

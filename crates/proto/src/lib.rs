@@ -1,6 +1,13 @@
 //! Borough's gRPC contracts, generated at build time from `proto/` (nothing generated is
 //! committed). Each package is a module named after it.
 
+/// A write's idempotency key: the `Idempotency-Key` header at the edge, the gRPC metadata
+/// key of the same name inside (HTTP/2 and gRPC names are lower case).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set to `true` on a reply that repeats the one recorded for the call's idempotency key:
+/// gRPC metadata from the user service, the same header at the edge.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
 pub mod user {
     pub mod v1 {
         tonic::include_proto!("borough.user.v1");

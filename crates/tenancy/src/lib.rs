@@ -10,6 +10,7 @@
 //! - [`provision`]: creating, migrating and purging a tenant's schema or database.
 //! - [`migrate`]: the embedded migrations of `migrations/control` and `migrations/tenant`.
 //! - [`db`]: how database errors map to Borough error kinds, and the readiness probe.
+//! - [`rows`]: rows of the tenant tables, as the services read them.
 
 pub mod apikey;
 pub mod context;
@@ -19,6 +20,7 @@ pub mod migrate;
 pub mod placement;
 pub mod provision;
 pub mod router;
+pub mod rows;
 pub mod secrets;
 
 pub use context::{TenantContext, TenantId};

@@ -67,7 +67,7 @@ fn source(parts: &Parts) -> Source {
 
 /// 429 for a source over its failure budget.
 fn too_many_failures(wait: std::time::Duration) -> Unauthorized {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = borough_error::whole_seconds_up(wait);
     Unauthorized(
         Problem::new(
             ErrorKind::RateLimited,

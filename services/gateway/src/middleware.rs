@@ -410,7 +410,7 @@ where
             let mut headers = http::HeaderMap::new();
             let reset = decision
                 .retry_after
-                .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+                .map_or(0, borough_error::whole_seconds_up);
             if let Ok(value) = http::HeaderValue::from_str(&format!(
                 "\"tenant\";q={};w=1;burst={}",
                 policy.requests_per_second, policy.burst

@@ -25,8 +25,8 @@ use borough_proto::query::v1::{
 use borough_proto::time::{from_timestamp, to_timestamp};
 use borough_telemetry::Metrics;
 use borough_tenancy::db::DatabaseSettings;
+use borough_tenancy::rows::UserRow;
 use borough_tenancy::{PoolRouter, RouteError, TenantContext, db};
-use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -117,19 +117,16 @@ impl From<&QueryError> for Status {
     }
 }
 
-/// id, name, email, version, created_at, updated_at
-type UserRow = (Uuid, String, String, i64, DateTime<Utc>, DateTime<Utc>);
+const COLUMNS: &str = UserRow::COLUMNS;
 
-const COLUMNS: &str = "id, name, email, version, created_at, updated_at";
-
-fn to_info((id, name, email, version, created_at, updated_at): UserRow) -> UserInfo {
+fn to_info(row: UserRow) -> UserInfo {
     UserInfo {
-        user_id: id.to_string(),
-        name,
-        email,
-        version,
-        created_at: Some(to_timestamp(created_at)),
-        updated_at: Some(to_timestamp(updated_at)),
+        user_id: row.id.to_string(),
+        name: row.name,
+        email: row.email,
+        version: row.version,
+        created_at: Some(to_timestamp(row.created_at)),
+        updated_at: Some(to_timestamp(row.updated_at)),
     }
 }
 
@@ -278,7 +275,7 @@ impl Query {
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let next_page_token = match rows.last() {
-            Some(last) if more => page::encode_token(last.0),
+            Some(last) if more => page::encode_token(last.id),
             _ => String::new(),
         };
         Ok(SearchUsersResponse {

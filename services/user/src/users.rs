@@ -12,8 +12,9 @@ use borough_proto::user::v1::{
     ListUsersRequest, ListUsersResponse, UpdateUserRequest, UpdateUserResponse, User,
     user_service_server::UserService,
 };
+use borough_proto::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+use borough_tenancy::rows::UserRow;
 use borough_tenancy::{PoolRouter, RouteError, TenantContext, TenantTx, db};
-use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -77,18 +78,16 @@ impl From<UserError> for Status {
     }
 }
 
-type UserRow = (Uuid, String, String, i64, DateTime<Utc>, DateTime<Utc>);
+const COLUMNS: &str = UserRow::COLUMNS;
 
-const COLUMNS: &str = "id, name, email, version, created_at, updated_at";
-
-fn to_proto((id, name, email, version, created_at, updated_at): UserRow) -> User {
+fn to_proto(row: UserRow) -> User {
     User {
-        id: id.to_string(),
-        name,
-        email,
-        version,
-        created_at: Some(to_timestamp(created_at)),
-        updated_at: Some(to_timestamp(updated_at)),
+        id: row.id.to_string(),
+        name: row.name,
+        email: row.email,
+        version: row.version,
+        created_at: Some(to_timestamp(row.created_at)),
+        updated_at: Some(to_timestamp(row.updated_at)),
     }
 }
 
@@ -129,11 +128,6 @@ async fn lock_at_version(
         _ => Ok(()),
     }
 }
-
-/// The gRPC metadata key of a write's idempotency key (`Idempotency-Key` at the edge).
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// Set to `true` on a reply that repeats the one recorded for the call's idempotency key.
-pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// An idempotency key: 1 to 255 visible ASCII characters.
 fn idempotency_key(metadata: &tonic::metadata::MetadataMap) -> Result<Option<String>, UserError> {
@@ -419,7 +413,7 @@ impl Users {
             .map_err(|e| email_conflict(e, email.as_deref().unwrap_or_default()))?
         };
         tx.commit().await?;
-        tracing::info!(tenant = %ctx.tenant_id, user = %id, version = row.3, "user updated");
+        tracing::info!(tenant = %ctx.tenant_id, user = %id, version = row.version, "user updated");
         Ok(to_proto(row))
     }
 
@@ -466,7 +460,7 @@ impl Users {
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let next_page_token = match rows.last() {
-            Some(last) if more => page::encode_token(last.0),
+            Some(last) if more => page::encode_token(last.id),
             _ => String::new(),
         };
         Ok(ListUsersResponse {

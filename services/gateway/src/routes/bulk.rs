@@ -326,7 +326,7 @@ pub async fn import(
     }
     let idempotency_key = request
         .headers()
-        .get(super::users::IDEMPOTENCY_KEY_HEADER)
+        .get(borough_proto::IDEMPOTENCY_KEY)
         .cloned();
     let (rows, rows_in) = tokio::sync::mpsc::channel::<ImportUsersRequest>(256);
     let call = {
@@ -368,12 +368,13 @@ pub async fn import(
     if let Some(e) = upload_error {
         // Abandon the call: the service sees the stream fail and commits no more.
         call.abort();
-        // tower-http's limit surfaces as http-body-util's "length limit exceeded".
+        // tower-http's limit is http-body-util's `Limited`: its error, somewhere in the
+        // chain axum wraps it in.
         let too_large =
             std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
                 e.source()
             })
-            .any(|e| e.to_string().contains("length limit"));
+            .any(|e| e.is::<http_body_util::LengthLimitError>());
         let (kind, detail) = if too_large {
             (
                 ErrorKind::PayloadTooLarge,

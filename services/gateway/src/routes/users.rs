@@ -182,7 +182,10 @@ pub async fn create(
         Some(&tenant),
         deadline,
     );
-    pass_idempotency_key(headers.get(IDEMPOTENCY_KEY_HEADER), request.metadata_mut())?;
+    pass_idempotency_key(
+        headers.get(borough_proto::IDEMPOTENCY_KEY),
+        request.metadata_mut(),
+    )?;
     let response = state.users.clone().create_user(request).await?;
     let replayed = was_replayed(response.metadata());
     let user: UserDto = response.into_inner().user.ok_or_else(missing_user)?.into();
@@ -200,11 +203,9 @@ pub async fn create(
     Ok(with_headers(StatusCode::CREATED, headers, user))
 }
 
-/// The header a client names a write's idempotency key with.
-pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// On a reply repeated for an idempotency key.
 pub const IDEMPOTENT_REPLAYED_HEADER: http::HeaderName =
-    http::HeaderName::from_static("idempotent-replayed");
+    http::HeaderName::from_static(borough_proto::IDEMPOTENT_REPLAYED);
 
 /// Passes the request's `Idempotency-Key` on to the service (which checks its length and
 /// characters); a value that is not even ASCII text is 400 here.
@@ -225,14 +226,14 @@ pub fn pass_idempotency_key(
                 "Idempotency-Key must be 1 to 255 visible ASCII characters",
             )
         })?;
-    metadata.insert(borough_net::client::IDEMPOTENCY_KEY, value);
+    metadata.insert(borough_proto::IDEMPOTENCY_KEY, value);
     Ok(())
 }
 
 /// Whether the service answered with the reply recorded for the call's idempotency key.
 pub fn was_replayed(metadata: &tonic::metadata::MetadataMap) -> bool {
     metadata
-        .get("idempotent-replayed")
+        .get(borough_proto::IDEMPOTENT_REPLAYED)
         .is_some_and(|v| v == "true")
 }
 

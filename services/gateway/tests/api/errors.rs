@@ -277,6 +277,41 @@ async fn a_body_over_the_limit_is_413() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn an_import_over_its_body_limit_is_413_naming_the_setting() -> anyhow::Result<()> {
+    let stack = Stack::start_with(&[("BOROUGH_IMPORT_BODY_LIMIT", "1KiB")]).await?;
+    let (_, key) = stack.create_tenant("bigimport").await?;
+    // Whole, valid lines, streamed without a Content-Length: refused while reading, when
+    // the body passes 1 KiB.
+    let lines: Vec<Result<Vec<u8>, std::io::Error>> = (0..40)
+        .map(|i| {
+            Ok(
+                format!("{{\"name\":\"Line {i}\",\"email\":\"line{i}@example.com\"}}\n")
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    let response = stack
+        .http
+        .post(stack.url("/api/v1/users:import"))
+        .bearer_auth(&key)
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            lines,
+        )))
+        .send()
+        .await?;
+    let body = assert_problem(response, 413).await?;
+    assert_eq!(body["type"], "urn:borough:problem:payload-too-large");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("BOROUGH_IMPORT_BODY_LIMIT")),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_body_that_is_not_json_is_415() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let (_, key) = stack.create_tenant("mediatype").await?;
