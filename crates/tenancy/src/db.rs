@@ -91,79 +91,6 @@ impl Default for PoolSettings {
     }
 }
 
-/// Where a service's database is and how its pool behaves.
-#[derive(Debug, Clone)]
-pub struct DatabaseSettings {
-    /// `BOROUGH_DATABASE_URL`: the control plane and the shared tenant tables, as the
-    /// service role.
-    pub url: borough_config_client::SecretUrl,
-    /// `BOROUGH_DB_MAX_CONNECTIONS` (10) and `BOROUGH_DB_ACQUIRE_TIMEOUT` (3s).
-    pub pool: PoolSettings,
-    /// Per-tenant pools and caps (`BOROUGH_MAX_TENANT_POOLS`, `BOROUGH_TENANT_*`).
-    pub router: crate::RouterSettings,
-}
-
-/// The database `make run` creates.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://borough_service:borough@127.0.0.1:55432/borough";
-
-impl DatabaseSettings {
-    pub fn from_env(
-        env: &borough_config_client::Env,
-    ) -> Result<Self, borough_config_client::SettingsError> {
-        let pool = PoolSettings {
-            max_connections: env.parse("BOROUGH_DB_MAX_CONNECTIONS", 10)?,
-            acquire_timeout: env.duration("BOROUGH_DB_ACQUIRE_TIMEOUT", Duration::from_secs(3))?,
-        };
-        Ok(DatabaseSettings {
-            url: env.secret_url(
-                "BOROUGH_DATABASE_URL",
-                DEFAULT_DATABASE_URL,
-                &["postgres", "postgresql"],
-            )?,
-            router: crate::RouterSettings::from_env(env, &pool)?,
-            pool,
-        })
-    }
-
-    /// The default pool (lazy) and the tenant router over it.
-    pub fn router(
-        &self,
-        metrics: &borough_telemetry::Metrics,
-    ) -> Result<crate::PoolRouter, sqlx::Error> {
-        let options: PgConnectOptions = self.url.expose().parse()?;
-        let pool = lazy_pool(self.url.expose(), &self.pool)?;
-        Ok(crate::PoolRouter::new(
-            pool,
-            options,
-            self.router.clone(),
-            metrics,
-        ))
-    }
-
-    /// As [`DatabaseSettings::router`], following `channel` on every routed database.
-    pub fn router_with_feed(
-        &self,
-        metrics: &borough_telemetry::Metrics,
-        channel: &'static str,
-    ) -> Result<
-        (
-            crate::PoolRouter,
-            tokio::sync::mpsc::UnboundedReceiver<crate::router::FeedEvent>,
-        ),
-        sqlx::Error,
-    > {
-        let options: PgConnectOptions = self.url.expose().parse()?;
-        let pool = lazy_pool(self.url.expose(), &self.pool)?;
-        Ok(crate::PoolRouter::with_feed(
-            pool,
-            options,
-            self.router.clone(),
-            metrics,
-            channel,
-        ))
-    }
-}
-
 /// A pool that connects lazily, so a service starts (and reports not-ready) while its
 /// database is down, and recovers without a restart when it returns.
 pub fn lazy_pool(url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
@@ -267,28 +194,6 @@ pub fn grpc_health_updater(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use borough_config_client::Env;
-
-    #[test]
-    fn database_settings_default_to_make_run_and_name_bad_variables() {
-        let settings = DatabaseSettings::from_env(&Env::from_pairs([("", "")])).expect("defaults");
-        assert_eq!(settings.url.expose(), DEFAULT_DATABASE_URL);
-        let debug = format!("{settings:?}");
-        assert!(
-            !debug.contains(":borough@"),
-            "the password shows in {debug}"
-        );
-        assert_eq!(settings.pool.max_connections, 10);
-        for (name, value) in [
-            ("BOROUGH_DATABASE_URL", "localhost:5432"),
-            ("BOROUGH_DB_MAX_CONNECTIONS", "many"),
-            ("BOROUGH_DB_ACQUIRE_TIMEOUT", "-"),
-        ] {
-            let err =
-                DatabaseSettings::from_env(&Env::from_pairs([(name, value)])).expect_err(name);
-            assert!(err.to_string().contains(name), "{err}");
-        }
-    }
 
     #[test]
     fn database_errors_map_to_kinds_by_class() {

@@ -11,6 +11,7 @@
 //! - [`migrate`]: the embedded migrations of `migrations/control` and `migrations/tenant`.
 //! - [`db`]: how database errors map to Borough error kinds, and the readiness probe.
 //! - [`rows`]: rows of the tenant tables, as the services read them.
+//! - [`settings`]: a service's database settings, and the router they build.
 
 pub mod apikey;
 pub mod context;
@@ -22,6 +23,7 @@ pub mod provision;
 pub mod router;
 pub mod rows;
 pub mod secrets;
+pub mod settings;
 
 pub use context::{TenantContext, TenantId};
 pub use placement::Placement;

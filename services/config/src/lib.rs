@@ -26,7 +26,8 @@ use borough_proto::time::to_timestamp;
 use borough_telemetry::Metrics;
 use borough_tenancy::TenantContext;
 use borough_tenancy::context::TENANT_METADATA_KEY;
-use borough_tenancy::db::{self, DatabaseSettings};
+use borough_tenancy::db;
+use borough_tenancy::settings::DatabaseSettings;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 

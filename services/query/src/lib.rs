@@ -24,8 +24,8 @@ use borough_proto::query::v1::{
 };
 use borough_proto::time::{from_timestamp, to_timestamp};
 use borough_telemetry::Metrics;
-use borough_tenancy::db::DatabaseSettings;
 use borough_tenancy::rows::UserRow;
+use borough_tenancy::settings::DatabaseSettings;
 use borough_tenancy::{PoolRouter, RouteError, TenantContext, db};
 use futures_util::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;

@@ -13,8 +13,8 @@ use borough_config_client::{Env, ServerSettings, SettingsError};
 use borough_proto::user::v1::tenant_admin_service_server::TenantAdminServiceServer;
 use borough_proto::user::v1::user_service_server::UserServiceServer;
 use borough_telemetry::Metrics;
-use borough_tenancy::db::DatabaseSettings;
 use borough_tenancy::provision::Provisioner;
+use borough_tenancy::settings::DatabaseSettings;
 
 pub use borough_net::{Listeners, ServeError};
 

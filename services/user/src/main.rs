@@ -59,7 +59,7 @@ async fn owner_connection(env: &Env) -> anyhow::Result<(String, sqlx::PgConnecti
         )?,
         None => env.url(
             "BOROUGH_DATABASE_URL",
-            borough_tenancy::db::DEFAULT_DATABASE_URL,
+            borough_tenancy::settings::DEFAULT_DATABASE_URL,
             &["postgres", "postgresql"],
         )?,
     };
