@@ -3,7 +3,8 @@
 #   make run        the whole stack locally: PostgreSQL under ./.data, user, query, gateway
 #   make test       every test in the workspace (PostgreSQL from the test kit)
 #   make lint       rustfmt check, clippy with warnings as errors, cargo deny (bans, licences,
-#                   sources), cargo machete (unused dependencies)
+#                   sources), cargo machete (unused dependencies), no import loops between
+#                   files (scripts/import-loops.py)
 #   make build      debug build of every binary
 #   make clean-data forget the local cluster, tokens and demo tenant of `make run`
 #   make bench      the performance suite side by side with its baselines (release; wrk, pgbench)
@@ -38,6 +39,7 @@ test:
 	fi
 
 lint: deny machete
+	python3 scripts/import-loops.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

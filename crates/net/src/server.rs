@@ -159,7 +159,7 @@ pub async fn serve_grpc(
     // In the order a call meets them: metrics (every call counted, refused ones too),
     // authorisation by the caller's identity, then load shedding.
     let server = tonic::transport::Server::builder()
-        .trace_fn(borough_telemetry::trace::grpc_request_span)
+        .trace_fn(borough_telemetry::spans::grpc_request_span)
         .layer(crate::metrics::GrpcMetricsLayer::new(grpc_metrics))
         .layer(authz)
         .layer(crate::shed::ShedLayer::new(shedder));

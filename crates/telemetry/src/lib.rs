@@ -9,6 +9,7 @@ pub mod logging;
 pub mod metrics;
 pub mod otel;
 pub mod otlp_tls;
+pub mod spans;
 pub mod trace;
 
 pub use admin::{AdminState, Readiness};

@@ -3,8 +3,9 @@
 //! Each request carries a W3C trace id: continued from an incoming `traceparent`, or new.
 //! It is held in a task-local for the request's lifetime, put on every log line through
 //! the request span, sent to services in gRPC metadata and quoted in problem bodies.
-//! When traces are exported ([`crate::otel`]), the ids are those of the OpenTelemetry
-//! spans, so logs, problem bodies and exported traces agree.
+//! When traces are exported (`crate::otel`), the ids are those of the OpenTelemetry
+//! spans, so logs, problem bodies and exported traces agree. This file imports nothing of
+//! the crate: `otel` and `spans` build on it.
 
 use std::future::Future;
 
@@ -76,49 +77,6 @@ pub fn current_trace_id() -> Option<String> {
 /// The full context of the request being served on this task, if any.
 pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(Clone::clone).ok()
-}
-
-/// The span of one incoming gRPC call: continues the caller's trace (`traceparent` and
-/// `tracestate` metadata) as an OpenTelemetry server span when exporting, and carries the
-/// trace id so the service's log lines join the gateway's.
-pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
-    let path = request.uri().path();
-    let (service, method) = rpc_names(path);
-    // Each field once; the exported span's own (`otel.*`, `rpc.system`) only when
-    // exporting: log lines do not need them, and every field costs formatting per call.
-    if !crate::otel::enabled() {
-        // Every field at creation, formatted once (each later `record` re-formats them).
-        let trace_id = TraceContext::from_headers(request.headers()).trace_id;
-        return tracing::info_span!(
-            "grpc",
-            trace_id = trace_id.as_str(),
-            rpc.service = service,
-            rpc.method = method,
-        );
-    }
-    let span = tracing::info_span!(
-        "grpc",
-        otel.name = %path.trim_start_matches('/'),
-        otel.kind = "server",
-        rpc.system = "grpc",
-        trace_id = tracing::field::Empty,
-        rpc.service = service,
-        rpc.method = method,
-    );
-    let trace_id = match crate::otel::continue_trace(&span, request.headers()) {
-        Some((trace_id, _)) => trace_id,
-        None => TraceContext::from_headers(request.headers()).trace_id,
-    };
-    span.record("trace_id", trace_id.as_str());
-    span
-}
-
-/// `/package.Service/Method` as (`package.Service`, `Method`), the `rpc.service` and
-/// `rpc.method` of OpenTelemetry's RPC conventions.
-pub fn rpc_names(path: &str) -> (&str, &str) {
-    path.trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or(("", path))
 }
 
 fn parse_traceparent(value: &str) -> Option<String> {

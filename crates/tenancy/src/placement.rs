@@ -126,8 +126,8 @@ impl External {
     /// From the operator's URLs (a new tenant).
     pub fn from_urls(url: String, read_url: Option<String>) -> External {
         External {
-            location: location_of(&url).unwrap_or_default(),
-            read_location: read_url.as_deref().and_then(location_of),
+            location: crate::secrets::location_of(&url).unwrap_or_default(),
+            read_location: read_url.as_deref().and_then(crate::secrets::location_of),
             url: Some(url),
             read_url,
         }
@@ -158,23 +158,6 @@ impl fmt::Debug for Storage {
             ),
         }
     }
-}
-
-/// `postgres://host:port/database` of a PostgreSQL URL: where it points, without user,
-/// password or options. `None` when it does not parse.
-pub fn location_of(url: &str) -> Option<String> {
-    let options: sqlx::postgres::PgConnectOptions = url.parse().ok()?;
-    let host = options.get_host();
-    let host = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    };
-    Some(format!(
-        "postgres://{host}:{}/{}",
-        options.get_port(),
-        options.get_database()?
-    ))
 }
 
 /// How a service reads tenant routes: which columns it may select, and what it does with
@@ -421,22 +404,6 @@ mod tests {
         let shown = format!("{storage:?}");
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("postgres://db:5432/x"), "{shown}");
-    }
-
-    #[test]
-    fn a_location_keeps_where_a_url_points_and_drops_who_and_how() {
-        assert_eq!(
-            location_of(
-                "postgres://u:hunter2@db.example:6432/tenant?sslmode=verify-full&application_name=x"
-            )
-            .as_deref(),
-            Some("postgres://db.example:6432/tenant")
-        );
-        assert_eq!(
-            location_of("postgresql://u@[::1]/d").as_deref(),
-            Some("postgres://[::1]:5432/d")
-        );
-        assert_eq!(location_of("not a url"), None);
     }
 
     #[test]

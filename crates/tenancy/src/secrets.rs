@@ -273,10 +273,10 @@ pub async fn seal_all(
                 report.unchanged += 1;
                 // Check it opens: a rekey that leaves a value behind would lose it later.
                 let plain = keys.open(id, column, &stored)?;
-                values.push((Some(stored), crate::placement::location_of(&plain)));
+                values.push((Some(stored), location_of(&plain)));
                 continue;
             };
-            let location = crate::placement::location_of(&plain);
+            let location = location_of(&plain);
             values.push((Some(keys.seal(id, column, &plain)?), location));
         }
         sqlx::query(
@@ -336,9 +336,42 @@ pub enum SealError {
     Database(#[from] sqlx::Error),
 }
 
+/// `postgres://host:port/database` of a PostgreSQL URL: where it points, without user,
+/// password or options. `None` when it does not parse.
+pub fn location_of(url: &str) -> Option<String> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse().ok()?;
+    let host = options.get_host();
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    Some(format!(
+        "postgres://{host}:{}/{}",
+        options.get_port(),
+        options.get_database()?
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_location_keeps_where_a_url_points_and_drops_who_and_how() {
+        assert_eq!(
+            location_of(
+                "postgres://u:hunter2@db.example:6432/tenant?sslmode=verify-full&application_name=x"
+            )
+            .as_deref(),
+            Some("postgres://db.example:6432/tenant")
+        );
+        assert_eq!(
+            location_of("postgresql://u@[::1]/d").as_deref(),
+            Some("postgres://[::1]:5432/d")
+        );
+        assert_eq!(location_of("not a url"), None);
+    }
 
     fn ring(spec: &str) -> Keyring {
         Keyring::parse(spec).expect("keys")

@@ -97,7 +97,7 @@ async fn migrate_brings_every_tenant_up_to_date_and_a_failing_tenant_does_not_st
     )
     .bind(broken)
     .bind(keys.seal(broken, "database_url", &url)?)
-    .bind(borough_tenancy::placement::location_of(&url))
+    .bind(borough_tenancy::secrets::location_of(&url))
     .execute(&admin)
     .await?;
     let schema_tenant = db.provision_tenant(Placement::Schema).await?;

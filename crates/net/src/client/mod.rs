@@ -194,7 +194,7 @@ impl tower::Service<http::Request<Body>> for Backend {
         // span (its request id on any line logged meanwhile) and costs no span.
         let span = if borough_telemetry::otel::enabled() {
             let path = request.uri().path();
-            let (service, method) = borough_telemetry::trace::rpc_names(path);
+            let (service, method) = borough_telemetry::spans::rpc_names(path);
             let span = tracing::info_span!(
                 "grpc.client",
                 otel.name = %path.trim_start_matches('/'),
