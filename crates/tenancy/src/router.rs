@@ -388,8 +388,7 @@ impl PoolKey {
 }
 
 struct Dedicated {
-    pool: PgPool,
-    warm: Arc<Warm>,
+    routed: Routed,
     /// What the pool connects to; a route that moved gets a new pool.
     target: Storage,
     last_used: Instant,
@@ -407,6 +406,7 @@ struct Dedicated {
 /// other users never wait on connections parked here; older ones go back to the pool
 /// (checked then) from the router's reaper, and all of them when the pool closes.
 struct Warm {
+    pool: PgPool,
     conns: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
     cap: usize,
 }
@@ -416,13 +416,26 @@ struct Warm {
 const WARM_FOR: Duration = crate::db::PING_AFTER_IDLE;
 
 impl Warm {
-    fn new(pool: &PgPool) -> Arc<Warm> {
-        Arc::new(Warm {
-            conns: Mutex::new(Vec::new()),
+    /// The parking of `pool`. When the pool is closed (by whoever holds it: the router,
+    /// or a service shutting down) its parked connections go back at once, so that the
+    /// close, which waits for every checked-out connection, is not held up by them.
+    fn new(pool: PgPool) -> Arc<Warm> {
+        let closed = pool.close_event();
+        let warm = Arc::new(Warm {
             // Half: the pool's other users (route loads, the control plane) that take
             // from it directly always find the other half.
             cap: pool.options().get_max_connections() as usize / 2,
-        })
+            pool,
+            conns: Mutex::new(Vec::new()),
+        });
+        let parked = Arc::downgrade(&warm);
+        tokio::spawn(async move {
+            closed.await;
+            if let Some(warm) = parked.upgrade() {
+                warm.trim(true);
+            }
+        });
+        warm
     }
 
     /// The newest connection parked less than [`WARM_FOR`] ago (older ones go back).
@@ -445,7 +458,8 @@ impl Warm {
     /// Parks `conn` (ready: its last statement answered) if there is room.
     fn put(&self, conn: PoolConnection<Postgres>) {
         let mut conns = lock(&self.conns);
-        if conns.len() < self.cap {
+        // Checked under the lock: a close after this is seen by its trim.
+        if conns.len() < self.cap && !self.pool.is_closed() {
             conns.push((conn, Instant::now()));
         }
     }
@@ -470,18 +484,23 @@ impl Warm {
     }
 }
 
-/// A tenant's pool and its [`Warm`] connections.
+/// A tenant's pool, with its [`Warm`] connections.
 #[derive(Clone)]
-struct Routed {
-    pool: PgPool,
-    warm: Arc<Warm>,
-}
+struct Routed(Arc<Warm>);
 
 impl Routed {
+    fn new(pool: PgPool) -> Self {
+        Routed(Warm::new(pool))
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.0.pool
+    }
+
     async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-        match self.warm.take() {
+        match self.0.take() {
             Some(conn) => Ok(conn),
-            None => self.pool.acquire().await,
+            None => self.0.pool.acquire().await,
         }
     }
 }
@@ -520,7 +539,8 @@ impl Feed {
 
 struct Inner {
     default: PgPool,
-    default_warm: Arc<Warm>,
+    /// The default pool (as `default`) with its parked connections.
+    default_routed: Routed,
     default_options: PgConnectOptions,
     settings: RouterSettings,
     routes: Mutex<HashMap<TenantId, (Arc<Route>, Instant)>>,
@@ -591,7 +611,7 @@ impl PoolRouter {
         feed: Option<Feed>,
     ) -> Self {
         let inner = Arc::new(Inner {
-            default_warm: Warm::new(&default),
+            default_routed: Routed::new(default.clone()),
             default,
             default_options,
             settings,
@@ -672,7 +692,7 @@ impl PoolRouter {
 
     async fn open(&self, ctx: &TenantContext, read: bool) -> Result<TenantTx, RouteError> {
         let (route, permit, routed, db) = self.prepare(ctx, read).await?;
-        let pool = &routed.pool;
+        let pool = routed.pool();
         let begun = async {
             let conn = routed.acquire().await?;
             let begin = format!(
@@ -710,7 +730,7 @@ impl PoolRouter {
     ) -> Result<Vec<sqlx::postgres::PgRow>, RouteError> {
         use futures_util::TryStreamExt;
         let (route, _permit, routed, db) = self.prepare(ctx, true).await?;
-        let pool = &routed.pool;
+        let pool = routed.pool();
         let mut sql = statement.to_owned();
         for (n, arg) in args.iter().enumerate().rev() {
             sql = sql.replace(&format!("${}", n + 1), &format!("'{arg}'::uuid"));
@@ -762,7 +782,7 @@ impl PoolRouter {
         T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
     {
         let (route, _permit, routed, db) = self.prepare(ctx, read).await?;
-        let pool = &routed.pool;
+        let pool = routed.pool();
         let sql = format!("SELECT * FROM {}.{call}", quote_ident(&route.schema));
         let fetch = async {
             let mut conn = routed.acquire().await?;
@@ -772,7 +792,7 @@ impl PoolRouter {
             .fetch_optional(&mut *conn)
             .await?;
             // Answered: ready for the next call without sqlx's check (see `Warm`).
-            routed.warm.put(conn);
+            routed.0.put(conn);
             Ok(row)
         };
         let row = match ctx.remaining() {
@@ -874,10 +894,7 @@ impl PoolRouter {
     fn pool_for(&self, route: &Route, read: bool) -> Routed {
         let (options, read) = match &route.storage {
             Storage::Default => {
-                return Routed {
-                    pool: self.inner.default.clone(),
-                    warm: self.inner.default_warm.clone(),
-                };
+                return self.inner.default_routed.clone();
             }
             Storage::OwnDatabase { name } => {
                 (Ok(self.inner.default_options.clone().database(name)), false)
@@ -898,10 +915,7 @@ impl PoolRouter {
         if let Some(entry) = pools.get_mut(&key) {
             if entry.target == route.storage {
                 entry.last_used = Instant::now();
-                return Routed {
-                    pool: entry.pool.clone(),
-                    warm: entry.warm.clone(),
-                };
+                return entry.routed.clone();
             }
             if let Some(old) = pools.remove(&key) {
                 self.close(key, old, "moved");
@@ -932,12 +946,11 @@ impl PoolRouter {
                 primary_options(&self.inner.default_options, &route.storage),
             ))
         });
-        let warm = Warm::new(&pool);
+        let routed = Routed::new(pool);
         pools.insert(
             key,
             Dedicated {
-                pool: pool.clone(),
-                warm: warm.clone(),
+                routed: routed.clone(),
                 target: route.storage.clone(),
                 last_used: Instant::now(),
                 listener,
@@ -945,7 +958,7 @@ impl PoolRouter {
         );
         self.inner.metrics.pools_open.set(pools.len() as i64);
         tracing::info!(pool = %key.label(), open = pools.len(), "tenant pool opened");
-        Routed { pool, warm }
+        routed
     }
 
     fn close(&self, key: PoolKey, entry: Dedicated, reason: &'static str) {
@@ -972,10 +985,9 @@ fn close_pool(inner: &Inner, key: PoolKey, entry: Dedicated, reason: &'static st
             feed.send(FeedEvent::Lost(FeedSource::Tenant(key.tenant)));
         }
     }
-    // Transactions already running on it finish; close() waits for them (and for the
-    // parked connections, returned first).
-    entry.warm.trim(true);
-    tokio::spawn(async move { entry.pool.close().await });
+    // Transactions already running on it finish; close() waits for them (the parked
+    // connections go back as it begins: `Warm::new`).
+    tokio::spawn(async move { entry.routed.pool().close().await });
 }
 
 /// The connect options of a tenant's primary database (notifications are sent there).
@@ -1212,12 +1224,15 @@ async fn reap(inner: Weak<Inner>) {
             }
         }
         inner.metrics.pools_open.set(pools.len() as i64);
-        inner.default_warm.trim(false);
+        inner.default_routed.0.trim(false);
         for entry in pools.values() {
-            entry.warm.trim(false);
+            entry.routed.0.trim(false);
         }
-        let samples = std::iter::once(("default".to_owned(), &inner.default))
-            .chain(pools.iter().map(|(key, entry)| (key.label(), &entry.pool)));
+        let samples = std::iter::once(("default".to_owned(), &inner.default)).chain(
+            pools
+                .iter()
+                .map(|(key, entry)| (key.label(), entry.routed.pool())),
+        );
         for (label, pool) in samples {
             let idle = pool.num_idle() as i64;
             let size = i64::from(pool.size());
