@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "borough/user/v1/resources.proto",
     "borough/user/v1/user.proto",
     "borough/user/v1/tenant_admin.proto",
     "borough/query/v1/query.proto",

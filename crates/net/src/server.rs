@@ -4,9 +4,7 @@ use std::future::Future;
 
 use borough_config_client::ServerSettings;
 use borough_telemetry::admin::{AdminServer, AdminState};
-use borough_telemetry::{Metrics, Readiness, lifecycle};
-use borough_tenancy::db;
-use sqlx::PgPool;
+use borough_telemetry::{Dependency, Metrics, Readiness, lifecycle};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -19,7 +17,7 @@ pub enum ServeError {
         source: std::io::Error,
     },
     #[error("BOROUGH_DATABASE_URL is not a valid PostgreSQL URL: {0}")]
-    DatabaseUrl(sqlx::Error),
+    DatabaseUrl(Box<dyn std::error::Error + Send + Sync>),
     #[error("{0}")]
     Backend(String),
     #[error("gRPC server failed: {0}")]
@@ -106,10 +104,10 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 ///
 /// Calls are mutual TLS on `tls` (plaintext only when it is `None`) and authorised by the
 /// caller's identity against `policy` ([`crate::authz`]). Readiness (`/readyz`, gRPC
-/// health) follows the database. With `settings.remote.url` set, the service follows
+/// health) follows `dependency` (the service's database). With `settings.remote.url` set, the service follows
 /// `platform/<service>` ([`crate::config`]). On shutdown: readiness fails,
 /// `shutdown_grace` passes, the listener closes and in-flight calls drain, then the admin
-/// port closes and the pool is closed.
+/// port closes and the dependency is closed.
 #[allow(clippy::too_many_arguments)] // Each is one of the service's parts.
 pub async fn serve_grpc(
     service: &'static str,
@@ -118,7 +116,7 @@ pub async fn serve_grpc(
     policy: &'static crate::authz::Policy,
     listeners: Listeners,
     routes: tonic::service::Routes,
-    pool: PgPool,
+    dependency: std::sync::Arc<dyn Dependency>,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -138,11 +136,11 @@ pub async fn serve_grpc(
     let shedder = crate::shed::Shedder::new(shed_limits, &metrics);
     let grpc_metrics = crate::metrics::GrpcMetrics::register(&metrics);
     let (health, health_service) = tonic_health::server::health_reporter();
-    let probe = tokio::spawn(db::probe_readiness(
-        pool.clone(),
+    let probe = tokio::spawn(borough_telemetry::dependency::follow(
+        dependency.clone(),
         readiness.clone(),
         settings.probe_interval,
-        db::grpc_health_updater(health),
+        grpc_health_updater(health),
     ));
     let metrics_for_authz = metrics.clone();
     let admin = AdminServer::spawn(
@@ -186,7 +184,25 @@ pub async fn serve_grpc(
 
     probe.abort();
     admin.stop().await?;
-    pool.close().await;
+    dependency.close().await;
     tracing::info!(service, "stopped");
     Ok(result?)
+}
+
+/// Mirrors the dependency's state into the gRPC health service's overall status (the one
+/// Kubernetes' gRPC probes ask about).
+fn grpc_health_updater(
+    health: tonic_health::server::HealthReporter,
+) -> impl Fn(bool) + Send + 'static {
+    move |ok| {
+        let health = health.clone();
+        tokio::spawn(async move {
+            let status = if ok {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+        });
+    }
 }

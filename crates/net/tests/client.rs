@@ -1,5 +1,6 @@
 //! The backend client against real gRPC servers over real sockets: discovery by DNS name,
-//! balancing away from a slow endpoint, and failing fast with no address.
+//! balancing away from a slow endpoint, failing fast with no address, and a deadline spent
+//! on the server told as one.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -82,6 +83,81 @@ async fn a_dns_name_is_resolved_and_called_and_an_unknown_one_fails_fast_as_unav
         addr.port()
     ))?;
     check(&mixed, Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+/// Holds calls that carry `x-test-slow` for five seconds before the service sees them.
+#[derive(Clone)]
+struct SlowWhenAsked<S>(S);
+
+impl<S, B> tower::Service<http::Request<B>> for SlowWhenAsked<S>
+where
+    S: tower::Service<http::Request<B>> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let slow = request.headers().contains_key("x-test-slow");
+        let call = self.0.call(request);
+        Box::pin(async move {
+            if slow {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            call.await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_deadline_spent_on_the_server_reaches_the_caller_as_deadline_exceeded()
+-> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (_reporter, service) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tower::layer::layer_fn(SlowWhenAsked))
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let backend = backend(&format!("http://{addr}"))?;
+    check(&backend, Duration::from_secs(5)).await?;
+
+    // tonic's server answers a spent `grpc-timeout` with CANCELLED; the caller that set the
+    // deadline hears DEADLINE_EXCEEDED (a 504 at the edge, not a 499).
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(Duration::from_millis(200));
+    request.metadata_mut().insert(
+        "x-test-slow",
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    let started = Instant::now();
+    let status = HealthClient::new(backend.clone())
+        .check(request)
+        .await
+        .expect_err("the server held the call past its deadline");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A call answered before its deadline is untouched, whatever it answers.
+    check(&backend, Duration::from_secs(5)).await?;
     Ok(())
 }
 

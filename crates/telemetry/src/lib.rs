@@ -3,6 +3,7 @@
 //! `/readyz`, `/metrics`).
 
 pub mod admin;
+pub mod dependency;
 pub mod lifecycle;
 pub mod log_writer;
 pub mod logging;
@@ -13,5 +14,6 @@ pub mod spans;
 pub mod trace;
 
 pub use admin::{AdminState, Readiness};
+pub use dependency::Dependency;
 pub use logging::init_logging;
 pub use metrics::Metrics;

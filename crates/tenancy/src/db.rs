@@ -1,4 +1,5 @@
-//! Database errors in Borough's terms, pool settings, and the readiness probe.
+//! Database errors in Borough's terms, pool settings, and the database as a service's
+//! readiness dependency.
 
 use std::time::Duration;
 
@@ -133,61 +134,29 @@ pub fn listener_pool(options: PgConnectOptions) -> PgPool {
         .connect_lazy_with(options)
 }
 
-/// Checks the pool every `interval` and reports the result as the readiness check
-/// `database` (and through `on_change`, e.g. to gRPC health). Runs until the task is
-/// dropped.
-pub async fn probe_readiness(
-    pool: PgPool,
-    readiness: borough_telemetry::Readiness,
-    interval: Duration,
-    on_change: impl Fn(bool) + Send + 'static,
-) {
-    readiness.register("database", "not checked yet");
-    let mut last: Option<bool> = None;
-    loop {
-        let check = tokio::time::timeout(
-            Duration::from_secs(2),
-            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&pool),
-        )
-        .await;
-        let ok = matches!(check, Ok(Ok(1)));
-        if ok {
-            readiness.set_ok("database");
-        } else {
-            let reason = match check {
-                Ok(Err(e)) => format!("unreachable ({})", classify(&e)),
-                _ => "unreachable (timed out)".to_owned(),
-            };
-            readiness.set_failing("database", reason);
-        }
-        if last != Some(ok) {
-            if ok {
-                tracing::info!("database reachable");
-            } else {
-                tracing::warn!("database unreachable");
-            }
-            on_change(ok);
-            last = Some(ok);
-        }
-        tokio::time::sleep(interval).await;
-    }
-}
+/// A service's default pool as the dependency its readiness follows (`database`): one
+/// `SELECT 1` per check, closed after the service drains.
+pub struct Database(pub PgPool);
 
-/// An `on_change` for [`probe_readiness`] that mirrors the result into the gRPC health
-/// service's overall status (the one Kubernetes' gRPC probes ask about).
-pub fn grpc_health_updater(
-    health: tonic_health::server::HealthReporter,
-) -> impl Fn(bool) + Send + 'static {
-    move |ok| {
-        let health = health.clone();
-        tokio::spawn(async move {
-            let status = if ok {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            health.set_service_status("", status).await;
-        });
+impl borough_telemetry::Dependency for Database {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    fn check(&self) -> borough_telemetry::dependency::DependencyFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            match sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(&self.0)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("unreachable ({})", classify(&e))),
+            }
+        })
+    }
+
+    fn close(&self) -> borough_telemetry::dependency::DependencyFuture<'_, ()> {
+        Box::pin(self.0.close())
     }
 }
 

@@ -1,22 +1,23 @@
-//! Tenancy: who a request acts for, and where that tenant's data lives.
+//! Tenancy: where a tenant's data lives, and a transaction scoped to it. Who a request
+//! acts for (tenant ids, API keys, placement names) is `borough-tenant`'s, which links no
+//! database.
 //!
-//! - [`TenantId`] and [`TenantContext`]: the tenant of a request, carried from the gateway
-//!   to the services in gRPC metadata ([`context::TENANT_METADATA_KEY`]).
-//! - [`apikey`]: API keys (`bk_<prefix>_<secret>`), stored as a lookup prefix and a hash.
-//! - [`directory`]: the control-plane lookups (API key -> tenant) and a small TTL cache.
+//! - [`directory`]: the control-plane lookup of an API key's tenant.
 //! - [`placement`]: where a tenant lives (shared tables, own schema, own database).
 //! - [`router`]: the per-tenant pool router. Callers ask for a transaction *for a tenant*
 //!   and never branch on where the tenant is placed.
+//! - [`listen`]: following `LISTEN` channels on a connection of their own.
 //! - [`provision`]: creating, migrating and purging a tenant's schema or database.
 //! - [`migrate`]: the embedded migrations of `migrations/control` and `migrations/tenant`.
-//! - [`db`]: how database errors map to Borough error kinds, and the readiness probe.
+//! - [`db`]: how database errors map to Borough error kinds, pools, and the database as a
+//!   service's readiness dependency.
 //! - [`rows`]: rows of the tenant tables, as the services read them.
+//! - [`secrets`]: tenant database URLs sealed at rest.
 //! - [`settings`]: a service's database settings, and the router they build.
 
-pub mod apikey;
-pub mod context;
 pub mod db;
 pub mod directory;
+pub mod listen;
 pub mod migrate;
 pub mod placement;
 pub mod provision;
@@ -25,6 +26,4 @@ pub mod rows;
 pub mod secrets;
 pub mod settings;
 
-pub use context::{TenantContext, TenantId};
-pub use placement::Placement;
 pub use router::{PoolRouter, RouteError, RouterSettings, TenantTx};

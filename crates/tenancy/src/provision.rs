@@ -125,12 +125,12 @@ impl Provisioner {
     /// URL do not.
     pub fn check(
         &self,
-        placement: placement::Placement,
+        placement: borough_tenant::Placement,
         has_url: bool,
     ) -> Result<(), ProvisionError> {
         match placement {
-            placement::Placement::Shared => Ok(()),
-            placement::Placement::Database if has_url => Ok(()),
+            borough_tenant::Placement::Shared => Ok(()),
+            borough_tenant::Placement::Database if has_url => Ok(()),
             _ => self.admin().map(|_| ()),
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::db::{PoolSettings, lazy_pool};
-use crate::router::{FeedEvent, PoolRouter, RouterSettings};
+use crate::router::{PoolRouter, RouterSettings};
 
 /// Where a service's database is and how its pool behaves.
 #[derive(Debug, Clone)]
@@ -47,23 +47,6 @@ impl DatabaseSettings {
         let options: PgConnectOptions = self.url.expose().parse()?;
         let pool = lazy_pool(self.url.expose(), &self.pool)?;
         Ok(PoolRouter::new(pool, options, self.router.clone(), metrics))
-    }
-
-    /// As [`DatabaseSettings::router`], following `channel` on every routed database.
-    pub fn router_with_feed(
-        &self,
-        metrics: &borough_telemetry::Metrics,
-        channel: &'static str,
-    ) -> Result<(PoolRouter, tokio::sync::mpsc::UnboundedReceiver<FeedEvent>), sqlx::Error> {
-        let options: PgConnectOptions = self.url.expose().parse()?;
-        let pool = lazy_pool(self.url.expose(), &self.pool)?;
-        Ok(PoolRouter::with_feed(
-            pool,
-            options,
-            self.router.clone(),
-            metrics,
-            channel,
-        ))
     }
 }
 

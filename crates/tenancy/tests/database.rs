@@ -1,6 +1,7 @@
 //! The tenancy guarantees that hold in PostgreSQL itself, checked against a real server.
 
-use borough_tenancy::{Placement, PoolRouter, TenantContext, TenantId, migrate};
+use borough_tenancy::{PoolRouter, migrate};
+use borough_tenant::{Placement, TenantContext, TenantId};
 use borough_testkit::TestDatabase;
 use sqlx::Connection;
 use uuid::Uuid;

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use borough_telemetry::Metrics;
 use borough_tenancy::db::PoolSettings;
-use borough_tenancy::{Placement, PoolRouter, RouteError, RouterSettings, TenantContext, TenantId};
+use borough_tenancy::{PoolRouter, RouteError, RouterSettings};
+use borough_tenant::{Placement, TenantContext, TenantId};
 use borough_testkit::TestDatabase;
 
 type TestResult = anyhow::Result<()>;
@@ -205,7 +206,7 @@ async fn a_transaction_gets_the_remaining_deadline_as_its_statement_timeout() ->
     let db = borough_testkit::TestDatabase::create().await?;
     let router = PoolRouter::connect_lazy(&db.user_url)?;
     let tenant = db
-        .provision_tenant(borough_tenancy::Placement::Shared)
+        .provision_tenant(borough_tenant::Placement::Shared)
         .await?;
     let ctx = TenantContext::new(tenant).with_deadline(Some(
         std::time::Instant::now() + std::time::Duration::from_millis(400),

@@ -144,10 +144,10 @@ impl TestDatabase {
     /// provisioned (schema or database created and migrated): for tests below the API.
     pub async fn provision_tenant(
         &self,
-        placement: borough_tenancy::Placement,
-    ) -> Result<borough_tenancy::TenantId> {
+        placement: borough_tenant::Placement,
+    ) -> Result<borough_tenant::TenantId> {
         use borough_tenancy::placement::{Storage, new_route};
-        let tenant = borough_tenancy::TenantId::new_v7();
+        let tenant = borough_tenant::TenantId::new_v7();
         let route = new_route(tenant, placement, None, None);
         borough_tenancy::provision::Provisioner::new(Some(&self.admin_url))?
             .prepare(&route)

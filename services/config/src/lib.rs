@@ -24,10 +24,10 @@ use borough_proto::config::v1::{
 };
 use borough_proto::time::to_timestamp;
 use borough_telemetry::Metrics;
-use borough_tenancy::TenantContext;
-use borough_tenancy::context::TENANT_METADATA_KEY;
 use borough_tenancy::db;
 use borough_tenancy::settings::DatabaseSettings;
+use borough_tenant::TenantContext;
+use borough_tenant::context::TENANT_METADATA_KEY;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -406,7 +406,7 @@ impl ConfigService for Config {
         if !caller.is_platform() {
             return Err(ConfigError::Forbidden("purging a tenant".into()).into());
         }
-        let tenant: borough_tenancy::TenantId =
+        let tenant: borough_tenant::TenantId =
             request.get_ref().tenant_id.parse().map_err(|_| {
                 ConfigError::Invalid(format!(
                     "{} is not a tenant id",
@@ -429,13 +429,13 @@ pub async fn serve(
     let metrics = Metrics::new(SERVICE);
     let tls = borough_net::tls_materials(SERVICE, &settings.tls, &metrics)?;
     let pool = db::lazy_pool(settings.database.url.expose(), &settings.database.pool)
-        .map_err(ServeError::DatabaseUrl)?;
+        .map_err(|e| ServeError::DatabaseUrl(e.into()))?;
     let options = settings
         .database
         .url
         .expose()
-        .parse()
-        .map_err(ServeError::DatabaseUrl)?;
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .map_err(|e| ServeError::DatabaseUrl(e.into()))?;
     let store = Store::new(pool.clone(), settings.quotas);
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let hub = Hub::start(store.clone(), options, settings.watches, stopping);
@@ -452,7 +452,7 @@ pub async fn serve(
         &POLICY,
         listeners,
         routes,
-        pool,
+        std::sync::Arc::new(borough_tenancy::db::Database(pool)),
         metrics,
         shutdown,
     )

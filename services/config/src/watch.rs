@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use borough_config_client::{Env, SettingsError};
 use borough_proto::config::v1::{Change, WatchEvent, watch_event::Event};
-use borough_tenancy::TenantId;
-use sqlx::postgres::PgListener;
+use borough_tenancy::listen::{self, Heard, Next};
+use borough_tenant::TenantId;
 use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
@@ -226,33 +226,25 @@ impl Hub {
     }
 
     async fn follow(self, store: Store, options: sqlx::postgres::PgConnectOptions) {
-        let pool = borough_tenancy::db::listener_pool(options);
-        loop {
-            let subscribed = async {
-                let mut listener = PgListener::connect_with(&pool).await?;
-                listener.listen(CHANNEL).await?;
-                Ok::<_, sqlx::Error>(listener)
-            }
-            .await;
-            match subscribed {
-                Ok(mut listener) => loop {
-                    // Caught up first (what was committed while away), then on each wake.
-                    if let Err(e) = self.publish_new(&store).await {
+        // Caught up first (what was committed while away), then on each wake: a
+        // notification, or two quiet seconds.
+        let (hub, store) = (&self, &store);
+        listen::follow(options, &[CHANNEL], Duration::from_secs(2), |heard| {
+            let lost = heard == Heard::Lost;
+            async move {
+                if lost {
+                    return Next::Listen;
+                }
+                match hub.publish_new(store).await {
+                    Ok(()) => Next::Listen,
+                    Err(e) => {
                         tracing::warn!(error = %e, "reading config history failed");
-                        break;
+                        Next::Resubscribe
                     }
-                    match tokio::time::timeout(Duration::from_secs(2), listener.try_recv()).await {
-                        Err(_) | Ok(Ok(_)) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "config change listener lost");
-                            break;
-                        }
-                    }
-                },
-                Err(e) => tracing::debug!(error = %e, "config change listener cannot connect"),
+                }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        })
+        .await;
     }
 
     /// Publishes every change after the last published one, in order.

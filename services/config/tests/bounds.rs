@@ -11,7 +11,7 @@ use borough_proto::config::v1::{
     GetRequest, GetSchemaRequest, HistoryRequest, ListRequest, PurgeTenantRequest, PutRequest,
     SetSchemaRequest, WatchRequest,
 };
-use borough_tenancy::{TenantContext, TenantId};
+use borough_tenant::{TenantContext, TenantId};
 use borough_testkit::{Spawned, TestDatabase, spawn};
 use tonic::Code;
 use tonic::transport::Channel;

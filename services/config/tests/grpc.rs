@@ -9,7 +9,7 @@ use borough_proto::config::v1::{
     DeleteRequest, GetRequest, HistoryRequest, ListRequest, PutRequest, RollbackRequest,
     SetSchemaRequest, WatchRequest,
 };
-use borough_tenancy::{TenantContext, TenantId};
+use borough_tenant::{TenantContext, TenantId};
 use borough_testkit::{Spawned, TestDatabase, spawn};
 use tonic::Code;
 use tonic::transport::Channel;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use borough_error::{ErrorKind, Problem};
-use borough_tenancy::TenantContext;
+use borough_tenant::TenantContext;
 use http::request::Parts;
 
 /// When the request being served must be answered by. Set by the deadline middleware from

@@ -31,7 +31,7 @@ use borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClie
 use borough_proto::user::v1::user_service_client::UserServiceClient;
 use borough_telemetry::admin::{AdminServer, AdminState};
 use borough_telemetry::{Metrics, Readiness, lifecycle};
-use borough_tenancy::directory::KeyCache;
+use borough_tenant::keys::KeyCache;
 use http::HeaderValue;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use borough_config_client::remote::Snapshot;
-use borough_tenancy::TenantId;
+use borough_tenant::TenantId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 

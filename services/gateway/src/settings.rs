@@ -216,7 +216,7 @@ impl Settings {
     pub fn admin_token_hash(&self) -> Option<[u8; 32]> {
         self.admin_token
             .as_ref()
-            .map(|token| borough_tenancy::apikey::hash(secrecy::ExposeSecret::expose_secret(token)))
+            .map(|token| borough_tenant::apikey::hash(secrecy::ExposeSecret::expose_secret(token)))
     }
 
     /// The rate-limit policies as the environment sets them (no overrides).

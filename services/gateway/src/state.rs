@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use borough_tenancy::TenantId;
+use borough_tenant::TenantId;
 
 use borough_net::client::Backend;
 use borough_proto::config::v1::config_service_client::ConfigServiceClient;
 use borough_proto::query::v1::query_service_client::QueryServiceClient;
 use borough_proto::user::v1::tenant_admin_service_client::TenantAdminServiceClient;
 use borough_proto::user::v1::user_service_client::UserServiceClient;
-use borough_tenancy::directory::KeyCache;
+use borough_tenant::keys::KeyCache;
 
 /// The shared state behind one `Arc`: axum clones the state for every middleware and
 /// handler a request meets, so a clone must be a reference count, not a copy of four

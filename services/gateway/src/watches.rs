@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use borough_config_client::{Env, SettingsError};
 use borough_error::{ErrorKind, Problem};
-use borough_tenancy::TenantId;
+use borough_tenant::TenantId;
 use prometheus_client::metrics::gauge::Gauge;
 
 /// `BOROUGH_WATCH_*`.

@@ -43,8 +43,8 @@ fn app() -> anyhow::Result<App> {
     // to their method routing without a directory.
     state.keys.insert(
         TENANT_KEY,
-        borough_tenancy::directory::Principal {
-            tenant_id: borough_tenancy::TenantId::new_v7(),
+        borough_tenant::keys::Principal {
+            tenant_id: borough_tenant::TenantId::new_v7(),
             key_id: uuid::Uuid::now_v7(),
         },
     );

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use borough_config_client::{Env, SettingsError};
-use borough_proto::query::v1::UserInfo;
+use borough_proto::user::v1::User;
 use borough_telemetry::Metrics;
-use borough_tenancy::TenantId;
+use borough_tenant::TenantId;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use prometheus_client::metrics::counter::Counter;
@@ -31,7 +31,7 @@ pub type Key = (TenantId, Uuid);
 /// A cached user and when it was read.
 #[derive(Debug)]
 pub struct Cached {
-    pub info: UserInfo,
+    pub info: User,
     pub read_at: Instant,
 }
 
@@ -39,7 +39,7 @@ impl Cached {
     fn weight(&self) -> usize {
         // The strings' heap plus the struct: close enough to bound memory.
         std::mem::size_of::<Self>()
-            + self.info.user_id.len()
+            + self.info.id.len()
             + self.info.name.len()
             + self.info.email.len()
             + 64 // key, Arc and moka's own bookkeeping
@@ -256,7 +256,7 @@ impl UserCache {
     where
         E: Send + Sync + 'static,
         L: FnOnce() -> F,
-        F: Future<Output = Result<UserInfo, E>>,
+        F: Future<Output = Result<User, E>>,
     {
         if let Some(fresh) = &self.fresh
             && let Some(user) = fresh.get(&key).await
@@ -284,7 +284,7 @@ impl UserCache {
     ) -> Result<Found, Arc<E>>
     where
         E: Send + Sync + 'static,
-        F: Future<Output = Result<UserInfo, E>>,
+        F: Future<Output = Result<User, E>>,
     {
         let (Some(fresh), Some(stale)) = (&self.fresh, &self.stale) else {
             let info = load.await.map_err(Arc::new)?;
@@ -370,9 +370,9 @@ mod tests {
         }
     }
 
-    fn info(version: i64) -> UserInfo {
-        UserInfo {
-            user_id: "u".into(),
+    fn info(version: i64) -> User {
+        User {
+            id: "u".into(),
             name: "Ada".into(),
             email: "ada@example.com".into(),
             version,
@@ -431,17 +431,17 @@ mod tests {
         assert!(loaded.is_ok_and(|f| f.stale_for.is_none()));
         tokio::time::sleep(Duration::from_millis(20)).await;
         let stale = cache
-            .get(key, 0, || async { Err::<UserInfo, _>(Down) }, |_| true)
+            .get(key, 0, || async { Err::<User, _>(Down) }, |_| true)
             .await;
         assert!(stale.is_ok_and(|f| f.stale_for.is_some() && f.user.info.version == 3));
         // A version newer than the copy is required: no stale serve.
         let newer = cache
-            .get(key, 4, || async { Err::<UserInfo, _>(Down) }, |_| true)
+            .get(key, 4, || async { Err::<User, _>(Down) }, |_| true)
             .await;
         assert!(newer.is_err());
         cache.invalidate(&key).await;
         let gone = cache
-            .get(key, 0, || async { Err::<UserInfo, _>(Down) }, |_| true)
+            .get(key, 0, || async { Err::<User, _>(Down) }, |_| true)
             .await;
         assert!(gone.is_err());
     }

@@ -4,15 +4,19 @@
 //! Bound on staleness: a change is invalidated when its NOTIFY arrives (milliseconds:
 //! `borough_cache_invalidation_lag_seconds`). If the listener was away, the re-subscription
 //! reads the outbox of every cached tenant from `CATCH_UP_MARGIN` before the moment it was
-//! lost. If a database tenant's pool (and so its listener) closes, its entries are dropped.
+//! lost. If a database tenant's pool closes (so its listener stops), its entries are
+//! dropped.
 //! In every case the cache TTL (`BOROUGH_CACHE_TTL`) bounds the rest.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use borough_tenancy::router::{FeedEvent, FeedSource};
-use borough_tenancy::{PoolRouter, TenantContext, TenantId};
-use tokio::sync::mpsc::UnboundedReceiver;
+use borough_tenancy::PoolRouter;
+use borough_tenancy::listen::{self, Heard, Next};
+use borough_tenant::{TenantContext, TenantId};
+use sqlx::postgres::PgConnectOptions;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::cache::UserCache;
@@ -44,44 +48,185 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// Runs until the router (the sender) is gone.
-pub async fn follow(
-    mut events: UnboundedReceiver<FeedEvent>,
-    router: PoolRouter,
-    cache: UserCache,
+/// Where a [`FeedEvent`] comes from: the default server's database (shared and schema
+/// tenants), or one database tenant's own database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedSource {
+    Default,
+    Tenant(TenantId),
+}
+
+/// What a listener on one source reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// A notification's payload.
+    Notification(String),
+    /// The source is (again) followed: anything announced before now may have been missed.
+    Subscribed(FeedSource),
+    /// The source is no longer followed (its pool closed, or its listener failed): what is
+    /// derived from it can no longer be kept current.
+    Lost(FeedSource),
+}
+
+/// An event, and which listener sent it (a tenant's listener replaced or stopped may
+/// still have events on the way: they are ignored).
+type Tagged = (u64, FeedEvent);
+
+/// Follows [`CHANNEL`] on the default database and on every tenant database the router
+/// has a pool open for (at most `BOROUGH_MAX_TENANT_POOLS`), and keeps `cache` current.
+/// Runs for the life of the service.
+pub async fn follow(router: PoolRouter, cache: UserCache) {
+    let (sender, mut events) = mpsc::unbounded_channel::<Tagged>();
+    let default = tokio::spawn(listen_to(
+        router.default_options().clone(),
+        FeedSource::Default,
+        0,
+        sender.clone(),
+    ));
+    let mut databases = router.open_databases();
+    let mut listeners: HashMap<TenantId, Listener> = HashMap::new();
+    let mut next_id = 1;
+    let mut state = State {
+        lost_at: HashMap::new(),
+        started: Instant::now(),
+    };
+    loop {
+        tokio::select! {
+            changed = databases.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let open = databases.borrow_and_update().clone();
+                listeners.retain(|tenant, listener| {
+                    let keep = open.get(tenant).is_some_and(|at| Arc::ptr_eq(at, &listener.at));
+                    if !keep {
+                        listener.task.abort();
+                        state.lost(&cache, FeedSource::Tenant(*tenant));
+                    }
+                    keep
+                });
+                for (tenant, at) in open.iter() {
+                    listeners.entry(*tenant).or_insert_with(|| {
+                        next_id += 1;
+                        Listener {
+                            id: next_id,
+                            at: at.clone(),
+                            task: tokio::spawn(listen_to(
+                                (**at).clone(),
+                                FeedSource::Tenant(*tenant),
+                                next_id,
+                                sender.clone(),
+                            )),
+                        }
+                    });
+                }
+            }
+            Some((id, event)) = events.recv() => {
+                let current = match &event {
+                    FeedEvent::Subscribed(FeedSource::Tenant(t)) | FeedEvent::Lost(FeedSource::Tenant(t)) => {
+                        listeners.get(t).is_some_and(|l| l.id == id)
+                    }
+                    _ => true,
+                };
+                if current {
+                    state.apply(&router, &cache, event).await;
+                }
+            }
+        }
+    }
+    default.abort();
+    for listener in listeners.into_values() {
+        listener.task.abort();
+    }
+}
+
+/// A listener on one tenant's database.
+struct Listener {
+    id: u64,
+    at: Arc<PgConnectOptions>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Listens on [`CHANNEL`] at `options` and sends what it hears as `id`'s events, until the
+/// receiver is gone.
+async fn listen_to(
+    options: PgConnectOptions,
+    source: FeedSource,
+    id: u64,
+    events: mpsc::UnboundedSender<Tagged>,
 ) {
-    // When each source was last known followed (for the catch-up window).
-    let mut lost_at: HashMap<Option<TenantId>, Instant> = HashMap::new();
-    let started = Instant::now();
-    while let Some(event) = events.recv().await {
+    let mut subscribed = false;
+    listen::follow(options, &[CHANNEL], Duration::from_secs(5), |heard| {
+        let event = match heard {
+            Heard::Subscribed => {
+                subscribed = true;
+                FeedEvent::Subscribed(source)
+            }
+            Heard::Notification { payload, .. } => FeedEvent::Notification(payload.to_owned()),
+            // Said once per loss, not on every failed try after it.
+            Heard::Lost if subscribed => {
+                subscribed = false;
+                FeedEvent::Lost(source)
+            }
+            Heard::Lost | Heard::Quiet => {
+                return std::future::ready(match events.is_closed() {
+                    true => Next::Stop,
+                    false => Next::Listen,
+                });
+            }
+        };
+        std::future::ready(match events.send((id, event)) {
+            Ok(()) => Next::Listen,
+            Err(_) => Next::Stop,
+        })
+    })
+    .await;
+}
+
+/// What the feed remembers between events.
+struct State {
+    /// When each source was last known followed (for the catch-up window).
+    lost_at: HashMap<Option<TenantId>, Instant>,
+    started: Instant,
+}
+
+impl State {
+    fn lost(&mut self, cache: &UserCache, source: FeedSource) {
+        match source {
+            FeedSource::Default => {
+                self.lost_at.entry(None).or_insert_with(Instant::now);
+            }
+            FeedSource::Tenant(tenant) => {
+                // Its changes can no longer be followed.
+                cache.invalidate_tenant(tenant);
+                self.lost_at.remove(&Some(tenant));
+            }
+        }
+    }
+
+    async fn apply(&mut self, router: &PoolRouter, cache: &UserCache, event: FeedEvent) {
         match event {
             FeedEvent::Notification(payload) => {
                 let Some((tenant, user, _version, at_ms)) = parse_payload(&payload) else {
                     tracing::warn!(payload, "unreadable change notification");
-                    continue;
+                    return;
                 };
                 cache.invalidate(&(tenant, user)).await;
                 cache.metrics.invalidations.inc();
                 let lag = (now_ms() - at_ms).max(0) as f64 / 1000.0;
                 cache.metrics.invalidation_lag.observe(lag);
             }
-            FeedEvent::Lost(FeedSource::Default) => {
-                lost_at.entry(None).or_insert_with(Instant::now);
-            }
-            FeedEvent::Lost(FeedSource::Tenant(tenant)) => {
-                // Its changes can no longer be followed.
-                cache.invalidate_tenant(tenant);
-                lost_at.remove(&Some(tenant));
-            }
+            FeedEvent::Lost(source) => self.lost(cache, source),
             FeedEvent::Subscribed(source) => {
                 let (key, tenants) = match source {
                     FeedSource::Default => (None, cache.tenants()),
                     FeedSource::Tenant(t) => (Some(t), vec![t]),
                 };
                 // Never followed before: since start (nothing cached before then).
-                let since = lost_at.remove(&key).unwrap_or(started).elapsed() + CATCH_UP_MARGIN;
+                let since =
+                    self.lost_at.remove(&key).unwrap_or(self.started).elapsed() + CATCH_UP_MARGIN;
                 for tenant in tenants {
-                    if let Err(e) = catch_up(&router, &cache, tenant, since).await {
+                    if let Err(e) = catch_up(router, cache, tenant, since).await {
                         tracing::warn!(tenant = %tenant, error = %e, "catch-up failed: dropping the tenant's cached users");
                         cache.invalidate_tenant(tenant);
                     }

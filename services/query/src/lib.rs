@@ -20,13 +20,15 @@ use borough_proto::query::v1::batch_get_users_response::Result as BatchResult;
 use borough_proto::query::v1::query_service_server::{QueryService, QueryServiceServer};
 use borough_proto::query::v1::{
     BatchGetError, BatchGetUsersRequest, BatchGetUsersResponse, ExportUsersRequest,
-    GetUserInfoRequest, GetUserInfoResponse, SearchUsersRequest, SearchUsersResponse, UserInfo,
+    GetUserInfoRequest, SearchUsersRequest, SearchUsersResponse,
 };
-use borough_proto::time::{from_timestamp, to_timestamp};
+use borough_proto::time::from_timestamp;
+use borough_proto::user::v1::User;
 use borough_telemetry::Metrics;
 use borough_tenancy::rows::UserRow;
 use borough_tenancy::settings::DatabaseSettings;
-use borough_tenancy::{PoolRouter, RouteError, TenantContext, db};
+use borough_tenancy::{PoolRouter, RouteError, db};
+use borough_tenant::TenantContext;
 use futures_util::{Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -119,17 +121,6 @@ impl From<&QueryError> for Status {
 
 const COLUMNS: &str = UserRow::COLUMNS;
 
-fn to_info(row: UserRow) -> UserInfo {
-    UserInfo {
-        user_id: row.id.to_string(),
-        name: row.name,
-        email: row.email,
-        version: row.version,
-        created_at: Some(to_timestamp(row.created_at)),
-        updated_at: Some(to_timestamp(row.updated_at)),
-    }
-}
-
 fn parse_id(raw: &str) -> Result<Uuid, QueryError> {
     Uuid::parse_str(raw).map_err(|_| QueryError::InvalidId(raw.to_owned()))
 }
@@ -189,7 +180,7 @@ impl Query {
         }
     }
 
-    async fn load(&self, ctx: TenantContext, id: Uuid) -> Result<UserInfo, QueryError> {
+    async fn load(&self, ctx: TenantContext, id: Uuid) -> Result<User, QueryError> {
         self.metrics.user_reads.inc();
         // One prepared call in one round trip, the tenant scope a parameter
         // (migrations/tenant/0005_user_by_id.sql): the miss path's main cost.
@@ -197,7 +188,7 @@ impl Query {
             .router
             .call_tenant_function(&ctx, true, "user_by_id($1, $2)", |q| q.bind(id))
             .await?;
-        row.map(to_info).ok_or(QueryError::NotFound(id))
+        row.map(User::from).ok_or(QueryError::NotFound(id))
     }
 
     /// One user, through the cache.
@@ -279,7 +270,7 @@ impl Query {
             _ => String::new(),
         };
         Ok(SearchUsersResponse {
-            users: rows.into_iter().map(to_info).collect(),
+            users: rows.into_iter().map(User::from).collect(),
             next_page_token,
         })
     }
@@ -288,7 +279,7 @@ impl Query {
     /// transaction), `EXPORT_BATCH` rows per fetch, through a buffer of `EXPORT_BUFFER`:
     /// memory stays constant, and when the client goes away the next send fails, the
     /// cursor is closed with the transaction, and the database stops.
-    pub async fn export(&self, ctx: TenantContext) -> Result<BoxStream<UserInfo>, QueryError> {
+    pub async fn export(&self, ctx: TenantContext) -> Result<BoxStream<User>, QueryError> {
         // Open before answering, so that an unreachable database is an error, not an
         // empty stream.
         let mut tx = self.router.begin_read(&ctx).await?;
@@ -321,7 +312,7 @@ impl Query {
                     break;
                 }
                 for row in rows {
-                    if sender.send(Ok(to_info(row))).await.is_err() {
+                    if sender.send(Ok(User::from(row))).await.is_err() {
                         tracing::info!(tenant = %ctx.tenant_id, "export stopped: the client went away");
                         break 'batches;
                     }
@@ -390,7 +381,7 @@ impl QueryService for Query {
     async fn get_user_info(
         &self,
         request: Request<GetUserInfoRequest>,
-    ) -> Result<Response<GetUserInfoResponse>, Status> {
+    ) -> Result<Response<User>, Status> {
         let ctx = TenantContext::from_metadata(request.metadata())?;
         let req = request.get_ref();
         let id = parse_id(&req.user_id)?;
@@ -398,15 +389,7 @@ impl QueryService for Query {
             .user(&ctx, id, req.min_version)
             .await
             .map_err(|e| Status::from(&*e))?;
-        let info = &found.user.info;
-        let mut response = Response::new(GetUserInfoResponse {
-            name: info.name.clone(),
-            email: info.email.clone(),
-            user_id: info.user_id.clone(),
-            version: info.version,
-            created_at: info.created_at,
-            updated_at: info.updated_at,
-        });
+        let mut response = Response::new(found.user.info.clone());
         if let Some(age) = found.stale_for {
             let metadata = response.metadata_mut();
             metadata.insert(STALE_METADATA, MetadataValue::from_static("true"));
@@ -423,7 +406,7 @@ impl QueryService for Query {
         Ok(Response::new(self.search(&ctx, request.get_ref()).await?))
     }
 
-    type ExportUsersStream = BoxStream<UserInfo>;
+    type ExportUsersStream = BoxStream<User>;
 
     async fn export_users(
         &self,
@@ -492,10 +475,10 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let metrics = Metrics::new(SERVICE);
     let tls = borough_net::tls_materials(SERVICE, &settings.tls, &metrics)?;
-    let (router, changes) = settings
+    let router = settings
         .database
-        .router_with_feed(&metrics, feed::CHANNEL)
-        .map_err(ServeError::DatabaseUrl)?;
+        .router(&metrics)
+        .map_err(|e| ServeError::DatabaseUrl(e.into()))?;
     let cache = UserCache::new(&settings.cache, &metrics);
     if settings.server.remote.url.is_some() {
         // `cache.ttl` in platform/query: hot, for entries cached from then on.
@@ -518,7 +501,7 @@ pub async fn serve(
             }
         });
     }
-    tokio::spawn(feed::follow(changes, router.clone(), cache.clone()));
+    tokio::spawn(feed::follow(router.clone(), cache.clone()));
     let pool = router.shared_pool().clone();
     let query = Query::new(router, cache, &metrics);
     let routes = tonic::service::Routes::new(QueryServiceServer::new(query));
@@ -529,7 +512,7 @@ pub async fn serve(
         &POLICY,
         listeners,
         routes,
-        pool,
+        std::sync::Arc::new(borough_tenancy::db::Database(pool)),
         metrics,
         shutdown,
     )

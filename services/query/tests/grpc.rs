@@ -4,7 +4,7 @@
 use borough_proto::query::v1::batch_get_users_response::Result as BatchResult;
 use borough_proto::query::v1::query_service_client::QueryServiceClient;
 use borough_proto::query::v1::{BatchGetUsersRequest, ExportUsersRequest, SearchUsersRequest};
-use borough_tenancy::{Placement, TenantContext, TenantId};
+use borough_tenant::{Placement, TenantContext, TenantId};
 use borough_testkit::{Spawned, TestDatabase, spawn};
 use uuid::Uuid;
 
@@ -84,7 +84,7 @@ async fn batch_get_answers_each_id_before_the_next_is_sent() -> anyhow::Result<(
         assert_eq!(reply.index as usize, index);
         assert_eq!(&reply.user_id, id);
         match reply.result {
-            Some(BatchResult::User(user)) => assert_eq!(&user.user_id, id),
+            Some(BatchResult::User(user)) => assert_eq!(&user.id, id),
             Some(BatchResult::Error(e)) => assert_eq!(index, 3, "only the unknown id fails: {e:?}"),
             None => anyhow::bail!("an empty result"),
         }
@@ -131,7 +131,7 @@ async fn export_streams_every_user_in_id_order_and_search_caps_its_page() -> any
         .into_inner();
     let mut ids = Vec::new();
     while let Some(user) = stream.message().await? {
-        ids.push(user.user_id);
+        ids.push(user.id);
     }
     assert_eq!(ids.len(), 1234);
     assert!(ids.windows(2).all(|w| w[0] < w[1]));

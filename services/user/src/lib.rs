@@ -116,9 +116,9 @@ pub async fn serve(
     let router = settings
         .database
         .router(&metrics)
-        .map_err(ServeError::DatabaseUrl)?;
+        .map_err(|e| ServeError::DatabaseUrl(e.into()))?;
     let provisioner = Provisioner::new(settings.provisioner_url.as_ref().map(|u| u.expose()))
-        .map_err(ServeError::DatabaseUrl)?;
+        .map_err(|e| ServeError::DatabaseUrl(e.into()))?;
     let pool = router.shared_pool().clone();
     let routes = tonic::service::Routes::new(UserServiceServer::new(users::Users::new(
         router.clone(),
@@ -137,7 +137,7 @@ pub async fn serve(
         &POLICY,
         listeners,
         routes,
-        pool,
+        std::sync::Arc::new(borough_tenancy::db::Database(pool)),
         metrics,
         shutdown,
     )

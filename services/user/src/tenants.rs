@@ -14,7 +14,8 @@ use borough_telemetry::Metrics;
 use borough_tenancy::directory::{self, AuthError};
 use borough_tenancy::placement::{self, Route, Status as TenantState, Storage};
 use borough_tenancy::provision::Provisioner;
-use borough_tenancy::{PoolRouter, TenantId, apikey, db};
+use borough_tenancy::{PoolRouter, db};
+use borough_tenant::{TenantId, apikey};
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -144,9 +145,9 @@ const TENANT_COLUMNS: &str = "id, name, placement, status, created_at, failure_r
 
 fn placement_to_proto(placement: &str) -> Placement {
     match placement.parse() {
-        Ok(borough_tenancy::Placement::Shared) => Placement::Shared,
-        Ok(borough_tenancy::Placement::Schema) => Placement::Schema,
-        Ok(borough_tenancy::Placement::Database) => Placement::Database,
+        Ok(borough_tenant::Placement::Shared) => Placement::Shared,
+        Ok(borough_tenant::Placement::Schema) => Placement::Schema,
+        Ok(borough_tenant::Placement::Database) => Placement::Database,
         Err(_) => Placement::Unspecified,
     }
 }
@@ -285,8 +286,8 @@ impl Tenants {
     /// Validates a create request into (placement, database_url, read_url).
     fn parse_create(
         req: &CreateTenantRequest,
-    ) -> Result<(borough_tenancy::Placement, Option<String>, Option<String>), TenantError> {
-        use borough_tenancy::Placement as P;
+    ) -> Result<(borough_tenant::Placement, Option<String>, Option<String>), TenantError> {
+        use borough_tenant::Placement as P;
         validate_name(&req.name)?;
         let placement = match Placement::try_from(req.placement) {
             Ok(Placement::Unspecified | Placement::Shared) => P::Shared,
@@ -325,7 +326,7 @@ impl Tenants {
     async fn claim(
         &self,
         req: &CreateTenantRequest,
-        placement: borough_tenancy::Placement,
+        placement: borough_tenant::Placement,
         url: Option<String>,
         read_url: Option<String>,
     ) -> Result<Route, TenantError> {
@@ -418,7 +419,7 @@ impl Tenants {
         Ok(route)
     }
 
-    fn count(&self, placement: borough_tenancy::Placement, outcome: &'static str) {
+    fn count(&self, placement: borough_tenant::Placement, outcome: &'static str) {
         self.outcomes
             .get_or_create(&ProvisionLabels {
                 placement: placement.as_str(),

@@ -5,7 +5,6 @@
 
 use borough_error::{ErrorKind, ServiceError, to_status};
 use borough_proto::page;
-use borough_proto::time::to_timestamp;
 use borough_proto::user::v1::{
     CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest,
     GetUserResponse, ImportFailedChunk, ImportRejection, ImportUsersRequest, ImportUsersResponse,
@@ -14,7 +13,8 @@ use borough_proto::user::v1::{
 };
 use borough_proto::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 use borough_tenancy::rows::UserRow;
-use borough_tenancy::{PoolRouter, RouteError, TenantContext, TenantTx, db};
+use borough_tenancy::{PoolRouter, RouteError, TenantTx, db};
+use borough_tenant::TenantContext;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -79,17 +79,6 @@ impl From<UserError> for Status {
 }
 
 const COLUMNS: &str = UserRow::COLUMNS;
-
-fn to_proto(row: UserRow) -> User {
-    User {
-        id: row.id.to_string(),
-        name: row.name,
-        email: row.email,
-        version: row.version,
-        created_at: Some(to_timestamp(row.created_at)),
-        updated_at: Some(to_timestamp(row.updated_at)),
-    }
-}
 
 fn parse_id(id: &str) -> Result<Uuid, UserError> {
     Uuid::parse_str(id).map_err(|_| UserError::Invalid(format!("{id:?} is not a valid user id")))
@@ -310,7 +299,7 @@ impl Users {
         .fetch_one(&mut **tx)
         .await
         .map_err(|e| email_conflict(e, email))?;
-        Ok(to_proto(row))
+        Ok(User::from(row))
     }
 
     async fn begin(&self, ctx: &TenantContext) -> Result<TenantTx, UserError> {
@@ -348,7 +337,7 @@ impl Users {
                 borough_tenancy::RouteError::Database(e) => email_conflict(e, &email),
                 e => UserError::from(e),
             })?;
-        let user = to_proto(row.ok_or_else(|| UserError::Database(sqlx::Error::RowNotFound))?);
+        let user = User::from(row.ok_or_else(|| UserError::Database(sqlx::Error::RowNotFound))?);
         tracing::info!(tenant = %ctx.tenant_id, user = %user.id, "user created");
         Ok(user)
     }
@@ -364,7 +353,7 @@ impl Users {
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        row.map(to_proto).ok_or(UserError::NotFound(id))
+        row.map(User::from).ok_or(UserError::NotFound(id))
     }
 
     pub async fn update(
@@ -414,7 +403,7 @@ impl Users {
         };
         tx.commit().await?;
         tracing::info!(tenant = %ctx.tenant_id, user = %id, version = row.version, "user updated");
-        Ok(to_proto(row))
+        Ok(User::from(row))
     }
 
     pub async fn delete(
@@ -464,7 +453,7 @@ impl Users {
             _ => String::new(),
         };
         Ok(ListUsersResponse {
-            users: rows.into_iter().map(to_proto).collect(),
+            users: rows.into_iter().map(User::from).collect(),
             next_page_token,
         })
     }

@@ -78,7 +78,7 @@ fn an_unknown_command_is_refused() -> anyhow::Result<()> {
 #[tokio::test]
 async fn migrate_brings_every_tenant_up_to_date_and_a_failing_tenant_does_not_stop_the_others()
 -> anyhow::Result<()> {
-    use borough_tenancy::Placement;
+    use borough_tenant::Placement;
     use sqlx::Connection;
 
     let db = TestDatabase::create().await?;

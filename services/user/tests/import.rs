@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use borough_proto::user::v1::ImportUsersRequest;
 use borough_proto::user::v1::user_service_client::UserServiceClient;
-use borough_tenancy::{Placement, TenantContext};
+use borough_tenant::{Placement, TenantContext};
 use borough_testkit::{TestDatabase, own_cluster, spawn};
 
 fn row(line: u64) -> ImportUsersRequest {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use borough_proto::user::v1::user_service_client::UserServiceClient;
 use borough_proto::user::v1::{CreateUserRequest, UpdateUserRequest};
-use borough_tenancy::{Placement, TenantContext};
+use borough_tenant::{Placement, TenantContext};
 use borough_testkit::{TestDatabase, spawn};
 use sqlx::Connection;
 

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use borough_proto::query::v1::GetUserInfoRequest;
 use borough_proto::query::v1::query_service_client::QueryServiceClient;
-use borough_tenancy::TenantContext;
+use borough_tenant::TenantContext;
 use borough_testkit::TestDatabase;
 use borough_testkit::pg::Login;
 use borough_testkit::process::ServiceProcess;

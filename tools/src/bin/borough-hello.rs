@@ -22,9 +22,10 @@ use borough_proto::query::v1::query_service_client::QueryServiceClient;
 use borough_proto::query::v1::query_service_server::{QueryService, QueryServiceServer};
 use borough_proto::query::v1::{
     BatchGetUsersRequest, BatchGetUsersResponse, ExportUsersRequest, GetUserInfoRequest,
-    GetUserInfoResponse, SearchUsersRequest, SearchUsersResponse, UserInfo,
+    SearchUsersRequest, SearchUsersResponse,
 };
 use borough_proto::time::to_rfc3339;
+use borough_proto::user::v1::User;
 use tonic::codegen::tokio_stream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -42,14 +43,12 @@ impl QueryService for BareQuery {
     async fn get_user_info(
         &self,
         request: Request<GetUserInfoRequest>,
-    ) -> Result<Response<GetUserInfoResponse>, Status> {
-        let mut at = GetUserInfoResponse::default()
-            .created_at
-            .unwrap_or_default();
+    ) -> Result<Response<User>, Status> {
+        let mut at = User::default().created_at.unwrap_or_default();
         at.seconds = 1_795_000_000;
         at.nanos = 123_456_000;
-        Ok(Response::new(GetUserInfoResponse {
-            user_id: request.into_inner().user_id,
+        Ok(Response::new(User {
+            id: request.into_inner().user_id,
             name: "Reader".to_owned(),
             email: "reader@example.com".to_owned(),
             version: 1,
@@ -65,7 +64,7 @@ impl QueryService for BareQuery {
         Err(Status::unimplemented("bare baseline"))
     }
 
-    type ExportUsersStream = Empty<UserInfo>;
+    type ExportUsersStream = Empty<User>;
 
     async fn export_users(
         &self,
@@ -100,7 +99,7 @@ async fn user(
             (
                 [(http::header::ETAG, tag)],
                 Json(serde_json::json!({
-                    "id": user.user_id,
+                    "id": user.id,
                     "name": user.name,
                     "email": user.email,
                     "version": user.version,

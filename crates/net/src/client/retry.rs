@@ -25,6 +25,32 @@ pub(super) fn backoff(retry: RetrySettings, attempt: u32) -> Duration {
     ceiling.mul_f64(fastrand::f64())
 }
 
+/// tonic says CANCELLED "Timeout expired" for a spent `grpc-timeout`, on either side: the
+/// server answers it (outside any layer of ours), the client makes it of its own timer's
+/// error. Both are told to the caller as what they are, DEADLINE_EXCEEDED: the client's
+/// by the error's type ([`is_timeout`]), the server's by the time — a CANCELLED reply that
+/// arrives after the deadline this call sent. (This client never cancels a call it still
+/// waits for, so nothing else is turned.)
+fn deadline_reply(
+    mut response: http::Response<Body>,
+    deadline: Option<Instant>,
+) -> http::Response<Body> {
+    if deadline.is_some_and(|d| Instant::now() >= d)
+        && grpc_status(&response) == Some(tonic::Code::Cancelled)
+    {
+        let headers = response.headers_mut();
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::DeadlineExceeded as i32),
+        );
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("the call's deadline passed"),
+        );
+    }
+    response
+}
+
 impl Shared {
     pub(super) async fn call(
         self: Arc<Self>,
@@ -34,8 +60,24 @@ impl Shared {
             .headers()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
-            .and_then(borough_tenancy::context::parse_grpc_timeout)
+            .and_then(borough_tenant::context::parse_grpc_timeout)
             .map(|timeout| Instant::now() + timeout);
+        match self.call_until(request, deadline).await {
+            Ok(response) => Ok(deadline_reply(response, deadline)),
+            // This side's timer (tonic's client enforces the `grpc-timeout` it sends) won
+            // the race against the server's.
+            Err(e) if is_timeout(e.as_ref()) => Err(Box::new(tonic::Status::deadline_exceeded(
+                "the call's deadline passed",
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn call_until(
+        self: Arc<Self>,
+        request: http::Request<Body>,
+        deadline: Option<Instant>,
+    ) -> Result<http::Response<Body>, BoxError> {
         let retryable = self.policy.allows(
             request.uri().path(),
             request
@@ -198,6 +240,31 @@ impl Drop for InFlight<'_> {
 mod tests {
     use super::*;
     use crate::client::ClientSettings;
+
+    fn reply(code: tonic::Code) -> http::Response<Body> {
+        let mut response = http::Response::new(Body::empty());
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from(code as i32));
+        response
+    }
+
+    #[test]
+    fn a_cancelled_reply_past_the_deadline_is_a_deadline_and_nothing_else_is_turned() {
+        let past = Some(Instant::now() - Duration::from_millis(1));
+        let future = Some(Instant::now() + Duration::from_secs(60));
+        let turned = deadline_reply(reply(tonic::Code::Cancelled), past);
+        assert_eq!(grpc_status(&turned), Some(tonic::Code::DeadlineExceeded));
+        for (code, deadline) in [
+            (tonic::Code::Cancelled, future),
+            (tonic::Code::Cancelled, None),
+            (tonic::Code::Unavailable, past),
+            (tonic::Code::Ok, past),
+        ] {
+            let kept = deadline_reply(reply(code), deadline);
+            assert_eq!(grpc_status(&kept), Some(code), "{code:?} {deadline:?}");
+        }
+    }
 
     #[test]
     fn backoff_is_full_jitter_under_the_cap() {

@@ -186,10 +186,10 @@ fn missing(what: &str) -> Problem {
 }
 
 fn placement(raw: Option<&str>) -> Result<Placement, Problem> {
-    match raw.map(str::parse::<borough_tenancy::Placement>) {
-        None | Some(Ok(borough_tenancy::Placement::Shared)) => Ok(Placement::Shared),
-        Some(Ok(borough_tenancy::Placement::Schema)) => Ok(Placement::Schema),
-        Some(Ok(borough_tenancy::Placement::Database)) => Ok(Placement::Database),
+    match raw.map(str::parse::<borough_tenant::Placement>) {
+        None | Some(Ok(borough_tenant::Placement::Shared)) => Ok(Placement::Shared),
+        Some(Ok(borough_tenant::Placement::Schema)) => Ok(Placement::Schema),
+        Some(Ok(borough_tenant::Placement::Database)) => Ok(Placement::Database),
         Some(Err(e)) => Err(Problem::new(ErrorKind::InvalidArgument, e.to_string())),
     }
 }
@@ -476,7 +476,7 @@ pub struct LimitsDto {
     pub source: &'static str,
 }
 
-fn tenant_id(raw: &str) -> Result<borough_tenancy::TenantId, Problem> {
+fn tenant_id(raw: &str) -> Result<borough_tenant::TenantId, Problem> {
     raw.parse().map_err(|_| {
         Problem::new(
             ErrorKind::InvalidArgument,

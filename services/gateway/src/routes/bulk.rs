@@ -17,9 +17,9 @@ use axum::response::Response;
 use borough_error::{ErrorKind, Problem};
 use borough_proto::query::v1::batch_get_error::Reason;
 use borough_proto::query::v1::batch_get_users_response::Result as BatchResult;
-use borough_proto::query::v1::{BatchGetUsersRequest, ExportUsersRequest, UserInfo};
+use borough_proto::query::v1::{BatchGetUsersRequest, ExportUsersRequest};
 use borough_proto::time::to_rfc3339;
-use borough_proto::user::v1::{ImportFailedChunk, ImportRejection, ImportUsersRequest};
+use borough_proto::user::v1::{ImportFailedChunk, ImportRejection, ImportUsersRequest, User};
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
@@ -82,9 +82,9 @@ fn csv_field(out: &mut String, value: &str) {
 
 pub const CSV_HEADER: &str = "id,name,email,version,created_at,updated_at\r\n";
 
-fn csv_row(info: &UserInfo) -> String {
+fn csv_row(info: &User) -> String {
     let mut line = String::with_capacity(128);
-    csv_field(&mut line, &info.user_id);
+    csv_field(&mut line, &info.id);
     line.push(',');
     csv_field(&mut line, &info.name);
     line.push(',');
@@ -99,7 +99,7 @@ fn csv_row(info: &UserInfo) -> String {
     line
 }
 
-fn ndjson_row(info: UserInfo) -> Result<Bytes, std::io::Error> {
+fn ndjson_row(info: User) -> Result<Bytes, std::io::Error> {
     let mut line = serde_json::to_vec(&UserDto::from(info)).map_err(std::io::Error::other)?;
     line.push(b'\n');
     Ok(Bytes::from(line))
@@ -637,8 +637,8 @@ mod tests {
 
     #[test]
     fn csv_fields_with_commas_quotes_or_newlines_are_quoted() {
-        let info = UserInfo {
-            user_id: "id".into(),
+        let info = User {
+            id: "id".into(),
             name: "Lovelace, \"Ada\"".into(),
             email: "ada@example.com".into(),
             version: 2,

@@ -24,7 +24,7 @@ use borough_proto::config::v1::{
     RollbackRequest, SetSchemaRequest, StatusRequest, WatchRequest,
 };
 use borough_proto::time::to_rfc3339;
-use borough_tenancy::TenantContext;
+use borough_tenant::TenantContext;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};

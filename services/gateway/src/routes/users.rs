@@ -8,9 +8,7 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use borough_error::{ErrorKind, Problem};
-use borough_proto::query::v1::{
-    GetUserInfoRequest, GetUserInfoResponse, SearchUsersRequest, UserInfo,
-};
+use borough_proto::query::v1::{GetUserInfoRequest, SearchUsersRequest};
 use borough_proto::time::to_rfc3339;
 use borough_proto::user::v1::{CreateUserRequest, DeleteUserRequest, UpdateUserRequest, User};
 use http::{HeaderMap, StatusCode, header};
@@ -48,32 +46,6 @@ impl From<User> for UserDto {
             name: user.name,
             email: user.email,
             version: user.version,
-        }
-    }
-}
-
-impl From<UserInfo> for UserDto {
-    fn from(info: UserInfo) -> Self {
-        UserDto {
-            created_at: to_rfc3339(info.created_at.as_ref()),
-            updated_at: to_rfc3339(info.updated_at.as_ref()),
-            id: info.user_id,
-            name: info.name,
-            email: info.email,
-            version: info.version,
-        }
-    }
-}
-
-impl From<GetUserInfoResponse> for UserDto {
-    fn from(info: GetUserInfoResponse) -> Self {
-        UserDto {
-            created_at: to_rfc3339(info.created_at.as_ref()),
-            updated_at: to_rfc3339(info.updated_at.as_ref()),
-            id: info.user_id,
-            name: info.name,
-            email: info.email,
-            version: info.version,
         }
     }
 }

@@ -462,7 +462,7 @@ async fn the_query_cache_ttl_hot_reloads_from_the_config_service() -> anyhow::Re
 async fn the_admin_token_rotates_hot_by_its_hash_in_the_platform_config() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     const NEW_TOKEN: &str = "rotated-admin-token-0123456789abcdef";
-    let hash = hex::encode(borough_tenancy::apikey::hash(NEW_TOKEN));
+    let hash = hex::encode(borough_tenant::apikey::hash(NEW_TOKEN));
     let list = |token: &'static str| {
         let request = stack
             .http

@@ -469,7 +469,7 @@ async fn writes_are_read_back_at_once_and_invalidate_another_query_replica_withi
                 min_version: 0,
             });
             if let Ok(tenant) = tenant.parse() {
-                borough_tenancy::TenantContext::new(tenant).write_metadata(request.metadata_mut());
+                borough_tenant::TenantContext::new(tenant).write_metadata(request.metadata_mut());
             }
             let mut client = client.clone();
             async move {

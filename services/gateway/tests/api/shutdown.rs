@@ -81,7 +81,7 @@ async fn user_service_call_in_flight_completes_during_shutdown() -> anyhow::Resu
         name: "Patient Pat".into(),
         email: "pat@example.com".into(),
     });
-    borough_tenancy::TenantContext::new(tenant.parse()?).write_metadata(request.metadata_mut());
+    borough_tenant::TenantContext::new(tenant.parse()?).write_metadata(request.metadata_mut());
     let call = tokio::spawn(async move { client.create_user(request).await });
 
     // Wait until the insert is blocked on the lock, then shut the service down.
