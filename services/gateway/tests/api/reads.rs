@@ -445,25 +445,26 @@ async fn one_hundred_concurrent_gets_of_an_uncached_user_make_one_database_read(
 async fn writes_are_read_back_at_once_and_invalidate_another_query_replica_within_the_bound()
 -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    let (tenant, key) = stack.create_tenant("fresh").await?;
-    let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
-    let id = user["id"].as_str().unwrap_or_default().to_owned();
-    let path = format!("/api/v1/users/{id}");
-
-    // A second query replica, warmed with version 1.
+    // A second query replica.
     let replica = spawn_query_with(borough_query::Settings::from_env(&service_env(
         &stack.db,
         borough_testkit::pg::Login::Query,
         &[],
     ))?)
     .await?;
-    let mut client = borough_proto::query::v1::query_service_client::QueryServiceClient::new(
+    let client = borough_proto::query::v1::query_service_client::QueryServiceClient::new(
         borough_testkit::tls::channel(&replica.grpc_url(0), "gateway", "query")?,
     );
-    let version_on_replica =
-        |client: &mut borough_proto::query::v1::query_service_client::QueryServiceClient<
-            tonic::transport::Channel,
-        >| {
+    // A shared tenant's changes are announced on the default database; a database
+    // tenant's on its own, which each replica follows while it has a pool open there.
+    for placement in ["shared", "database"] {
+        let (tenant, key) = stack
+            .create_tenant_in(&format!("fresh-{placement}"), placement)
+            .await?;
+        let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
+        let id = user["id"].as_str().unwrap_or_default().to_owned();
+        let path = format!("/api/v1/users/{id}");
+        let version_on_replica = || {
             let mut request = tonic::Request::new(borough_proto::query::v1::GetUserInfoRequest {
                 user_id: id.clone(),
                 min_version: 0,
@@ -476,60 +477,62 @@ async fn writes_are_read_back_at_once_and_invalidate_another_query_replica_withi
                 Ok::<i64, anyhow::Error>(client.get_user_info(request).await?.into_inner().version)
             }
         };
-    assert_eq!(version_on_replica(&mut client).await?, 1);
-    // Warm the gateway's replica too.
-    let (_, fetched) = get_json(&stack, &key, &path).await?;
-    assert_eq!(fetched["version"], 1);
+        // The replica warmed with version 1, and the gateway's replica too.
+        assert_eq!(version_on_replica().await?, 1, "{placement}");
+        let (_, fetched) = get_json(&stack, &key, &path).await?;
+        assert_eq!(fetched["version"], 1, "{placement}");
 
-    // Update through the gateway; read straight back: the new version (read-your-writes).
-    let written = Instant::now();
-    let response = stack
-        .http
-        .patch(stack.url(&path))
-        .bearer_auth(&key)
-        .json(&json!({ "name": "Ada King" }))
-        .send()
-        .await?;
-    assert_eq!(response.status(), 200);
-    let (_, fetched) = get_json(&stack, &key, &path).await?;
-    assert_eq!(
-        (fetched["version"].clone(), fetched["name"].clone()),
-        (json!(2), json!("Ada King"))
-    );
-
-    // The other replica drops its copy within the bound (NOTIFY; well under the TTL).
-    loop {
-        if version_on_replica(&mut client).await? == 2 {
-            break;
-        }
-        anyhow::ensure!(
-            written.elapsed() < Duration::from_secs(2),
-            "replica still stale"
+        // Update through the gateway; read straight back: the new version (read-your-writes).
+        let written = Instant::now();
+        let response = stack
+            .http
+            .patch(stack.url(&path))
+            .bearer_auth(&key)
+            .json(&json!({ "name": "Ada King" }))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200, "{placement}");
+        let (_, fetched) = get_json(&stack, &key, &path).await?;
+        assert_eq!(
+            (fetched["version"].clone(), fetched["name"].clone()),
+            (json!(2), json!("Ada King")),
+            "{placement}"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+
+        // The other replica drops its copy within the bound (NOTIFY; well under the TTL).
+        loop {
+            if version_on_replica().await? == 2 {
+                break;
+            }
+            anyhow::ensure!(
+                written.elapsed() < Duration::from_secs(2),
+                "{placement}: replica still stale"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let lag = written.elapsed();
+        tracing::info!(?lag, placement, "invalidation seen on the second replica");
+
+        // Delete through the gateway: gone at once, never served from a cache.
+        let response = stack
+            .http
+            .delete(stack.url(&path))
+            .bearer_auth(&key)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 204, "{placement}");
+        let response = stack
+            .http
+            .get(stack.url(&path))
+            .bearer_auth(&key)
+            .send()
+            .await?;
+        assert_problem(response, 404).await?;
     }
-    let lag = written.elapsed();
-    tracing::info!(?lag, "invalidation seen on the second replica");
     let invalidations = stack
         .metric(&stack.query, "borough_cache_invalidations_total")
         .await?;
-    assert!(invalidations >= 1.0);
-
-    // Delete through the gateway: gone at once, never served from a cache.
-    let response = stack
-        .http
-        .delete(stack.url(&path))
-        .bearer_auth(&key)
-        .send()
-        .await?;
-    assert_eq!(response.status(), 204);
-    let response = stack
-        .http
-        .get(stack.url(&path))
-        .bearer_auth(&key)
-        .send()
-        .await?;
-    assert_problem(response, 404).await?;
+    assert!(invalidations >= 2.0, "{invalidations}");
     replica.stop().await?;
     Ok(())
 }
