@@ -127,32 +127,34 @@ impl Backends {
     }
 }
 
-/// The application state for `settings` over `backends` (wrapped in an [`AppState`]
-/// once complete).
-pub fn app_state(settings: &Settings, backends: &Backends) -> state::Shared {
-    state::Shared {
+/// The application state for `settings` over `backends`, with the hot settings `hot`.
+pub fn app_state(
+    settings: &Settings,
+    backends: &Backends,
+    hot: settings::Hot,
+    metrics: &Metrics,
+) -> AppState {
+    AppState::new(state::Shared {
         users: UserServiceClient::new(backends.user.clone()),
         tenants: TenantAdminServiceClient::new(backends.user.clone()),
         query: QueryServiceClient::new(backends.query.clone()),
         config: ConfigServiceClient::new(backends.config.clone()),
         keys: Arc::new(KeyCache::new(settings.auth_cache_ttl, 10_000)),
-        admin_token_hash: tokio::sync::watch::channel(settings.admin_token_hash()).1,
-        limiter: Arc::new(ratelimit::RateLimiter::new(
-            tokio::sync::watch::channel(settings.rate_limits()).1,
-        )),
-        limits: tokio::sync::watch::channel(settings.limits()).1,
+        admin_token_hash: hot.admin_token_hash,
+        limiter: Arc::new(ratelimit::RateLimiter::new(hot.rate_limits)),
+        limits: hot.limits,
         stream_timeout: settings.stream_timeout,
         recent_writes: Arc::new(state::RecentWrites::new(
             settings.read_your_writes_ttl,
             100_000,
         )),
-        shedder: None,
+        shedder: borough_net::shed::Shedder::new(hot.shed, metrics),
         refused_keys: auth_guard::NegativeCache::new(settings.auth.negative_ttl),
         auth_failures: auth_guard::FailureLimiter::new(&settings.auth),
         watches: watches::WatchSlots::new(settings.watches),
         import_report_limit: settings.import_report_limit,
         openapi: openapi::document(),
-    }
+    })
 }
 
 /// The HTTP surface: routes and middleware.
@@ -388,33 +390,20 @@ pub async fn serve(
         }
         None => None,
     };
-    let mut state = app_state(&settings, &backends);
     let readiness = Readiness::new();
-    if settings.server.remote.url.is_some() {
-        let remote = borough_net::config::follow_platform_config(
-            SERVICE,
-            settings.server.remote.clone(),
-            tls.as_ref(),
-            &readiness,
-        );
-        state.limits = remote.typed(settings.limits(), settings::parse_limits);
-        state.admin_token_hash = remote.typed(
-            settings.admin_token_hash(),
-            settings::parse_admin_token_hash,
-        );
-        state.limiter = Arc::new(ratelimit::RateLimiter::new(
-            remote.typed(settings.rate_limits(), ratelimit::parse_policies),
-        ));
-        state.shedder = Some(borough_net::shed::Shedder::new(
-            remote.typed(settings.server.shed, borough_net::shed::parse_limits),
-            &metrics,
-        ));
-    } else {
-        state.shedder = Some(borough_net::shed::Shedder::new(
-            tokio::sync::watch::channel(settings.server.shed).1,
-            &metrics,
-        ));
-    }
+    let hot = match settings.server.remote.url {
+        Some(_) => settings::Hot::following(
+            &settings,
+            &borough_net::config::follow_platform_config(
+                SERVICE,
+                settings.server.remote.clone(),
+                tls.as_ref(),
+                &readiness,
+            ),
+        ),
+        None => settings::Hot::fixed(&settings),
+    };
+    let state = app_state(&settings, &backends, hot, &metrics);
     let probe = tokio::spawn(probe_backends(
         vec![
             ("user", backends.user.clone()),
@@ -423,7 +412,7 @@ pub async fn serve(
         readiness.clone(),
         settings.server.probe_interval,
     ));
-    let app = router(AppState::new(state), &settings, &metrics, &readiness);
+    let app = router(state, &settings, &metrics, &readiness);
     let connection_metrics = server::ConnectionMetrics::register(&metrics);
     let admin = AdminServer::spawn(
         listeners.admin,

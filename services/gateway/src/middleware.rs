@@ -361,91 +361,76 @@ where
     }
 }
 
-/// Load shedding first (at most so many requests in flight, a short queue, then 503 with
-/// `Retry-After` at once; limits hot from `platform/gateway`, `shed.*`), so that even
-/// authentication — a directory call for an unknown key — is bounded; then, for tenant
-/// API routes, authentication (the handler's `Tenant` extractor reuses it) and the
-/// tenant's token bucket: over it, 429 with `Retry-After`, `RateLimit` and
-/// `RateLimit-Policy`. A flooding tenant holds a shed slot only for the moment its bucket
-/// takes to say no.
+/// Admission, in the order a request meets it: load shedding first (at most so many
+/// requests in flight, a short queue, then 503 with `Retry-After` at once; limits hot from
+/// `platform/gateway`, `shed.*`), so that even authentication — a directory call for an
+/// unknown key — is bounded; then the scope's authentication (the handler's `Tenant`
+/// extractor reuses it); then, for tenants, the token bucket (over it: 429 with
+/// `Retry-After`, `RateLimit` and `RateLimit-Policy`). A flooding tenant holds a shed slot
+/// only for the moment its bucket takes to say no. Each step answers the refusal itself.
 async fn admitted<S>(state: &AppState, scope: GuardScope, request: Request, inner: S) -> Response
 where
     S: tower::Service<Request, Response = Response, Error = Infallible>,
 {
-    use axum::extract::FromRequestParts;
-    let permit = match &state.shedder {
-        Some(shedder) => match shedder.admit().await {
-            Ok(permit) => Some(permit),
-            Err(shed) => {
-                return borough_error::Problem::new(
-                    borough_error::ErrorKind::Unavailable,
-                    shed.to_string(),
-                )
-                .with_retry_after(
-                    u32::try_from(shed.retry_after.as_secs().max(1)).unwrap_or(u32::MAX),
-                )
-                .into_response();
-            }
+    let _permit = match shed(state).await {
+        Ok(permit) => permit,
+        Err(refusal) => return refusal,
+    };
+    let (mut parts, body) = request.into_parts();
+    let decision = match scope {
+        GuardScope::Public => None,
+        GuardScope::Admin => match admin(state, &mut parts).await {
+            Ok(()) => None,
+            Err(refusal) => return refusal,
         },
-        None => None,
-    };
-    let (request, rate_headers) = match scope {
-        GuardScope::Public => (request, None),
-        GuardScope::Admin => {
-            let (mut parts, body) = request.into_parts();
-            if let Err(rejection) = crate::auth::Admin::from_request_parts(&mut parts, state).await
-            {
-                return rejection.into_response();
-            }
-            (Request::from_parts(parts, body), None)
-        }
         GuardScope::Tenant | GuardScope::TenantStream { .. } => {
-            let (mut parts, body) = request.into_parts();
-            let tenant = match crate::auth::Tenant::from_request_parts(&mut parts, state).await {
-                Ok(tenant) => tenant,
-                Err(rejection) => return rejection.into_response(),
-            };
-            let decision = state.limiter.check(tenant.0.tenant_id);
-            let policy = decision.policy;
-            let mut headers = http::HeaderMap::new();
-            let reset = decision
-                .retry_after
-                .map_or(0, borough_error::whole_seconds_up);
-            if let Ok(value) = http::HeaderValue::from_str(&format!(
-                "\"tenant\";q={};w=1;burst={}",
-                policy.requests_per_second, policy.burst
-            )) {
-                headers.insert("ratelimit-policy", value);
+            match tenant(state, &mut parts).await {
+                Ok(decision) => Some(decision),
+                Err(refusal) => return refusal,
             }
-            if let Ok(value) = http::HeaderValue::from_str(&format!(
-                "\"tenant\";r={};t={reset}",
-                decision.remaining
-            )) {
-                headers.insert("ratelimit", value);
-            }
-            if decision.retry_after.is_some() {
-                let mut response = borough_error::Problem::new(
-                    borough_error::ErrorKind::RateLimited,
-                    format!(
-                        "this tenant is over its rate limit of {} requests per second (burst {})",
-                        policy.requests_per_second, policy.burst
-                    ),
-                )
-                .with_retry_after(u32::try_from(reset.max(1)).unwrap_or(u32::MAX))
-                .into_response();
-                response.headers_mut().extend(headers);
-                return response;
-            }
-            parts.extensions.insert(tenant);
-            (Request::from_parts(parts, body), Some(headers))
         }
     };
-    let mut response = call(inner, request).await;
-    drop(permit);
-    if let Some(headers) = rate_headers {
-        response.headers_mut().extend(headers);
+    let mut response = call(inner, Request::from_parts(parts, body)).await;
+    if let Some(decision) = decision {
+        response.headers_mut().extend(decision.headers());
     }
     response
+}
+
+/// A slot among the requests in flight, or the 503 that says there is none.
+async fn shed(state: &AppState) -> Result<borough_net::shed::Permit, Response> {
+    state.shedder.admit().await.map_err(|shed| {
+        borough_error::Problem::new(borough_error::ErrorKind::Unavailable, shed.to_string())
+            .with_retry_after(u32::try_from(shed.retry_after.as_secs().max(1)).unwrap_or(u32::MAX))
+            .into_response()
+    })
+}
+
+/// The admin token, or the 401/403 that says it is missing or wrong.
+async fn admin(state: &AppState, parts: &mut http::request::Parts) -> Result<(), Response> {
+    use axum::extract::FromRequestParts;
+    crate::auth::Admin::from_request_parts(parts, state)
+        .await
+        .map(|_| ())
+        .map_err(IntoResponse::into_response)
+}
+
+/// The tenant of the API key (put in the request for its handler) and its rate-limit
+/// decision, or the refusal: 401 for the key, 429 over the limit.
+async fn tenant(
+    state: &AppState,
+    parts: &mut http::request::Parts,
+) -> Result<crate::ratelimit::Decision, Response> {
+    use axum::extract::FromRequestParts;
+    let tenant = crate::auth::Tenant::from_request_parts(parts, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let decision = state.limiter.check(tenant.0.tenant_id);
+    if let Some(refusal) = decision.refusal() {
+        return Err(refusal);
+    }
+    parts.extensions.insert(tenant);
+    Ok(decision)
 }
 
 /// While draining (readiness failed, listener still open), every response says

@@ -86,6 +86,46 @@ pub struct Decision {
     pub retry_after: Option<Duration>,
 }
 
+impl Decision {
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), for
+    /// every response of an admitted request and for the refusal.
+    pub fn headers(&self) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        let reset = self.retry_after.map_or(0, borough_error::whole_seconds_up);
+        if let Ok(value) = http::HeaderValue::from_str(&format!(
+            "\"tenant\";q={};w=1;burst={}",
+            self.policy.requests_per_second, self.policy.burst
+        )) {
+            headers.insert("ratelimit-policy", value);
+        }
+        if let Ok(value) =
+            http::HeaderValue::from_str(&format!("\"tenant\";r={};t={reset}", self.remaining))
+        {
+            headers.insert("ratelimit", value);
+        }
+        headers
+    }
+
+    /// The 429 when the request is over the limit (with `Retry-After` and the headers).
+    pub fn refusal(&self) -> Option<axum::response::Response> {
+        use axum::response::IntoResponse;
+        let retry_after = self.retry_after?;
+        let mut response = borough_error::Problem::new(
+            borough_error::ErrorKind::RateLimited,
+            format!(
+                "this tenant is over its rate limit of {} requests per second (burst {})",
+                self.policy.requests_per_second, self.policy.burst
+            ),
+        )
+        .with_retry_after(
+            u32::try_from(borough_error::whole_seconds_up(retry_after).max(1)).unwrap_or(u32::MAX),
+        )
+        .into_response();
+        response.headers_mut().extend(self.headers());
+        Some(response)
+    }
+}
+
 pub struct RateLimiter {
     policies: watch::Receiver<Policies>,
     buckets: Mutex<HashMap<TenantId, Bucket>>,
@@ -223,6 +263,33 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decision_renders_its_ratelimit_headers_and_a_429_only_when_refused() {
+        let policy = Policy {
+            requests_per_second: 5,
+            burst: 10,
+        };
+        let admitted = Decision {
+            policy,
+            remaining: 7,
+            retry_after: None,
+        };
+        let headers = admitted.headers();
+        assert_eq!(headers["ratelimit-policy"], "\"tenant\";q=5;w=1;burst=10");
+        assert_eq!(headers["ratelimit"], "\"tenant\";r=7;t=0");
+        assert!(admitted.refusal().is_none());
+
+        let refused = Decision {
+            policy,
+            remaining: 0,
+            retry_after: Some(Duration::from_millis(1_200)),
+        };
+        let response = refused.refusal().expect("over the limit");
+        assert_eq!(response.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "2");
+        assert_eq!(response.headers()["ratelimit"], "\"tenant\";r=0;t=2");
+    }
 
     fn limiter(rps: u32, burst: u32) -> RateLimiter {
         let policies = Policies {

@@ -236,6 +236,40 @@ impl Settings {
     }
 }
 
+/// What `platform/gateway` may change while the gateway runs, each a watch of its current
+/// value: the environment's settings until the namespace says otherwise.
+pub struct Hot {
+    pub limits: tokio::sync::watch::Receiver<crate::state::Limits>,
+    pub admin_token_hash: tokio::sync::watch::Receiver<Option<[u8; 32]>>,
+    pub rate_limits: tokio::sync::watch::Receiver<crate::ratelimit::Policies>,
+    pub shed: tokio::sync::watch::Receiver<borough_net::shed::ShedLimits>,
+}
+
+impl Hot {
+    /// Fixed at the environment's settings (no config service).
+    pub fn fixed(settings: &Settings) -> Hot {
+        Hot {
+            limits: tokio::sync::watch::channel(settings.limits()).1,
+            admin_token_hash: tokio::sync::watch::channel(settings.admin_token_hash()).1,
+            rate_limits: tokio::sync::watch::channel(settings.rate_limits()).1,
+            shed: tokio::sync::watch::channel(settings.server.shed).1,
+        }
+    }
+
+    /// Following `remote` (`platform/gateway`), over the environment's settings.
+    pub fn following(
+        settings: &Settings,
+        remote: &borough_config_client::remote::RemoteConfig,
+    ) -> Hot {
+        Hot {
+            limits: remote.typed(settings.limits(), parse_limits),
+            admin_token_hash: remote.typed(settings.admin_token_hash(), parse_admin_token_hash),
+            rate_limits: remote.typed(settings.rate_limits(), crate::ratelimit::parse_policies),
+            shed: remote.typed(settings.server.shed, borough_net::shed::parse_limits),
+        }
+    }
+}
+
 /// `admin.token_sha256` of `platform/gateway` (64 hex digits: the SHA-256 of the new admin
 /// token, never the token itself) over the environment's token: rotates the admin token
 /// without a restart.

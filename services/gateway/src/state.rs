@@ -50,8 +50,8 @@ pub struct Shared {
     /// The deadline of exports and imports.
     pub stream_timeout: Duration,
     pub recent_writes: Arc<RecentWrites>,
-    /// Load shedding of the API routes (set by `serve`; `None`: no bound, in-process use).
-    pub shedder: Option<borough_net::shed::Shedder>,
+    /// Load shedding of the API routes (limits hot from `platform/gateway`, `shed.*`).
+    pub shedder: borough_net::shed::Shedder,
     /// API keys the directory refused lately (`BOROUGH_AUTH_NEGATIVE_TTL`).
     pub refused_keys: crate::auth_guard::NegativeCache,
     /// Failed authentications per source address.

@@ -203,34 +203,6 @@ async fn http2_with_prior_knowledge_is_served_and_oversized_headers_are_refused(
     Ok(())
 }
 
-#[tokio::test]
-async fn a_client_request_id_is_kept_only_when_short_and_plain() -> anyhow::Result<()> {
-    let gateway = lone_gateway(&[]).await?;
-    let http = reqwest::Client::new();
-    let id_of = |given: &'static str| {
-        let http = http.clone();
-        let url = format!("{}/hello", gateway.url(0));
-        async move {
-            let response = http.get(url).header("x-request-id", given).send().await?;
-            Ok::<_, anyhow::Error>(response.headers()["x-request-id"].to_str()?.to_owned())
-        }
-    };
-    assert_eq!(id_of("req-42.a_b:c").await?, "req-42.a_b:c");
-    for bad in [
-        "x".repeat(65).leak() as &'static str,
-        "has space",
-        "quote\"",
-        "<script>",
-    ] {
-        let replaced = id_of(bad).await?;
-        assert_ne!(replaced, bad);
-        assert_eq!(replaced.len(), 32, "{replaced}");
-        assert!(replaced.bytes().all(|b| b.is_ascii_hexdigit()));
-    }
-    gateway.stop().await?;
-    Ok(())
-}
-
 /// A random well-formed API key.
 fn random_key() -> String {
     let mut prefix = [0_u8; 6];
