@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use borough_config_client::remote::Snapshot;
 use borough_tenant::TenantId;
@@ -302,8 +304,8 @@ mod tests {
         RateLimiter::new(watch::channel(policies).1)
     }
 
-    #[test]
-    fn a_bucket_allows_its_burst_then_refuses_with_the_wait_for_one_token() {
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_allows_its_burst_then_refuses_with_the_wait_for_one_token() {
         let limiter = limiter(10, 3);
         let tenant = TenantId::new_v7();
         for expected in [2, 1, 0] {
@@ -316,6 +318,29 @@ mod tests {
         assert!(wait <= Duration::from_millis(100), "{wait:?}");
         // Another tenant has its own bucket.
         assert!(limiter.check(TenantId::new_v7()).retry_after.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_refills_at_its_rate_up_to_its_burst() {
+        let limiter = limiter(10, 3);
+        let tenant = TenantId::new_v7();
+        let admitted = |limiter: &RateLimiter| {
+            (0..10)
+                .take_while(|_| limiter.check(tenant).retry_after.is_none())
+                .count()
+        };
+        assert_eq!(admitted(&limiter), 3, "the burst");
+        tokio::time::advance(Duration::from_millis(99)).await;
+        let refused = limiter.check(tenant);
+        assert_eq!(
+            refused.retry_after,
+            Some(Duration::from_millis(1)),
+            "a token is 100 ms at 10 per second"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(admitted(&limiter), 1, "one token after 100 ms");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(admitted(&limiter), 3, "never more than the burst");
     }
 
     #[test]

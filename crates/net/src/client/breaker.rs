@@ -1,7 +1,9 @@
 //! One endpoint's circuit breaker: the failure rate over a sliding window of ten
 //! buckets opens it; after `open_for`, `probes` calls decide whether it closes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::settings::BreakerSettings;
 
@@ -208,8 +210,10 @@ mod tests {
         })
     }
 
-    #[test]
-    fn the_circuit_opens_on_the_failure_rate_and_closes_after_passing_probes() {
+    // On tokio's paused clock: time moves only when the test advances it.
+
+    #[tokio::test(start_paused = true)]
+    async fn the_circuit_opens_on_the_failure_rate_and_closes_after_passing_probes() {
         let mut b = breaker();
         let now = Instant::now();
         for _ in 0..4 {
@@ -218,7 +222,14 @@ mod tests {
         assert!(b.record(true, false, now) || b.record(false, false, now));
         assert_eq!(b.state_at(now), BreakerState::Open);
         assert_eq!(b.admit(now), Admission::Refused, "fails fast while open");
-        let later = now + Duration::from_millis(150);
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert_eq!(
+            b.admit(Instant::now()),
+            Admission::Refused,
+            "open for all of open_for"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let later = Instant::now();
         assert_eq!(
             b.admit(later),
             Admission::Probe,
@@ -235,27 +246,31 @@ mod tests {
         assert_eq!(b.state_at(later), BreakerState::Closed);
     }
 
-    #[test]
-    fn a_failed_probe_opens_the_circuit_again() {
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_opens_the_circuit_again_for_another_open_for() {
         let mut b = breaker();
-        let now = Instant::now();
         for _ in 0..5 {
-            b.record(false, false, now);
+            b.record(false, false, Instant::now());
         }
-        let later = now + Duration::from_millis(150);
+        tokio::time::advance(Duration::from_millis(150)).await;
+        let later = Instant::now();
         assert_eq!(b.admit(later), Admission::Probe);
         assert!(b.record(false, true, later));
         assert_eq!(b.state_at(later), BreakerState::Open);
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(b.admit(Instant::now()), Admission::Refused);
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(b.admit(Instant::now()), Admission::Probe);
     }
 
-    #[test]
-    fn failures_older_than_the_window_do_not_count() {
+    #[tokio::test(start_paused = true)]
+    async fn failures_older_than_the_window_do_not_count() {
         let mut b = breaker();
-        let now = Instant::now();
         for _ in 0..4 {
-            b.record(false, false, now);
+            b.record(false, false, Instant::now());
         }
-        let later = now + Duration::from_millis(1500);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let later = Instant::now();
         for _ in 0..4 {
             assert!(!b.record(true, false, later));
         }

@@ -1,6 +1,6 @@
 //! The retry budget.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::settings::RetrySettings;
 
@@ -50,8 +50,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn the_retry_budget_allows_a_fraction_of_calls_plus_a_floor() {
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_budget_allows_a_fraction_of_calls_plus_a_floor() {
         let settings = RetrySettings {
             max_attempts: 3,
             base: Duration::from_millis(1),
@@ -69,5 +69,27 @@ mod tests {
             (9..=10).contains(&allowed),
             "{allowed} retries for 100 calls"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_client_earns_the_floor_each_second_up_to_ten_seconds_worth() {
+        let settings = RetrySettings {
+            max_attempts: 3,
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(10),
+            budget_ratio: 0.0,
+            budget_min_per_sec: 2.0,
+        };
+        let mut budget = Budget::new(settings);
+        let spend = |budget: &mut Budget| {
+            let now = Instant::now();
+            (0..100).filter(|_| budget.withdraw(now)).count()
+        };
+        assert_eq!(spend(&mut budget), 2, "the first second's floor");
+        assert_eq!(spend(&mut budget), 0);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(spend(&mut budget), 1, "half a second: one retry");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(spend(&mut budget), 20, "capped at ten seconds' worth");
     }
 }

@@ -1,6 +1,8 @@
 //! The latency estimate balancing compares: peak-EWMA.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Latency estimate that jumps up to any slower observation at once and decays back
 /// (time constant 10 s), so a slowing endpoint loses traffic immediately.
