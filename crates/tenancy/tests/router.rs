@@ -163,11 +163,24 @@ async fn a_tenant_suspended_in_the_control_database_is_refused_at_once_despite_t
     )?;
     let tenant = db.provision_tenant(Placement::Shared).await?;
     let ctx = TenantContext::new(tenant);
-    // Let the listener subscribe, then cache the route.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = db.admin_pool().await?;
+    // Once the listener has subscribed, cache the route.
+    borough_testkit::wait_until(Duration::from_secs(10), || {
+        let admin = admin.clone();
+        async move {
+            let listening: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database()
+                    AND query LIKE '%LISTEN \"borough_tenant_changed\"%'",
+            )
+            .fetch_one(&admin)
+            .await?;
+            Ok(listening > 0)
+        }
+    })
+    .await?;
     router.begin(&ctx).await?.commit().await?;
 
-    let admin = db.admin_pool().await?;
     sqlx::query("UPDATE control.tenants SET status = 'suspended' WHERE id = $1")
         .bind(tenant.as_uuid())
         .execute(&admin)

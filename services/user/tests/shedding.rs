@@ -65,7 +65,21 @@ async fn a_call_past_the_in_flight_limit_is_refused_at_once_with_a_retry_hint() 
         TenantContext::new(tenant).write_metadata(request.metadata_mut());
         busy_client.update_user(request).await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the update waits on the row (holding the only slot):
+    let admin = db.admin_pool().await?;
+    borough_testkit::wait_until(Duration::from_secs(10), || {
+        let admin = admin.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&admin)
+            .await?;
+            Ok(waiting > 0)
+        }
+    })
+    .await?;
 
     let started = Instant::now();
     let status = client

@@ -309,13 +309,23 @@ async fn set_platform_config(
         .await?;
     anyhow::ensure!(response.status() == 200, "put {key}: {}", response.status());
     let entry: Value = response.json().await?;
-    let revision = entry["revision"].as_i64().unwrap_or_default();
+    applied(
+        stack,
+        ADMIN_TOKEN,
+        service,
+        entry["revision"].as_i64().unwrap_or_default(),
+    )
+    .await
+}
+
+/// Waits until an instance of `service` reports `revision` applied (asking with `token`).
+async fn applied(stack: &Stack, token: &str, service: &str, revision: i64) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     loop {
         let status: Value = stack
             .http
             .get(stack.url("/admin/v1/config/status"))
-            .bearer_auth(ADMIN_TOKEN)
+            .bearer_auth(token)
             .send()
             .await?
             .json()
@@ -329,7 +339,8 @@ async fn set_platform_config(
             .max()
             .unwrap_or_default();
         if applied >= revision {
-            // The typed settings follow the snapshot at once; give the watch a beat.
+            // The typed settings follow the snapshot in a task of their own; the report
+            // of the applied revision is a gRPC call after it: a beat covers the two.
             tokio::time::sleep(Duration::from_millis(50)).await;
             return Ok(());
         }
@@ -443,13 +454,18 @@ async fn the_query_cache_ttl_hot_reloads_from_the_config_service() -> anyhow::Re
 
     // 1h: the second read comes from the cache.
     set_platform_config(&stack, "query", "cache.ttl", json!("1h")).await?;
+    let invalidations = || stack.metric(&stack.query, "borough_cache_invalidations_total");
+    let noticed = invalidations().await.unwrap_or_default();
     let user = stack.create_user(&key, "Alan", "alan@example.com").await?;
     let id = user["id"].as_str().unwrap_or_default().to_owned();
     // The user's creation is announced to the query service, which drops the user from
-    // its cache when the notice arrives: that may land after a first read. So: read, let
-    // any notice land, read again (cached from here on), and once more 300 ms later.
+    // its cache when the notice arrives: that may land after a first read. So: read, wait
+    // for the notice, read again (cached from here on), and once more 300 ms later.
     assert_eq!(get(id.clone()).await?, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    borough_testkit::wait_until(Duration::from_secs(10), || async {
+        Ok(invalidations().await.unwrap_or_default() > noticed)
+    })
+    .await?;
     assert_eq!(get(id.clone()).await?, 200);
     let before = reads().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -476,9 +492,14 @@ async fn the_admin_token_rotates_hot_by_its_hash_in_the_platform_config() -> any
             .put(stack.url("/admin/v1/config/platform/gateway/admin.token_sha256"))
             .bearer_auth(token)
             .json(&value);
-        async move { anyhow::Ok(request.send().await?.status().as_u16()) }
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let entry: Value = response.json().await.unwrap_or_default();
+            anyhow::Ok((status, entry["revision"].as_i64().unwrap_or_default()))
+        }
     };
-    assert_eq!(put_hash(ADMIN_TOKEN, json!(hash)).await?, 200);
+    assert_eq!(put_hash(ADMIN_TOKEN, json!(hash)).await?.0, 200);
     // Applied within moments, no restart: the new token works, the old one does not.
     let started = std::time::Instant::now();
     while list(NEW_TOKEN).await? != 200 {
@@ -487,8 +508,9 @@ async fn the_admin_token_rotates_hot_by_its_hash_in_the_platform_config() -> any
     }
     assert_eq!(list(ADMIN_TOKEN).await?, 401, "the old token still works");
     // A malformed hash is refused: the rotated token stays in force.
-    assert_eq!(put_hash(NEW_TOKEN, json!("not-hex")).await?, 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, revision) = put_hash(NEW_TOKEN, json!("not-hex")).await?;
+    assert_eq!(status, 200);
+    applied(&stack, NEW_TOKEN, "gateway", revision).await?;
     assert_eq!(list(NEW_TOKEN).await?, 200);
     Ok(())
 }

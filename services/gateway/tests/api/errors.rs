@@ -246,7 +246,10 @@ async fn a_stale_if_match_is_412_and_changes_nothing() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn an_import_over_its_body_limit_is_413_naming_the_setting() -> anyhow::Result<()> {
-    let stack = Stack::start_with(&[("BOROUGH_IMPORT_BODY_LIMIT", "1KiB")]).await?;
+    let stack = Stack::builder()
+        .gateway(&[("BOROUGH_IMPORT_BODY_LIMIT", "1KiB")])
+        .start()
+        .await?;
     let (_, key) = stack.create_tenant("bigimport").await?;
     // Whole, valid lines, streamed without a Content-Length: refused while reading, when
     // the body passes 1 KiB.

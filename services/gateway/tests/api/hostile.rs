@@ -224,12 +224,14 @@ async fn auth_calls(stack: &Stack) -> anyhow::Result<f64> {
 
 #[tokio::test]
 async fn unknown_keys_cost_a_bounded_number_of_directory_calls_per_source() -> anyhow::Result<()> {
-    let stack = Stack::start_with(&[
-        ("BOROUGH_AUTH_FAILURES_PER_SEC", "1"),
-        ("BOROUGH_AUTH_FAILURE_BURST", "5"),
-        ("BOROUGH_AUTH_CACHE_TTL", "10m"),
-    ])
-    .await?;
+    let stack = Stack::builder()
+        .gateway(&[
+            ("BOROUGH_AUTH_FAILURES_PER_SEC", "1"),
+            ("BOROUGH_AUTH_FAILURE_BURST", "5"),
+            ("BOROUGH_AUTH_CACHE_TTL", "10m"),
+        ])
+        .start()
+        .await?;
     // A tenant working from the same address, its key cached by a first request.
     let (_, key) = stack.create_tenant("known").await?;
     let list = |key: String| {
@@ -268,7 +270,10 @@ async fn unknown_keys_cost_a_bounded_number_of_directory_calls_per_source() -> a
     // The known key is still served from this source (from the cache).
     assert_eq!(list(key).await?.status(), 200);
     // A refused key asked again is refused from the negative cache, without a call.
-    let stack2 = Stack::start_with(&[("BOROUGH_AUTH_FAILURE_BURST", "100")]).await?;
+    let stack2 = Stack::builder()
+        .gateway(&[("BOROUGH_AUTH_FAILURE_BURST", "100")])
+        .start()
+        .await?;
     let bad = random_key();
     for _ in 0..2 {
         let response = stack2
@@ -285,7 +290,10 @@ async fn unknown_keys_cost_a_bounded_number_of_directory_calls_per_source() -> a
 
 #[tokio::test]
 async fn an_import_report_lists_the_first_lines_and_counts_all_of_them() -> anyhow::Result<()> {
-    let stack = Stack::start_with(&[("BOROUGH_IMPORT_REPORT_LIMIT", "50")]).await?;
+    let stack = Stack::builder()
+        .gateway(&[("BOROUGH_IMPORT_REPORT_LIMIT", "50")])
+        .start()
+        .await?;
     let (_, key) = stack.create_tenant("importer").await?;
     // Lines 1..=300: odd ones are not JSON (rejected here), even ones carry an invalid
     // email (rejected by the user service), every tenth a valid row.
@@ -331,11 +339,13 @@ async fn an_import_report_lists_the_first_lines_and_counts_all_of_them() -> anyh
 
 #[tokio::test]
 async fn a_tenants_watches_are_capped_and_each_ends_after_its_longest_life() -> anyhow::Result<()> {
-    let stack = Stack::start_with(&[
-        ("BOROUGH_WATCH_MAX_PER_TENANT", "2"),
-        ("BOROUGH_WATCH_MAX_DURATION", "2s"),
-    ])
-    .await?;
+    let stack = Stack::builder()
+        .gateway(&[
+            ("BOROUGH_WATCH_MAX_PER_TENANT", "2"),
+            ("BOROUGH_WATCH_MAX_DURATION", "2s"),
+        ])
+        .start()
+        .await?;
     let (_, key) = stack.create_tenant("watcher").await?;
     let (_, other) = stack.create_tenant("other").await?;
     let watch = |key: &str| {

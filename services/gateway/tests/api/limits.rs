@@ -9,11 +9,13 @@ use crate::support::{ADMIN_TOKEN, Stack, assert_problem};
 #[tokio::test]
 async fn a_flooding_tenant_gets_429_with_rate_limit_headers_and_another_tenant_is_unaffected()
 -> anyhow::Result<()> {
-    let stack = Stack::start_with(&[
-        ("BOROUGH_RATE_LIMIT_RPS", "5"),
-        ("BOROUGH_RATE_LIMIT_BURST", "5"),
-    ])
-    .await?;
+    let stack = Stack::builder()
+        .gateway(&[
+            ("BOROUGH_RATE_LIMIT_RPS", "5"),
+            ("BOROUGH_RATE_LIMIT_BURST", "5"),
+        ])
+        .start()
+        .await?;
     let (_, flood) = stack.create_tenant("flood").await?;
     let (_, calm) = stack.create_tenant("calm").await?;
     let list = |key: &str| {
@@ -72,11 +74,13 @@ async fn a_flooding_tenant_gets_429_with_rate_limit_headers_and_another_tenant_i
 #[tokio::test]
 async fn a_tenant_override_written_through_the_admin_api_applies_without_a_restart()
 -> anyhow::Result<()> {
-    let stack = Stack::start_with(&[
-        ("BOROUGH_RATE_LIMIT_RPS", "2"),
-        ("BOROUGH_RATE_LIMIT_BURST", "2"),
-    ])
-    .await?;
+    let stack = Stack::builder()
+        .gateway(&[
+            ("BOROUGH_RATE_LIMIT_RPS", "2"),
+            ("BOROUGH_RATE_LIMIT_BURST", "2"),
+        ])
+        .start()
+        .await?;
     let (id, key) = stack.create_tenant("big-customer").await?;
     let limits = stack.url(&format!("/admin/v1/tenants/{id}/limits"));
     let got: serde_json::Value = stack
@@ -207,11 +211,13 @@ async fn a_tenant_at_twice_its_limit_gets_its_limit_admitted_within_5_percent_an
 -> anyhow::Result<()> {
     // 40 requests a second, burst 4: a tenant sending 80 a second for 3 s should get
     // 4 + 40 × 3 = 124 through.
-    let stack = Stack::start_with(&[
-        ("BOROUGH_RATE_LIMIT_RPS", "40"),
-        ("BOROUGH_RATE_LIMIT_BURST", "4"),
-    ])
-    .await?;
+    let stack = Stack::builder()
+        .gateway(&[
+            ("BOROUGH_RATE_LIMIT_RPS", "40"),
+            ("BOROUGH_RATE_LIMIT_BURST", "4"),
+        ])
+        .start()
+        .await?;
     let (_, flood) = stack.create_tenant("twice").await?;
     let (_, calm) = stack.create_tenant("half").await?;
     let started = Instant::now();

@@ -154,7 +154,10 @@ async fn schema_and_database_tenants_rows_live_only_in_their_own_schema_or_datab
 #[tokio::test]
 async fn with_two_tenant_pools_allowed_three_database_tenants_in_turn_all_succeed()
 -> anyhow::Result<()> {
-    let stack = Stack::start_configured(&[("BOROUGH_MAX_TENANT_POOLS", "2")], &[]).await?;
+    let stack = Stack::builder()
+        .services(&[("BOROUGH_MAX_TENANT_POOLS", "2")])
+        .start()
+        .await?;
     let mut tenants = Vec::new();
     for i in 0..3 {
         let (_, key) = stack
@@ -196,14 +199,13 @@ async fn with_two_tenant_pools_allowed_three_database_tenants_in_turn_all_succee
 #[tokio::test]
 async fn a_tenant_at_its_connection_cap_gets_503_while_another_tenant_is_unaffected()
 -> anyhow::Result<()> {
-    let stack = Stack::start_configured(
-        &[
+    let stack = Stack::builder()
+        .services(&[
             ("BOROUGH_TENANT_MAX_CONNECTIONS", "1"),
             ("BOROUGH_TENANT_ACQUIRE_TIMEOUT", "200ms"),
-        ],
-        &[],
-    )
-    .await?;
+        ])
+        .start()
+        .await?;
     let (_, hot) = stack.create_tenant("hot").await?;
     let (_, calm) = stack.create_tenant("calm").await?;
     let user = stack.create_user(&hot, "Hal", "hal@example.com").await?;

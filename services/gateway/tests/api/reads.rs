@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::support::{Stack, assert_problem, service_env, spawn_query_with};
+use crate::support::{Stack, assert_problem};
 
 const PLACEMENTS: [&str; 3] = ["shared", "schema", "database"];
 
@@ -446,12 +446,7 @@ async fn writes_are_read_back_at_once_and_invalidate_another_query_replica_withi
 -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     // A second query replica.
-    let replica = spawn_query_with(borough_query::Settings::from_env(&service_env(
-        &stack.db,
-        borough_testkit::pg::Login::Query,
-        &[],
-    ))?)
-    .await?;
+    let replica = stack.spawn_query_replica(&[]).await?;
     let client = borough_proto::query::v1::query_service_client::QueryServiceClient::new(
         borough_testkit::tls::channel(&replica.grpc_url(0), "gateway", "query")?,
     );
@@ -542,15 +537,15 @@ async fn with_postgresql_stopped_cached_users_are_served_stale_others_fail_fast_
 -> anyhow::Result<()> {
     let mut cluster = borough_testkit::own_cluster()?;
     let db = borough_testkit::TestDatabase::create_on(&cluster).await?;
-    let stack = Stack::start_on(
-        db,
-        &[
+    let stack = Stack::builder()
+        .on(db)
+        .services(&[
             ("BOROUGH_CACHE_TTL", "100ms"),
             ("BOROUGH_DB_ACQUIRE_TIMEOUT", "1s"),
-        ],
-        &[("BOROUGH_AUTH_CACHE_TTL", "10m")],
-    )
-    .await?;
+        ])
+        .gateway(&[("BOROUGH_AUTH_CACHE_TTL", "10m")])
+        .start()
+        .await?;
     let (_, key) = stack.create_tenant("resilient").await?;
     let cached = stack.create_user(&key, "Ada", "ada@example.com").await?;
     let uncached = stack.create_user(&key, "Alan", "alan@example.com").await?;

@@ -548,6 +548,15 @@ impl Load {
         }
     }
 
+    /// Waits until the load has had `count` more requests answered.
+    async fn served(&self, count: u64) -> Result<()> {
+        let from = self.ok.load(Ordering::Relaxed);
+        borough_testkit::wait_until(Duration::from_secs(10), || async move {
+            Ok(self.ok.load(Ordering::Relaxed) >= from + count)
+        })
+        .await
+    }
+
     async fn finish(self) -> Result<(u64, u64, Vec<String>)> {
         self.stop.store(true, Ordering::Relaxed);
         let mut errors = Vec::new();
@@ -562,10 +571,11 @@ impl Load {
     }
 }
 
-/// Stops a replica (it drains), starts it again where it was, waits for it to be ready
-/// and gives the gateway's health checks a moment to see it.
+/// Stops a replica (it drains), starts it again where it was, and waits until it is
+/// ready and the gateway's health checks pass it again.
 async fn restart(
     old: Spawned,
+    gateway: &Spawned,
     start: impl AsyncFnOnce(&[std::net::SocketAddr]) -> Result<Spawned>,
 ) -> Result<Spawned> {
     let addrs = old.addrs.clone();
@@ -577,7 +587,22 @@ async fn restart(
         Duration::from_secs(10),
     )
     .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let http = reqwest::Client::new();
+    let healthy = format!("endpoint=\"{}\"", addrs[0]);
+    borough_testkit::wait_until(Duration::from_secs(10), || {
+        let (http, healthy) = (&http, &healthy);
+        async move {
+            let value = borough_testkit::scrape_metric(
+                http,
+                &gateway.url(1),
+                "borough_backend_endpoint_healthy",
+                healthy,
+            )
+            .await?;
+            Ok(value == Some(1.0))
+        }
+    })
+    .await?;
     Ok(new)
 }
 
@@ -616,10 +641,10 @@ async fn restarting_every_user_and_query_replica_one_by_one_under_load_fails_no_
     )
     .await?;
     let load = Load::start(&gateway.url(0), &key, &user_path, 4);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.served(20).await?;
     for i in 0..2 {
         let old = users.remove(i);
-        let new = restart(old, async |at| {
+        let new = restart(old, &gateway, async |at| {
             respawn_user(user_settings.clone(), at).await
         })
         .await?;
@@ -627,7 +652,7 @@ async fn restarting_every_user_and_query_replica_one_by_one_under_load_fails_no_
     }
     for i in 0..2 {
         let old = queries.remove(i);
-        let new = restart(old, async |at| {
+        let new = restart(old, &gateway, async |at| {
             respawn_query(query_settings.clone(), at).await
         })
         .await?;
@@ -644,12 +669,12 @@ async fn postgresql_killed_mid_load_recovers_without_restarts_and_keeps_every_ac
 -> Result<()> {
     let mut cluster = borough_testkit::own_cluster()?;
     let db = borough_testkit::TestDatabase::create_on(&cluster).await?;
-    let stack = Stack::start_on(
-        db,
-        &[("BOROUGH_DB_ACQUIRE_TIMEOUT", "1s")],
-        &[("BOROUGH_AUTH_CACHE_TTL", "10m")],
-    )
-    .await?;
+    let stack = Stack::builder()
+        .on(db)
+        .services(&[("BOROUGH_DB_ACQUIRE_TIMEOUT", "1s")])
+        .gateway(&[("BOROUGH_AUTH_CACHE_TTL", "10m")])
+        .start()
+        .await?;
     let (_, key) = stack.create_tenant("outage").await?;
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..3)
@@ -791,7 +816,10 @@ async fn an_import_retried_with_its_idempotency_key_after_a_lost_answer_writes_e
 
 #[tokio::test]
 async fn an_idempotency_key_expires_after_its_ttl_and_may_then_be_used_again() -> Result<()> {
-    let stack = Stack::start_configured(&[("BOROUGH_IDEMPOTENCY_TTL", "1s")], &[]).await?;
+    let stack = Stack::builder()
+        .services(&[("BOROUGH_IDEMPOTENCY_TTL", "1s")])
+        .start()
+        .await?;
     let (_, key) = stack.create_tenant("expiry").await?;
     let post = |email: &str| {
         stack
@@ -804,8 +832,24 @@ async fn an_idempotency_key_expires_after_its_ttl_and_may_then_be_used_again() -
     };
     assert_eq!(post("first@example.com").await?.status(), 201);
     assert_problem(post("second@example.com").await?, 422).await?;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let response = post("second@example.com").await?;
+    // The key is in force for its TTL (1 s), then free again.
+    let reused = Instant::now();
+    let response = loop {
+        let response = post("second@example.com").await?;
+        if response.status() != 422 {
+            break response;
+        }
+        anyhow::ensure!(
+            reused.elapsed() < Duration::from_secs(10),
+            "the key never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        reused.elapsed() >= Duration::from_millis(500),
+        "freed after {:?}, before its TTL",
+        reused.elapsed()
+    );
     assert_eq!(response.status(), 201, "the expired key is free again");
     assert!(!response.headers().contains_key("idempotent-replayed"));
     let pool = stack.db.admin_pool().await?;

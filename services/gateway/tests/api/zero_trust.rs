@@ -451,7 +451,16 @@ async fn certificates_and_the_ca_rotate_under_traffic_without_a_failed_request()
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each phase is held until calls have gone through on what every side holds then.
+    let calls = |count: u64| {
+        let ok = ok.clone();
+        let from = ok.load(Ordering::Relaxed);
+        borough_testkit::wait_until(Duration::from_secs(10), move || {
+            let ok = ok.clone();
+            async move { Ok(ok.load(Ordering::Relaxed) >= from + count) }
+        })
+    };
+    calls(10).await?;
 
     // 1. The new CA joins the bundle (every process trusts both).
     let old = own.authority()?;
@@ -459,7 +468,7 @@ async fn certificates_and_the_ca_rotate_under_traffic_without_a_failed_request()
     let bundle = format!("{}{}", old.cert_pem(), new.cert_pem());
     borough_tls::generate::write(&own.dir.join("ca.crt"), &bundle, false)?;
     reloaded(&admins, 1.0).await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    calls(10).await?;
     // 2. Every certificate re-issued by the new CA (a shorter life shows it is the new one).
     for service in ["gateway", "user", "query"] {
         issue_into(
@@ -471,11 +480,11 @@ async fn certificates_and_the_ca_rotate_under_traffic_without_a_failed_request()
         )?;
     }
     reloaded(&admins, 2.0).await?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    calls(10).await?;
     // 3. The old CA leaves the bundle.
     borough_tls::generate::write(&own.dir.join("ca.crt"), new.cert_pem(), false)?;
     reloaded(&admins, 3.0).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    calls(10).await?;
     stop.store(true, Ordering::Release);
     traffic.await?;
 

@@ -188,34 +188,75 @@ pub async fn spawn_gateway(
     .await
 }
 
+/// How a [`Stack`] is started: on which database, with which settings.
+#[derive(Default)]
+pub struct StackBuilder {
+    db: Option<TestDatabase>,
+    services: Vec<(String, String)>,
+    gateway: Vec<(String, String)>,
+}
+
+fn owned(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+}
+
+impl StackBuilder {
+    /// On a database of the caller's (default: a fresh one on the shared cluster).
+    pub fn on(mut self, db: TestDatabase) -> Self {
+        self.db = Some(db);
+        self
+    }
+
+    /// Settings of the user and query services, over the test defaults.
+    pub fn services(mut self, settings: &[(&str, &str)]) -> Self {
+        self.services.extend(owned(settings));
+        self
+    }
+
+    /// Settings of the gateway, over the test defaults.
+    pub fn gateway(mut self, settings: &[(&str, &str)]) -> Self {
+        self.gateway.extend(owned(settings));
+        self
+    }
+
+    /// Starts the config, user and query services and the gateway, and waits until the
+    /// gateway is ready.
+    pub async fn start(self) -> Result<Stack> {
+        let db = match self.db {
+            Some(db) => db,
+            None => TestDatabase::create().await?,
+        };
+        Stack::start_on(db, &self.services, &self.gateway).await
+    }
+}
+
 impl Stack {
+    /// A stack with the test defaults on a fresh database.
     pub async fn start() -> Result<Stack> {
-        Self::start_with(&[]).await
+        Stack::builder().start().await
     }
 
-    pub async fn start_with(gateway_settings: &[(&str, &str)]) -> Result<Stack> {
-        Self::start_configured(&[], gateway_settings).await
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
     }
 
-    /// A stack whose user and query services get `service_settings` on top of the test
-    /// defaults, and whose gateway gets `gateway_settings`.
-    pub async fn start_configured(
-        service_settings: &[(&str, &str)],
-        gateway_settings: &[(&str, &str)],
-    ) -> Result<Stack> {
-        Self::start_on(
-            TestDatabase::create().await?,
-            service_settings,
-            gateway_settings,
-        )
+    /// Another query replica on the stack's database (not behind its gateway), with
+    /// `extra` settings.
+    pub async fn spawn_query_replica(&self, extra: &[(&str, &str)]) -> Result<Spawned> {
+        spawn_query_with(borough_query::Settings::from_env(&service_env(
+            &self.db,
+            Login::Query,
+            extra,
+        ))?)
         .await
     }
 
-    /// As [`Stack::start_configured`], on a database of the caller's.
-    pub async fn start_on(
+    async fn start_on(
         db: TestDatabase,
-        service_settings: &[(&str, &str)],
-        gateway_settings: &[(&str, &str)],
+        service_settings: &[(String, String)],
+        gateway_settings: &[(String, String)],
     ) -> Result<Stack> {
         borough_telemetry::logging::init_test_logging();
         // The config service first: every other service follows its platform namespace,
@@ -231,14 +272,12 @@ impl Stack {
                 .display()
                 .to_string()
         };
-        let following = |snapshot: &str, extra: &[(&str, &str)]| -> Vec<(String, String)> {
-            [
+        let following = |snapshot: &str, extra: &[(String, String)]| -> Vec<(String, String)> {
+            owned(&[
                 ("BOROUGH_CONFIG_URL", config_url.as_str()),
                 ("BOROUGH_CONFIG_SNAPSHOT", snapshot),
-            ]
-            .iter()
-            .chain(extra)
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            ])
+            .chain(extra.iter().cloned())
             .collect()
         };
         let (user_snapshot, query_snapshot, gateway_snapshot) =
