@@ -20,30 +20,51 @@ use borough_proto::config::v1::{ListRequest, ReportAppliedRequest, WatchRequest}
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::{Env, SettingsError};
+use crate::{Env, SettingsError, Var};
 
-/// `BOROUGH_CONFIG_*` of a service that follows its platform namespace.
+/// How a service follows its platform namespace.
 #[derive(Debug, Clone)]
 pub struct RemoteSettings {
-    /// `BOROUGH_CONFIG_URL`; unset: no remote configuration (environment only).
+    /// [`RemoteSettings::URL`]; `None`: no remote configuration (environment only).
     pub url: Option<String>,
-    /// `BOROUGH_CONFIG_SNAPSHOT` (`<temp dir>/borough-config-<service>.json`).
+    /// [`RemoteSettings::SNAPSHOT`].
     pub snapshot: PathBuf,
-    /// `BOROUGH_INSTANCE` (`<hostname>-<pid>`): this process in the status report.
+    /// [`RemoteSettings::INSTANCE`]: this process in the status report.
     pub instance: String,
 }
 
 impl RemoteSettings {
+    pub const URL: Var = Var::new(
+        "BOROUGH_CONFIG_URL",
+        "unset; the gateway's config API: https://127.0.0.1:50053 (http:// with \
+         BOROUGH_INTERNAL_TLS=off)",
+        "The config service (http(s)://host:port, a list for several): follow \
+         platform/<service> for hot settings; the gateway also serves the config API through \
+         it. Unset: environment only",
+    );
+    pub const SNAPSHOT: Var = Var::new(
+        "BOROUGH_CONFIG_SNAPSHOT",
+        "<temp dir>/borough-config-<service>.json",
+        "Where the last applied platform/<service> values are kept, to start from when the \
+         config service is down",
+    );
+    pub const INSTANCE: Var = Var::new(
+        "BOROUGH_INSTANCE",
+        "<hostname>-<pid>",
+        "This process's name in the config service's status report",
+    );
+    pub const VARS: &[&Var] = &[&Self::URL, &Self::SNAPSHOT, &Self::INSTANCE];
+
     pub fn from_env(env: &Env, service: &str) -> Result<Self, SettingsError> {
-        let url = match env.optional("BOROUGH_CONFIG_URL") {
-            Some(_) => Some(env.url("BOROUGH_CONFIG_URL", "", &["http", "https"])?),
+        let url = match env.optional(&Self::URL) {
+            Some(_) => Some(env.url(&Self::URL, &["http", "https"])?),
             None => None,
         };
         let snapshot = env
-            .optional("BOROUGH_CONFIG_SNAPSHOT")
+            .optional(&Self::SNAPSHOT)
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join(format!("borough-config-{service}.json")));
-        let instance = env.optional("BOROUGH_INSTANCE").unwrap_or_else(|| {
+        let instance = env.optional(&Self::INSTANCE).unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_else(|_| "localhost".to_owned());
@@ -62,6 +83,22 @@ impl RemoteSettings {
 pub struct Snapshot {
     pub revision: i64,
     pub values: BTreeMap<String, Value>,
+}
+
+impl Snapshot {
+    /// The values as settings' text, read by hot key with the settings' own parsers
+    /// ([`Env::hot`]): a string as it is, a number or a boolean as written (so `3` for a
+    /// duration is three seconds, as in the environment); anything else as its JSON, which
+    /// the parser refuses.
+    pub fn hot(&self) -> Env {
+        Env::hot(self.values.iter().map(|(key, value)| {
+            let text = match value {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            (key.clone(), text)
+        }))
+    }
 }
 
 /// Where the current values come from.
@@ -332,80 +369,42 @@ async fn follow(
 /// was pruned (the config service's `x-borough-compacted`).
 pub const COMPACTED_METADATA: &str = "x-borough-compacted";
 
-/// A duration from a config value: `"5s"`, `"250ms"`, or a number of milliseconds.
-pub fn duration_value(value: &Value) -> Result<Duration, String> {
-    match value {
-        Value::Number(n) => n
-            .as_u64()
-            .map(Duration::from_millis)
-            .filter(|d| *d <= crate::MAX_DURATION)
-            .ok_or_else(|| format!("{n} is not a whole number of milliseconds up to ten years")),
-        Value::String(s) => {
-            crate::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration"))
-        }
-        other => Err(format!("{other} is not a duration")),
-    }
-}
-
-/// A byte size from a config value: a number, or `"64KiB"`, `"1MiB"`.
-pub fn bytes_value(value: &Value) -> Result<usize, String> {
-    match value {
-        Value::Number(n) => n
-            .as_u64()
-            .and_then(|n| usize::try_from(n).ok())
-            .filter(|n| *n <= crate::MAX_BYTES)
-            .ok_or_else(|| format!("{n} is not a byte size up to 1 TiB")),
-        Value::String(s) => {
-            crate::parse_bytes(s).ok_or_else(|| format!("{s:?} is not a byte size"))
-        }
-        other => Err(format!("{other} is not a byte size")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations_and_sizes_parse_from_numbers_and_strings_only() {
-        assert_eq!(
-            duration_value(&Value::from(250)),
-            Ok(Duration::from_millis(250))
-        );
-        assert_eq!(
-            duration_value(&Value::from("5s")),
-            Ok(Duration::from_secs(5))
-        );
-        assert!(duration_value(&Value::from("soon")).is_err());
-        assert!(duration_value(&Value::from(-1)).is_err());
-        assert_eq!(bytes_value(&Value::from("1MiB")), Ok(1024 * 1024));
-        assert!(bytes_value(&Value::Bool(true)).is_err());
-        // Bounded: a huge value is refused, never a deadline that overflows.
-        assert!(duration_value(&Value::from(u64::MAX)).is_err());
-        assert!(duration_value(&Value::from("100000000h")).is_err());
-        assert!(bytes_value(&Value::from(u64::MAX)).is_err());
-    }
+    const TTL: Var = Var::new("BOROUGH_TTL", "30s", "test").hot("cache.ttl");
+    const SIZE: Var = Var::new("BOROUGH_SIZE", "1MiB", "test").hot("http.body_limit");
 
-    #[tokio::test]
-    async fn a_snapshot_file_is_the_starting_point_when_the_service_is_unreachable() {
-        let path =
-            std::env::temp_dir().join(format!("borough-snapshot-test-{}.json", std::process::id()));
-        let snapshot = Snapshot {
-            revision: 7,
-            values: BTreeMap::from([("k".to_owned(), Value::from(1))]),
+    #[test]
+    fn hot_values_parse_as_the_environment_would_and_odd_json_is_refused() {
+        let snapshot = |value: Value| Snapshot {
+            revision: 1,
+            values: [
+                ("cache.ttl".to_owned(), value.clone()),
+                ("http.body_limit".to_owned(), value),
+            ]
+            .into_iter()
+            .collect(),
         };
-        save(&path, &snapshot);
-        let remote = RemoteConfig::start(
-            "test",
-            RemoteSettings {
-                url: None,
-                snapshot: path.clone(),
-                instance: "i".into(),
-            },
-            None,
+        let ttl = |value| snapshot(value).hot().duration_or(&TTL, Duration::ZERO);
+        assert_eq!(ttl(Value::from("250ms")), Ok(Duration::from_millis(250)));
+        assert_eq!(
+            ttl(Value::from(3)),
+            Ok(Duration::from_secs(3)),
+            "seconds, as BOROUGH_TTL=3"
         );
-        assert_eq!(*remote.snapshot.borrow(), snapshot);
-        assert_eq!(*remote.source.borrow(), Source::Snapshot { revision: 7 });
-        let _ = std::fs::remove_file(path);
+        assert!(ttl(Value::from("soon")).is_err());
+        assert!(ttl(Value::from(-1)).is_err());
+        assert!(
+            ttl(Value::from(u64::MAX)).is_err(),
+            "bounded: never a deadline that overflows"
+        );
+        assert!(ttl(serde_json::json!({"s": 1})).is_err());
+        let size = |value| snapshot(value).hot().bytes_or(&SIZE, 0);
+        assert_eq!(size(Value::from("1MiB")), Ok(1024 * 1024));
+        assert_eq!(size(Value::from(4096)), Ok(4096));
+        assert!(size(Value::Bool(true)).is_err());
+        assert!(size(Value::from(u64::MAX)).is_err());
     }
 }

@@ -9,7 +9,10 @@ use borough_config_client::remote::{RemoteConfig, RemoteSettings};
 use borough_telemetry::Readiness;
 
 /// The key of the log filter (`RUST_LOG` syntax) in every `platform/<service>` namespace.
-pub const LOG_LEVEL_KEY: &str = "log.level";
+pub const LOG_LEVEL_KEY: &str = match borough_telemetry::settings::RUST_LOG.hot {
+    Some(key) => key,
+    None => panic!("RUST_LOG is declared with its hot key"),
+};
 
 /// A lazily connected channel to the config service at `url`: mutual TLS on `tls`
 /// (expecting the config service's identity), plaintext without it.
@@ -109,8 +112,7 @@ pub fn follow_platform_config(
         loop {
             let filter = level.borrow_and_update().clone();
             let filter = filter.unwrap_or_else(|| {
-                std::env::var("RUST_LOG")
-                    .unwrap_or_else(|_| borough_telemetry::logging::DEFAULT_FILTER.to_owned())
+                borough_config_client::Env::process().string(&borough_telemetry::settings::RUST_LOG)
             });
             if let Err(e) = borough_telemetry::logging::set_filter(&filter) {
                 tracing::debug!(error = %e, "log filter not applied");

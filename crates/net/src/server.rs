@@ -46,16 +46,16 @@ impl Listeners {
         let api = if settings.reuse_port {
             let addr = settings.api_addr;
             reusable(addr).map_err(|source| ServeError::Bind {
-                var: settings.api_var,
+                var: settings.api_var.name,
                 addr,
                 source,
             })?
         } else {
-            bind(settings.api_var, settings.api_addr).await?
+            bind(settings.api_var.name, settings.api_addr).await?
         };
         Ok(Listeners {
             api,
-            admin: bind("BOROUGH_ADMIN_ADDR", settings.admin_addr).await?,
+            admin: bind(ServerSettings::ADMIN_ADDR.name, settings.admin_addr).await?,
         })
     }
 }

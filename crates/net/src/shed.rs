@@ -19,34 +19,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, watch};
 
-/// `shed.max_in_flight`, `shed.max_queue` and `shed.queue_timeout` of the service's
-/// platform namespace over `defaults`. Refused: a zero in-flight limit, wrong types.
+/// The hot load-shedding limits of the service's platform namespace
+/// ([`ShedLimits::MAX_IN_FLIGHT`] and the others' hot keys) over `defaults`, by the same
+/// parsers as the environment's.
 pub fn parse_limits(snapshot: &Snapshot, defaults: &ShedLimits) -> Result<ShedLimits, String> {
-    let mut limits = *defaults;
-    let count = |key: &str| -> Result<Option<usize>, String> {
-        match snapshot.values.get(key) {
-            None => Ok(None),
-            Some(value) => value
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| format!("{key} must be a non-negative integer")),
-        }
-    };
-    if let Some(n) = count("shed.max_in_flight")? {
-        if n == 0 {
-            return Err("shed.max_in_flight must be at least 1".to_owned());
-        }
-        limits.max_in_flight = n;
-    }
-    if let Some(n) = count("shed.max_queue")? {
-        limits.max_queue = n;
-    }
-    if let Some(value) = snapshot.values.get("shed.queue_timeout") {
-        limits.queue_timeout = borough_config_client::remote::duration_value(value)
-            .map_err(|e| format!("shed.queue_timeout: {e}"))?;
-    }
-    Ok(limits)
+    defaults.updated(&snapshot.hot()).map_err(|e| e.to_string())
 }
 
 /// Admission control for one server. Cheap to clone.

@@ -34,7 +34,7 @@ async fn health_server() -> anyhow::Result<SocketAddr> {
 fn backend(urls: &str) -> anyhow::Result<Backend> {
     Ok(Backend::new(
         "test",
-        "BOROUGH_TEST_URL",
+        "TEST_BACKEND_URL",
         urls,
         ClientSettings::default(),
         POLICY,

@@ -10,6 +10,7 @@ pub mod logging;
 pub mod metrics;
 pub mod otel;
 pub mod otlp_tls;
+pub mod settings;
 pub mod spans;
 pub mod trace;
 
@@ -17,3 +18,4 @@ pub use admin::{AdminState, Readiness};
 pub use dependency::Dependency;
 pub use logging::init_logging;
 pub use metrics::Metrics;
+pub use settings::vars;

@@ -10,12 +10,13 @@
 //! finds the buffer full is dropped and counted (`borough_log_lines_dropped_total`).
 
 use std::io::IsTerminal;
-
 use std::sync::OnceLock;
 
 use tracing_subscriber::{
     EnvFilter, Layer, Registry, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
 };
+
+use crate::settings;
 
 /// The filter of the installed subscriber, for [`set_filter`].
 static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
@@ -24,6 +25,7 @@ static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 static OUTPUT: OnceLock<crate::log_writer::Output> = OnceLock::new();
 
 /// `BOROUGH_LOG_BUFFER_BYTES`: log bytes that may wait to be written.
+/// [`settings::LOG_BUFFER_BYTES`]' default, for when its value is refused.
 const DEFAULT_BUFFER_BYTES: usize = 4 << 20;
 
 /// Log lines dropped so far because output could not keep up.
@@ -39,7 +41,7 @@ pub fn flush_logs() {
 }
 
 /// The filter when `RUST_LOG` is unset.
-pub const DEFAULT_FILTER: &str = "info,sqlx=warn,h2=warn,hyper=warn,tower=warn";
+pub const DEFAULT_FILTER: &str = settings::RUST_LOG.default;
 
 /// Whether `directives` is a valid filter.
 pub fn check_filter(directives: &str) -> Result<(), String> {
@@ -65,24 +67,22 @@ pub fn init_logging(service: &'static str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let (filter, handle) = reload::Layer::new(filter);
-    let json = match std::env::var("BOROUGH_LOG_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok("pretty") => false,
+    let env = borough_config_client::Env::process();
+    let json = match env.optional(&settings::LOG_FORMAT).as_deref() {
+        Some("json") => true,
+        Some("pretty") => false,
         _ => !std::io::stdout().is_terminal(),
     };
     // Logging is not up yet to say a bad value is ignored: standard error says it.
-    let limit = match std::env::var("BOROUGH_LOG_BUFFER_BYTES") {
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => {
-                eprintln!(
-                    "BOROUGH_LOG_BUFFER_BYTES={v:?} is not a positive number of bytes; using {DEFAULT_BUFFER_BYTES}"
-                );
-                DEFAULT_BUFFER_BYTES
-            }
-        },
-        Err(_) => DEFAULT_BUFFER_BYTES,
-    };
+    let limit = env
+        .bytes_in(
+            &settings::LOG_BUFFER_BYTES,
+            1..=borough_config_client::MAX_BYTES,
+        )
+        .unwrap_or_else(|e| {
+            eprintln!("{e}; using {DEFAULT_BUFFER_BYTES} bytes");
+            DEFAULT_BUFFER_BYTES
+        });
     let output = match OUTPUT.get() {
         Some(output) => Some(output.clone()),
         None => crate::log_writer::Output::spawn(Box::new(std::io::stdout()), limit)

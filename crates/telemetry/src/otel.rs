@@ -39,9 +39,8 @@ pub(crate) fn layers<S>(service: &'static str) -> Option<Box<dyn Layer<S> + Send
 where
     S: Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
-    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|e| !e.trim().is_empty())?;
+    let env = borough_config_client::Env::process();
+    let endpoint = env.optional(&crate::settings::OTLP_ENDPOINT)?;
     // An https collector: over TLS of our own (tonic's TLS features stay off).
     let builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
     let builder = if endpoint.trim().starts_with("https://") {
@@ -70,7 +69,7 @@ where
         }
     };
     let mut resource = opentelemetry_sdk::Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    if env.optional(&crate::settings::SERVICE_NAME).is_none() {
         resource = resource.with_service_name(format!("borough-{service}"));
     }
     let processor =
@@ -83,10 +82,10 @@ where
         .with_span_processor(processor)
         .with_sampler(sampler(
             service,
-            std::env::var("OTEL_TRACES_SAMPLER").ok().as_deref(),
-            std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().as_deref(),
-            std::env::var("BOROUGH_TRACE_CLIENT_SAMPLING")
-                .ok()
+            env.optional(&crate::settings::TRACES_SAMPLER).as_deref(),
+            env.optional(&crate::settings::TRACES_SAMPLER_ARG)
+                .as_deref(),
+            env.optional(&crate::settings::TRACE_CLIENT_SAMPLING)
                 .as_deref(),
         ))
         .with_resource(resource.build())

@@ -114,11 +114,12 @@ impl tower::Service<http::Uri> for Connector {
 
 /// A lazily connecting channel to an `https://` collector.
 pub fn channel(endpoint: &str) -> Result<tonic::transport::Channel, String> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let env = borough_config_client::Env::process();
     let config = client_config(
-        var("OTEL_EXPORTER_OTLP_CERTIFICATE").as_deref(),
-        var("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE").as_deref(),
-        var("OTEL_EXPORTER_OTLP_CLIENT_KEY").as_deref(),
+        env.optional(&crate::settings::OTLP_CERTIFICATE).as_deref(),
+        env.optional(&crate::settings::OTLP_CLIENT_CERTIFICATE)
+            .as_deref(),
+        env.optional(&crate::settings::OTLP_CLIENT_KEY).as_deref(),
     )?;
     let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| format!("the OTLP endpoint: {e}"))?;

@@ -158,13 +158,30 @@ impl Login {
     }
 
     /// The setting its password comes from in `borough-user migrate`.
-    pub fn password_variable(self) -> &'static str {
+    pub fn password_variable(self) -> &'static borough_config_client::Var {
         match self {
-            Login::User => "BOROUGH_USER_DB_PASSWORD",
-            Login::Query => "BOROUGH_QUERY_DB_PASSWORD",
-            Login::Config => "BOROUGH_CONFIG_DB_PASSWORD",
+            Login::User => &Self::USER_PASSWORD,
+            Login::Query => &Self::QUERY_PASSWORD,
+            Login::Config => &Self::CONFIG_PASSWORD,
         }
     }
+
+    pub const USER_PASSWORD: borough_config_client::Var = borough_config_client::Var::new(
+        "BOROUGH_USER_DB_PASSWORD",
+        "",
+        "borough-user migrate: creates or updates the user service's login (borough_user) \
+         with this password",
+    );
+    pub const QUERY_PASSWORD: borough_config_client::Var = borough_config_client::Var::new(
+        "BOROUGH_QUERY_DB_PASSWORD",
+        "",
+        "borough-user migrate: the query service's login (borough_query)",
+    );
+    pub const CONFIG_PASSWORD: borough_config_client::Var = borough_config_client::Var::new(
+        "BOROUGH_CONFIG_DB_PASSWORD",
+        "",
+        "borough-user migrate: the config service's login (borough_config)",
+    );
 }
 
 pub use crate::placement::SHARED_SCHEMA;

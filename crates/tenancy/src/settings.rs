@@ -1,8 +1,7 @@
 //! A service's database settings: the URL of its default database, the default pool, and
 //! the tenant router over it (imports both `db` and `router`, which do not import it).
 
-use std::time::Duration;
-
+use borough_config_client::{Env, SettingsError, Var};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::db::{PoolSettings, lazy_pool};
@@ -11,12 +10,11 @@ use crate::router::{PoolRouter, RouterSettings};
 /// Where a service's database is and how its pool behaves.
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
-    /// `BOROUGH_DATABASE_URL`: the control plane and the shared tenant tables, as the
-    /// service role.
+    /// [`DatabaseSettings::URL`].
     pub url: borough_config_client::SecretUrl,
-    /// `BOROUGH_DB_MAX_CONNECTIONS` (10) and `BOROUGH_DB_ACQUIRE_TIMEOUT` (3s).
+    /// [`DatabaseSettings::MAX_CONNECTIONS`] and [`DatabaseSettings::ACQUIRE_TIMEOUT`].
     pub pool: PoolSettings,
-    /// Per-tenant pools and caps (`BOROUGH_MAX_TENANT_POOLS`, `BOROUGH_TENANT_*`).
+    /// Per-tenant pools and caps ([`RouterSettings`]).
     pub router: RouterSettings,
 }
 
@@ -24,19 +22,35 @@ pub struct DatabaseSettings {
 pub const DEFAULT_DATABASE_URL: &str = "postgres://borough_service:borough@127.0.0.1:55432/borough";
 
 impl DatabaseSettings {
-    pub fn from_env(
-        env: &borough_config_client::Env,
-    ) -> Result<Self, borough_config_client::SettingsError> {
+    pub const URL: Var = Var::new(
+        "BOROUGH_DATABASE_URL",
+        DEFAULT_DATABASE_URL,
+        "The control plane and the shared tenant tables, as the service's own login",
+    );
+    pub const MAX_CONNECTIONS: Var = Var::new(
+        "BOROUGH_DB_MAX_CONNECTIONS",
+        "10",
+        "The default pool's size",
+    );
+    pub const ACQUIRE_TIMEOUT: Var = Var::new(
+        "BOROUGH_DB_ACQUIRE_TIMEOUT",
+        "3s",
+        "How long a call waits for a pooled connection before failing as unavailable",
+    );
+    pub const VARS: &[&Var] = &[&Self::URL, &Self::MAX_CONNECTIONS, &Self::ACQUIRE_TIMEOUT];
+
+    /// Every setting of a database-backed service's pools, the router's included.
+    pub fn vars() -> impl Iterator<Item = &'static Var> {
+        Self::VARS.iter().chain(RouterSettings::VARS).copied()
+    }
+
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         let pool = PoolSettings {
-            max_connections: env.parse("BOROUGH_DB_MAX_CONNECTIONS", 10)?,
-            acquire_timeout: env.duration("BOROUGH_DB_ACQUIRE_TIMEOUT", Duration::from_secs(3))?,
+            max_connections: env.parse(&Self::MAX_CONNECTIONS)?,
+            acquire_timeout: env.duration(&Self::ACQUIRE_TIMEOUT)?,
         };
         Ok(DatabaseSettings {
-            url: env.secret_url(
-                "BOROUGH_DATABASE_URL",
-                DEFAULT_DATABASE_URL,
-                &["postgres", "postgresql"],
-            )?,
+            url: env.secret_url(&Self::URL, &["postgres", "postgresql"])?,
             router: RouterSettings::from_env(env, &pool)?,
             pool,
         })

@@ -303,9 +303,17 @@ fn install_tls(data_dir: &Path, tls: &ServerTls) -> Result<()> {
     Ok(())
 }
 
+/// The test kit's own variable: where PostgreSQL's server binaries are.
+pub const PG_BIN: borough_config_client::Var = borough_config_client::Var::new(
+    "BOROUGH_PG_BIN",
+    "the newest /usr/lib/postgresql/<version>/bin",
+    "Tests, make run and the benchmarks: where PostgreSQL's server binaries (initdb, \
+     postgres) are",
+);
+
 /// Where Debian's (or another) PostgreSQL server binaries are.
 pub fn pg_bin_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("BOROUGH_PG_BIN") {
+    if let Some(dir) = std::env::var_os(PG_BIN.name) {
         return Ok(PathBuf::from(dir));
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")

@@ -1,10 +1,9 @@
-//! `BOROUGH_TLS_*`: where a process's certificate, key and trust bundle are, and how it
-//! negotiates.
+//! Where a process's certificate, key and trust bundle are, and how it negotiates.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use borough_config_client::{Env, SettingsError};
+use borough_config_client::{Env, SettingsError, Var};
 
 /// Whether calls between Borough processes are mutually authenticated TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,85 +25,134 @@ pub enum PostQuantum {
     Required,
 }
 
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "mutual" | "on" => Ok(Mode::Mutual),
+            "off" => Ok(Mode::Off),
+            _ => Err("expected mutual or off".to_owned()),
+        }
+    }
+}
+
+impl std::str::FromStr for PostQuantum {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "preferred" => Ok(PostQuantum::Preferred),
+            "required" => Ok(PostQuantum::Required),
+            _ => Err("expected preferred or required".to_owned()),
+        }
+    }
+}
+
 /// A process's TLS settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
-    /// `BOROUGH_INTERNAL_TLS` (`mutual`; `off` for benchmarks only).
+    /// [`TlsSettings::INTERNAL_TLS`].
     pub mode: Mode,
-    /// `BOROUGH_TLS_CA` (`<dir>/ca.crt`): the trust bundle, PEM, one or more CAs (two
-    /// while a CA is rotated).
+    /// [`TlsSettings::CA`]: the trust bundle, PEM, one or more CAs (two while a CA is
+    /// rotated).
     pub ca: PathBuf,
-    /// `BOROUGH_TLS_CERT` (`<dir>/<service>.crt`): this process's certificate chain.
+    /// [`TlsSettings::CERT`]: this process's certificate chain.
     pub cert: PathBuf,
-    /// `BOROUGH_TLS_KEY` (`<dir>/<service>.key`): its private key.
+    /// [`TlsSettings::KEY`]: its private key.
     pub key: PathBuf,
-    /// `BOROUGH_TLS_PQ` (`preferred`): `required` refuses classical-only key exchange.
+    /// [`TlsSettings::PQ`].
     pub post_quantum: PostQuantum,
-    /// `BOROUGH_TRUST_DOMAIN` (`borough.internal`): the SPIFFE trust domain of every
-    /// identity (`spiffe://<domain>/borough/<service>`).
+    /// [`TlsSettings::TRUST_DOMAIN`]: the SPIFFE trust domain of every identity
+    /// (`spiffe://<domain>/borough/<service>`).
     pub trust_domain: String,
-    /// `BOROUGH_TLS_RELOAD_INTERVAL` (5s): how often the files are checked for changes
-    /// (rotated certificates are used for new handshakes without a restart).
+    /// [`TlsSettings::RELOAD_INTERVAL`].
     pub reload_interval: Duration,
 }
 
-/// The directory `make run` writes its PKI to (`BOROUGH_TLS_DIR` overrides it).
+/// The directory `make run` writes its PKI to ([`TlsSettings::DIR`] overrides it).
 pub const DEFAULT_DIR: &str = ".data/pki";
 
 impl TlsSettings {
+    pub const INTERNAL_TLS: Var = Var::new(
+        "BOROUGH_INTERNAL_TLS",
+        "mutual",
+        "Calls between Borough processes: mutual (TLS 1.3, both sides authenticated) or off \
+         (plaintext, for measuring what mTLS costs; never a deployment)",
+    );
+    pub const DIR: Var = Var::new(
+        "BOROUGH_TLS_DIR",
+        DEFAULT_DIR,
+        "Where ca.crt, <service>.crt and <service>.key are (borough-pki writes them)",
+    );
+    pub const CA: Var = Var::new(
+        "BOROUGH_TLS_CA",
+        "<BOROUGH_TLS_DIR>/ca.crt",
+        "The trust bundle (PEM, one or more CAs: two while a CA is rotated)",
+    );
+    pub const CERT: Var = Var::new(
+        "BOROUGH_TLS_CERT",
+        "<BOROUGH_TLS_DIR>/<service>.crt",
+        "This process's certificate chain",
+    );
+    pub const KEY: Var = Var::new(
+        "BOROUGH_TLS_KEY",
+        "<BOROUGH_TLS_DIR>/<service>.key",
+        "This process's private key",
+    );
+    pub const PQ: Var = Var::new(
+        "BOROUGH_TLS_PQ",
+        "preferred",
+        "Post-quantum key exchange (X25519MLKEM768): preferred, or required (classical-only \
+         peers refused)",
+    );
+    pub const TRUST_DOMAIN: Var = Var::new(
+        "BOROUGH_TRUST_DOMAIN",
+        "borough.internal",
+        "The SPIFFE trust domain of every identity",
+    );
+    pub const RELOAD_INTERVAL: Var = Var::new(
+        "BOROUGH_TLS_RELOAD_INTERVAL",
+        "5s",
+        "How often the files are checked for changes (10ms to 1h); rotated certificates \
+         serve new handshakes without a restart",
+    );
+    pub const VARS: &[&Var] = &[
+        &Self::INTERNAL_TLS,
+        &Self::DIR,
+        &Self::CA,
+        &Self::CERT,
+        &Self::KEY,
+        &Self::PQ,
+        &Self::TRUST_DOMAIN,
+        &Self::RELOAD_INTERVAL,
+    ];
+
     /// The settings of `service` (which names its default certificate files).
     pub fn from_env(env: &Env, service: &str) -> Result<Self, SettingsError> {
-        let invalid = |name: &str, value: String, reason: &str| SettingsError::Invalid {
-            name: name.to_owned(),
-            value,
-            reason: reason.to_owned(),
-        };
-        let mode = match env.string("BOROUGH_INTERNAL_TLS", "mutual").as_str() {
-            "mutual" | "on" => Mode::Mutual,
-            "off" => Mode::Off,
-            other => {
-                return Err(invalid(
-                    "BOROUGH_INTERNAL_TLS",
-                    other.to_owned(),
-                    "expected mutual or off",
-                ));
-            }
-        };
-        let post_quantum = match env.string("BOROUGH_TLS_PQ", "preferred").as_str() {
-            "preferred" => PostQuantum::Preferred,
-            "required" => PostQuantum::Required,
-            other => {
-                return Err(invalid(
-                    "BOROUGH_TLS_PQ",
-                    other.to_owned(),
-                    "expected preferred or required",
-                ));
-            }
-        };
-        let trust_domain = env.string("BOROUGH_TRUST_DOMAIN", "borough.internal");
+        let trust_domain = env.string(&Self::TRUST_DOMAIN);
         if crate::Identity::parse(&format!("spiffe://{trust_domain}/borough/x")).is_none() {
-            return Err(invalid(
-                "BOROUGH_TRUST_DOMAIN",
-                trust_domain,
-                "expected lowercase letters, digits, '.', '-', '_'",
-            ));
+            return Err(SettingsError::Invalid {
+                name: Self::TRUST_DOMAIN.name.to_owned(),
+                value: trust_domain,
+                reason: "expected lowercase letters, digits, '.', '-', '_'".to_owned(),
+            });
         }
-        let dir = PathBuf::from(env.string("BOROUGH_TLS_DIR", DEFAULT_DIR));
-        let path = |name: &str, file: String| {
-            env.optional(name)
+        let dir = PathBuf::from(env.string(&Self::DIR));
+        let path = |var: &Var, file: String| {
+            env.optional(var)
                 .map(PathBuf::from)
                 .unwrap_or_else(|| dir.join(file))
         };
         Ok(TlsSettings {
-            mode,
-            ca: path("BOROUGH_TLS_CA", "ca.crt".to_owned()),
-            cert: path("BOROUGH_TLS_CERT", format!("{service}.crt")),
-            key: path("BOROUGH_TLS_KEY", format!("{service}.key")),
-            post_quantum,
+            mode: env.parse(&Self::INTERNAL_TLS)?,
+            ca: path(&Self::CA, "ca.crt".to_owned()),
+            cert: path(&Self::CERT, format!("{service}.crt")),
+            key: path(&Self::KEY, format!("{service}.key")),
+            post_quantum: env.parse(&Self::PQ)?,
             trust_domain,
             reload_interval: env.duration_in(
-                "BOROUGH_TLS_RELOAD_INTERVAL",
-                Duration::from_secs(5),
+                &Self::RELOAD_INTERVAL,
                 Duration::from_millis(10)..=Duration::from_secs(3600),
             )?,
         })

@@ -14,7 +14,7 @@ pub mod watch;
 use std::future::Future;
 use std::pin::Pin;
 
-use borough_config_client::{Env, ServerSettings, SettingsError};
+use borough_config_client::{Env, ServerSettings, SettingsError, Var};
 use borough_proto::config::v1::config_service_server::{ConfigService, ConfigServiceServer};
 use borough_proto::config::v1::{
     DeleteRequest, DeleteResponse, Entry, GetRequest, GetSchemaRequest, HistoryRequest,
@@ -43,19 +43,18 @@ pub const SERVICE: &str = "config";
 /// gRPC metadata naming who makes a change (recorded in history); set by the gateway.
 pub const ACTOR_METADATA: &str = "x-borough-actor";
 
-/// The service's settings, from `BOROUGH_*` environment variables.
+/// The service's settings ([`Settings::vars`]: every variable it reads).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `BOROUGH_GRPC_ADDR` (127.0.0.1:50053), `BOROUGH_ADMIN_ADDR` (127.0.0.1:9463), shutdown.
+    /// Listeners (127.0.0.1:50053, admin 127.0.0.1:9463) and shutdown.
     pub server: ServerSettings,
-    /// `BOROUGH_DATABASE_URL` (the control database) and the pool's limits.
+    /// The control database and the pool's limits.
     pub database: DatabaseSettings,
-    /// Per-tenant quotas and history retention (`BOROUGH_CONFIG_MAX_*`,
-    /// `BOROUGH_CONFIG_HISTORY_*`).
+    /// Per-tenant quotas and history retention.
     pub quotas: Quotas,
-    /// `BOROUGH_CONFIG_MAX_WATCHES`, `BOROUGH_CONFIG_MAX_WATCHES_PER_TENANT`.
+    /// Watch streams per replica.
     pub watches: WatchLimits,
-    /// Mutual TLS with the other services (`BOROUGH_TLS_*`, `BOROUGH_INTERNAL_TLS`).
+    /// Mutual TLS with the other services.
     pub tls: borough_tls::TlsSettings,
 }
 
@@ -82,12 +81,24 @@ pub static POLICY: borough_net::authz::Policy = borough_net::authz::Policy {
 };
 
 impl Settings {
+    /// Every variable the service reads, for `docs/settings.md`.
+    pub fn vars() -> Vec<&'static Var> {
+        std::iter::once(&ServerSettings::GRPC_ADDR)
+            .chain(ServerSettings::vars())
+            .chain(DatabaseSettings::vars())
+            .chain(Quotas::VARS.iter().copied())
+            .chain(WatchLimits::VARS.iter().copied())
+            .chain(borough_tls::TlsSettings::VARS.iter().copied())
+            .chain(borough_telemetry::vars())
+            .collect()
+    }
+
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         Ok(Settings {
             server: ServerSettings::from_env(
                 env,
                 SERVICE,
-                "BOROUGH_GRPC_ADDR",
+                &ServerSettings::GRPC_ADDR,
                 "127.0.0.1:50053",
                 "127.0.0.1:9463",
             )?,

@@ -19,6 +19,7 @@
 //! unreferenced ones pruned by the write that goes over (`compacted_through` records how
 //! far); pages of lists, histories and watch replays end after [`PAGE_BYTES`].
 
+use borough_config_client::{Env, SettingsError, Var};
 use std::sync::Arc;
 
 use borough_error::{ErrorKind, ServiceError};
@@ -46,23 +47,23 @@ pub const HISTORY_PAGE: (i64, i64) = (20, 100);
 const NAMESPACE_LOCK: i32 = 0x0b0c_0001;
 const REVISION_LOCK: i32 = 0x0b0c_0002;
 
-/// Per-tenant quotas and per-namespace history retention (`BOROUGH_CONFIG_*`).
+/// Per-tenant quotas and per-namespace history retention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quotas {
-    /// `BOROUGH_CONFIG_MAX_NAMESPACES` (16): namespaces with a key or a schema, per tenant.
+    /// [`Quotas::MAX_NAMESPACES`].
     pub max_namespaces: i64,
-    /// `BOROUGH_CONFIG_MAX_KEYS` (1000): keys per tenant, all namespaces together.
+    /// [`Quotas::MAX_KEYS`].
     pub max_keys: i64,
-    /// `BOROUGH_CONFIG_MAX_BYTES` (1MiB): values and schemas per tenant, as JSON text.
+    /// [`Quotas::MAX_BYTES`].
     pub max_bytes: i64,
-    /// `BOROUGH_CONFIG_HISTORY_ROWS` (1000): history rows kept per namespace.
+    /// [`Quotas::HISTORY_ROWS`].
     pub history_rows: i64,
-    /// `BOROUGH_CONFIG_HISTORY_BYTES` (4MiB): history kept per namespace (old and new
-    /// values); the oldest rows not holding a current value are pruned first.
+    /// [`Quotas::HISTORY_BYTES`].
     pub history_bytes: i64,
 }
 
 impl Default for Quotas {
+    /// The declared defaults.
     fn default() -> Self {
         Quotas {
             max_namespaces: 16,
@@ -75,32 +76,51 @@ impl Default for Quotas {
 }
 
 impl Quotas {
-    pub fn from_env(
-        env: &borough_config_client::Env,
-    ) -> Result<Self, borough_config_client::SettingsError> {
-        let d = Quotas::default();
-        let bytes = |name, default: i64, max: usize| {
-            env.bytes_in(
-                name,
-                usize::try_from(default).unwrap_or(usize::MAX),
-                1..=max,
-            )
-            .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
+    pub const MAX_NAMESPACES: Var = Var::new(
+        "BOROUGH_CONFIG_MAX_NAMESPACES",
+        "16",
+        "Namespaces with a key or a schema, per tenant (1 to 100,000)",
+    );
+    pub const MAX_KEYS: Var = Var::new(
+        "BOROUGH_CONFIG_MAX_KEYS",
+        "1000",
+        "Keys per tenant, all namespaces together (1 to 10,000,000)",
+    );
+    pub const MAX_BYTES: Var = Var::new(
+        "BOROUGH_CONFIG_MAX_BYTES",
+        "1MiB",
+        "Values and schemas per tenant, as JSON text (up to 16GiB)",
+    );
+    pub const HISTORY_ROWS: Var = Var::new(
+        "BOROUGH_CONFIG_HISTORY_ROWS",
+        "1000",
+        "History rows kept per namespace (1 to 10,000,000)",
+    );
+    pub const HISTORY_BYTES: Var = Var::new(
+        "BOROUGH_CONFIG_HISTORY_BYTES",
+        "4MiB",
+        "History kept per namespace, old and new values (up to 64GiB); the oldest rows not \
+         holding a current value are pruned first",
+    );
+    pub const VARS: &[&Var] = &[
+        &Self::MAX_NAMESPACES,
+        &Self::MAX_KEYS,
+        &Self::MAX_BYTES,
+        &Self::HISTORY_ROWS,
+        &Self::HISTORY_BYTES,
+    ];
+
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let bytes = |var: &Var, max: usize| {
+            env.bytes_in(var, 1..=max)
+                .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
         };
         Ok(Quotas {
-            max_namespaces: env.parse_in(
-                "BOROUGH_CONFIG_MAX_NAMESPACES",
-                d.max_namespaces,
-                1..=100_000,
-            )?,
-            max_keys: env.parse_in("BOROUGH_CONFIG_MAX_KEYS", d.max_keys, 1..=10_000_000)?,
-            max_bytes: bytes("BOROUGH_CONFIG_MAX_BYTES", d.max_bytes, 1 << 34)?,
-            history_rows: env.parse_in(
-                "BOROUGH_CONFIG_HISTORY_ROWS",
-                d.history_rows,
-                1..=10_000_000,
-            )?,
-            history_bytes: bytes("BOROUGH_CONFIG_HISTORY_BYTES", d.history_bytes, 1 << 36)?,
+            max_namespaces: env.parse_in(&Self::MAX_NAMESPACES, 1..=100_000)?,
+            max_keys: env.parse_in(&Self::MAX_KEYS, 1..=10_000_000)?,
+            max_bytes: bytes(&Self::MAX_BYTES, 1 << 34)?,
+            history_rows: env.parse_in(&Self::HISTORY_ROWS, 1..=10_000_000)?,
+            history_bytes: bytes(&Self::HISTORY_BYTES, 1 << 36)?,
         })
     }
 }
@@ -887,7 +907,7 @@ impl Store {
         let added_bytes = delta.bytes + delta.schema_bytes;
         if opens_namespace && usage.namespaces > q.max_namespaces {
             return Err(ConfigError::Quota {
-                quota: "BOROUGH_CONFIG_MAX_NAMESPACES",
+                quota: Quotas::MAX_NAMESPACES.name,
                 limit: q.max_namespaces,
                 used: usage.namespaces - 1,
                 unit: "namespaces",
@@ -895,7 +915,7 @@ impl Store {
         }
         if delta.keys > 0 && usage.keys > q.max_keys {
             return Err(ConfigError::Quota {
-                quota: "BOROUGH_CONFIG_MAX_KEYS",
+                quota: Quotas::MAX_KEYS.name,
                 limit: q.max_keys,
                 used: usage.keys - delta.keys,
                 unit: "keys",
@@ -903,7 +923,7 @@ impl Store {
         }
         if added_bytes > 0 && usage.bytes > q.max_bytes {
             return Err(ConfigError::Quota {
-                quota: "BOROUGH_CONFIG_MAX_BYTES",
+                quota: Quotas::MAX_BYTES.name,
                 limit: q.max_bytes,
                 used: usage.bytes - added_bytes,
                 unit: "bytes of values and schemas",

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use borough_config_client::{Env, SettingsError};
+use borough_config_client::{Env, SettingsError, Var};
 use borough_proto::config::v1::{Change, WatchEvent, watch_event::Event};
 use borough_tenancy::listen::{self, Heard, Next};
 use borough_tenant::TenantId;
@@ -39,16 +39,17 @@ const QUEUE: usize = 256;
 /// Rows per replay query (a page also ends after 1 MiB).
 const REPLAY_PAGE: i64 = 64;
 
-/// `BOROUGH_CONFIG_MAX_WATCHES` and `BOROUGH_CONFIG_MAX_WATCHES_PER_TENANT`.
+/// How many watches one replica serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WatchLimits {
-    /// `BOROUGH_CONFIG_MAX_WATCHES` (4096): watches open on this replica.
+    /// [`WatchLimits::MAX`].
     pub max: usize,
-    /// `BOROUGH_CONFIG_MAX_WATCHES_PER_TENANT` (16): watches of one tenant on this replica.
+    /// [`WatchLimits::MAX_PER_TENANT`].
     pub per_tenant: usize,
 }
 
 impl Default for WatchLimits {
+    /// The declared defaults.
     fn default() -> Self {
         WatchLimits {
             max: 4096,
@@ -58,15 +59,22 @@ impl Default for WatchLimits {
 }
 
 impl WatchLimits {
+    pub const MAX: Var = Var::new(
+        "BOROUGH_CONFIG_MAX_WATCHES",
+        "4096",
+        "Watch streams open on this config replica (1 to 1,000,000)",
+    );
+    pub const MAX_PER_TENANT: Var = Var::new(
+        "BOROUGH_CONFIG_MAX_WATCHES_PER_TENANT",
+        "16",
+        "Watch streams of one tenant on this config replica",
+    );
+    pub const VARS: &[&Var] = &[&Self::MAX, &Self::MAX_PER_TENANT];
+
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
-        let d = WatchLimits::default();
         Ok(WatchLimits {
-            max: env.parse_in("BOROUGH_CONFIG_MAX_WATCHES", d.max, 1..=1_000_000)?,
-            per_tenant: env.parse_in(
-                "BOROUGH_CONFIG_MAX_WATCHES_PER_TENANT",
-                d.per_tenant,
-                1..=1_000_000,
-            )?,
+            max: env.parse_in(&Self::MAX, 1..=1_000_000)?,
+            per_tenant: env.parse_in(&Self::MAX_PER_TENANT, 1..=1_000_000)?,
         })
     }
 }

@@ -12,22 +12,21 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use borough_config_client::{Env, SettingsError};
+use borough_config_client::{Env, SettingsError, Var};
 
-/// The bounds of failed authentication, from `BOROUGH_AUTH_*`.
+/// The bounds of failed authentication.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AuthLimits {
-    /// `BOROUGH_AUTH_NEGATIVE_TTL` (10s): how long a refused key is refused without asking
-    /// the directory again (0: not cached).
+    /// [`AuthLimits::NEGATIVE_TTL`].
     pub negative_ttl: Duration,
-    /// `BOROUGH_AUTH_FAILURES_PER_SEC` (5) and `BOROUGH_AUTH_FAILURE_BURST` (20): unknown
-    /// keys and wrong admin tokens one source address (an IPv4 address, an IPv6 /64) may
-    /// present; beyond them, 429 without a directory call.
+    /// [`AuthLimits::FAILURES_PER_SEC`].
     pub failures_per_sec: f64,
+    /// [`AuthLimits::FAILURE_BURST`].
     pub failure_burst: f64,
 }
 
 impl Default for AuthLimits {
+    /// The declared defaults.
     fn default() -> Self {
         AuthLimits {
             negative_ttl: Duration::from_secs(10),
@@ -38,24 +37,37 @@ impl Default for AuthLimits {
 }
 
 impl AuthLimits {
+    pub const NEGATIVE_TTL: Var = Var::new(
+        "BOROUGH_AUTH_NEGATIVE_TTL",
+        "10s",
+        "How long a refused key is refused without asking the directory again (0: not \
+         cached; up to 1h)",
+    );
+    pub const FAILURES_PER_SEC: Var = Var::new(
+        "BOROUGH_AUTH_FAILURES_PER_SEC",
+        "5",
+        "Unknown keys and wrong admin tokens one source (an IPv4 address, an IPv6 /64) may \
+         present a second; beyond them and the burst, 429 without a directory call",
+    );
+    pub const FAILURE_BURST: Var = Var::new(
+        "BOROUGH_AUTH_FAILURE_BURST",
+        "20",
+        "The burst of BOROUGH_AUTH_FAILURES_PER_SEC",
+    );
+    pub const VARS: &[&Var] = &[
+        &Self::NEGATIVE_TTL,
+        &Self::FAILURES_PER_SEC,
+        &Self::FAILURE_BURST,
+    ];
+
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
-        let d = AuthLimits::default();
         Ok(AuthLimits {
             negative_ttl: env.duration_in(
-                "BOROUGH_AUTH_NEGATIVE_TTL",
-                d.negative_ttl,
+                &Self::NEGATIVE_TTL,
                 Duration::ZERO..=Duration::from_secs(3600),
             )?,
-            failures_per_sec: env.parse_in(
-                "BOROUGH_AUTH_FAILURES_PER_SEC",
-                d.failures_per_sec,
-                0.01..=100_000.0,
-            )?,
-            failure_burst: env.parse_in(
-                "BOROUGH_AUTH_FAILURE_BURST",
-                d.failure_burst,
-                1.0..=1_000_000.0,
-            )?,
+            failures_per_sec: env.parse_in(&Self::FAILURES_PER_SEC, 0.01..=100_000.0)?,
+            failure_burst: env.parse_in(&Self::FAILURE_BURST, 1.0..=1_000_000.0)?,
         })
     }
 }

@@ -110,16 +110,21 @@ impl Backends {
             .map_err(|e| ServeError::Backend(e.to_string()))
         };
         Ok(Backends {
-            user: backend("user", "BOROUGH_USER_URL", &settings.user_url, retry::USER)?,
+            user: backend(
+                "user",
+                Settings::USER_URL.name,
+                &settings.user_url,
+                retry::USER,
+            )?,
             query: backend(
                 "query",
-                "BOROUGH_QUERY_URL",
+                Settings::QUERY_URL.name,
                 &settings.query_url,
                 retry::QUERY,
             )?,
             config: backend(
                 "config",
-                "BOROUGH_CONFIG_URL",
+                borough_config_client::remote::RemoteSettings::URL.name,
                 &settings.config_url,
                 retry::CONFIG,
             )?,

@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use borough_config_client::{Env, SettingsError};
+use borough_config_client::{Env, SettingsError, Var};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -38,26 +38,25 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-/// The connection bounds, from `BOROUGH_HTTP_*`.
+/// The HTTP server's connection bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// `BOROUGH_HTTP_MAX_CONNECTIONS` (4096): connections open at once.
+    /// [`ConnectionLimits::MAX_CONNECTIONS`].
     pub max_connections: usize,
-    /// `BOROUGH_HTTP_HEADER_TIMEOUT` (10s): the time a client has to send a request's
-    /// headers (HTTP/1.1), or to complete its first request (any version).
+    /// [`ConnectionLimits::HEADER_TIMEOUT`].
     pub header_timeout: Duration,
-    /// `BOROUGH_HTTP_IDLE_TIMEOUT` (60s): a connection with nothing in flight and no bytes
-    /// moved for this long is closed.
+    /// [`ConnectionLimits::IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
-    /// `BOROUGH_HTTP_MAX_HEADER_BYTES` (16KiB): the largest request header block.
+    /// [`ConnectionLimits::MAX_HEADER_BYTES`].
     pub max_header_bytes: usize,
-    /// `BOROUGH_HTTP2_MAX_STREAMS` (100): concurrent streams per HTTP/2 connection.
+    /// [`ConnectionLimits::HTTP2_MAX_STREAMS`].
     pub http2_max_streams: u32,
-    /// `BOROUGH_HTTP_DRAIN_TIMEOUT` (30s): how long shutdown waits for open connections.
+    /// [`ConnectionLimits::DRAIN_TIMEOUT`].
     pub drain_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
+    /// The declared defaults.
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 4096,
@@ -71,42 +70,66 @@ impl Default for ConnectionLimits {
 }
 
 impl ConnectionLimits {
+    pub const MAX_CONNECTIONS: Var = Var::new(
+        "BOROUGH_HTTP_MAX_CONNECTIONS",
+        "4096",
+        "Connections open at once (1 to 1,000,000); past it, new ones are closed at once and \
+         counted",
+    );
+    pub const HEADER_TIMEOUT: Var = Var::new(
+        "BOROUGH_HTTP_HEADER_TIMEOUT",
+        "10s",
+        "The time a client has to send a request's headers (HTTP/1.1) or complete its first \
+         request (any version)",
+    );
+    pub const IDLE_TIMEOUT: Var = Var::new(
+        "BOROUGH_HTTP_IDLE_TIMEOUT",
+        "60s",
+        "A connection with nothing in flight and no bytes moved for this long is closed",
+    );
+    pub const MAX_HEADER_BYTES: Var = Var::new(
+        "BOROUGH_HTTP_MAX_HEADER_BYTES",
+        "16KiB",
+        "The largest request header block (8KiB to 1MiB)",
+    );
+    pub const HTTP2_MAX_STREAMS: Var = Var::new(
+        "BOROUGH_HTTP2_MAX_STREAMS",
+        "100",
+        "Concurrent streams per HTTP/2 connection (1 to 10,000)",
+    );
+    pub const DRAIN_TIMEOUT: Var = Var::new(
+        "BOROUGH_HTTP_DRAIN_TIMEOUT",
+        "30s",
+        "How long shutdown waits for open connections",
+    );
+    pub const VARS: &[&Var] = &[
+        &Self::MAX_CONNECTIONS,
+        &Self::HEADER_TIMEOUT,
+        &Self::IDLE_TIMEOUT,
+        &Self::MAX_HEADER_BYTES,
+        &Self::HTTP2_MAX_STREAMS,
+        &Self::DRAIN_TIMEOUT,
+    ];
+
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
-        let d = ConnectionLimits::default();
-        let limits = ConnectionLimits {
-            max_connections: env.parse_in(
-                "BOROUGH_HTTP_MAX_CONNECTIONS",
-                d.max_connections,
-                1..=1_000_000,
-            )?,
+        Ok(ConnectionLimits {
+            max_connections: env.parse_in(&Self::MAX_CONNECTIONS, 1..=1_000_000)?,
             header_timeout: env.duration_in(
-                "BOROUGH_HTTP_HEADER_TIMEOUT",
-                d.header_timeout,
+                &Self::HEADER_TIMEOUT,
                 Duration::from_millis(10)..=Duration::from_secs(3600),
             )?,
             idle_timeout: env.duration_in(
-                "BOROUGH_HTTP_IDLE_TIMEOUT",
-                d.idle_timeout,
+                &Self::IDLE_TIMEOUT,
                 Duration::from_millis(10)..=Duration::from_secs(24 * 3600),
             )?,
-            max_header_bytes: env.bytes_in(
-                "BOROUGH_HTTP_MAX_HEADER_BYTES",
-                d.max_header_bytes,
-                // hyper's HTTP/1.1 read buffer is at least 8 KiB.
-                8 * 1024..=1024 * 1024,
-            )?,
-            http2_max_streams: env.parse_in(
-                "BOROUGH_HTTP2_MAX_STREAMS",
-                d.http2_max_streams,
-                1..=10_000,
-            )?,
+            // hyper's HTTP/1.1 read buffer is at least 8 KiB.
+            max_header_bytes: env.bytes_in(&Self::MAX_HEADER_BYTES, 8 * 1024..=1024 * 1024)?,
+            http2_max_streams: env.parse_in(&Self::HTTP2_MAX_STREAMS, 1..=10_000)?,
             drain_timeout: env.duration_in(
-                "BOROUGH_HTTP_DRAIN_TIMEOUT",
-                d.drain_timeout,
+                &Self::DRAIN_TIMEOUT,
                 Duration::ZERO..=Duration::from_secs(3600),
             )?,
-        };
-        Ok(limits)
+        })
     }
 }
 

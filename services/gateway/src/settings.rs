@@ -1,66 +1,55 @@
-//! The gateway's settings, from `BOROUGH_*` environment variables.
+//! The gateway's settings, each variable declared once beside its field.
 
 use std::time::Duration;
 
-use borough_config_client::{Env, ServerSettings, SettingsError};
+use borough_config_client::remote::RemoteSettings;
+use borough_config_client::{Env, ServerSettings, SettingsError, Var};
 use secrecy::SecretString;
 
+/// The gateway's settings ([`Settings::vars`]: every variable it reads).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `BOROUGH_HTTP_ADDR` (127.0.0.1:8080): the REST API; `BOROUGH_ADMIN_ADDR`
-    /// (127.0.0.1:9460): health and metrics; shutdown grace and probe interval.
+    /// Listeners (127.0.0.1:8080, admin 127.0.0.1:9460), shutdown grace, probe interval.
     pub server: ServerSettings,
-    /// `BOROUGH_USER_URL`, default `http://127.0.0.1:50051`.
+    /// [`Settings::USER_URL`].
     pub user_url: String,
-    /// `BOROUGH_QUERY_URL`, default `http://127.0.0.1:50052`.
+    /// [`Settings::QUERY_URL`].
     pub query_url: String,
-    /// `BOROUGH_CONFIG_URL`, default `http://127.0.0.1:50053`.
+    /// The config service ([`RemoteSettings::URL`], default `http(s)://127.0.0.1:50053`).
     pub config_url: String,
-    /// `BOROUGH_ADMIN_TOKEN`: bearer token of the platform admin API. Unset: admin API off.
+    /// [`Settings::ADMIN_TOKEN`]; `None`: the admin API is off.
     pub admin_token: Option<SecretString>,
-    /// `BOROUGH_REQUEST_TIMEOUT` (10s): every request's deadline, passed on to services.
+    /// [`Settings::REQUEST_TIMEOUT`].
     pub request_timeout: Duration,
-    /// `BOROUGH_BODY_LIMIT` (1MiB): the largest request body accepted.
+    /// [`Settings::BODY_LIMIT`].
     pub body_limit: usize,
-    /// `BOROUGH_AUTH_CACHE_TTL` (5s): how long an API key's tenant is cached; also the
-    /// longest a key revoked through another gateway replica keeps working here.
+    /// [`Settings::AUTH_CACHE_TTL`].
     pub auth_cache_ttl: Duration,
-    /// `BOROUGH_CORS_ORIGINS`: comma-separated origins allowed by CORS. Unset: CORS off.
+    /// [`Settings::CORS_ORIGINS`]; empty: CORS off.
     pub cors_origins: Vec<String>,
-    /// `BOROUGH_STREAM_TIMEOUT` (10m): the deadline of exports and imports, which move
-    /// whole tenants' data.
+    /// [`Settings::STREAM_TIMEOUT`].
     pub stream_timeout: Duration,
-    /// `BOROUGH_IMPORT_BODY_LIMIT` (256MiB): the largest import body.
+    /// [`Settings::IMPORT_BODY_LIMIT`].
     pub import_body_limit: usize,
-    /// `BOROUGH_RATE_LIMIT_RPS` (100) and `BOROUGH_RATE_LIMIT_BURST` (200): every tenant's
-    /// token bucket unless overridden in `platform/gateway`.
+    /// [`Settings::RATE_LIMIT_RPS`] and [`Settings::RATE_LIMIT_BURST`].
     pub rate_limit: crate::ratelimit::Policy,
-    /// `BOROUGH_READ_YOUR_WRITES_TTL` (60s): how long this gateway remembers the versions
-    /// it wrote, so that its reads never return an older one from a cache.
+    /// [`Settings::READ_YOUR_WRITES_TTL`].
     pub read_your_writes_ttl: Duration,
-    /// Discovery, balancing, circuit breaking and retries of backend calls
-    /// (`BOROUGH_RESOLVE_INTERVAL`, `BOROUGH_BREAKER_*`, `BOROUGH_RETRY_*`, …).
+    /// Discovery, balancing, circuit breaking and retries of backend calls.
     pub client: borough_net::client::ClientSettings,
-    /// Connection bounds of the HTTP server (`BOROUGH_HTTP_MAX_CONNECTIONS`,
-    /// `BOROUGH_HTTP_HEADER_TIMEOUT`, `BOROUGH_HTTP_IDLE_TIMEOUT`, …).
+    /// Connection bounds of the HTTP server.
     pub connections: crate::server::ConnectionLimits,
-    /// Bounds of failed authentication (`BOROUGH_AUTH_NEGATIVE_TTL`,
-    /// `BOROUGH_AUTH_FAILURES_PER_SEC`, `BOROUGH_AUTH_FAILURE_BURST`).
+    /// Bounds of failed authentication.
     pub auth: crate::auth_guard::AuthLimits,
-    /// Bounds of config watches (`BOROUGH_WATCH_MAX`, `BOROUGH_WATCH_MAX_PER_TENANT`,
-    /// `BOROUGH_WATCH_MAX_DURATION`).
+    /// Bounds of config watches.
     pub watches: crate::watches::WatchLimits,
-    /// `BOROUGH_IMPORT_REPORT_LIMIT` (1000): rejected import lines reported in full; the
-    /// rest are counted.
+    /// [`Settings::IMPORT_REPORT_LIMIT`].
     pub import_report_limit: usize,
-    /// Mutual TLS with the services (`BOROUGH_TLS_*`, `BOROUGH_INTERNAL_TLS`).
+    /// Mutual TLS with the services.
     pub tls: borough_tls::TlsSettings,
-    /// `BOROUGH_HTTP_TLS_CERT` and `BOROUGH_HTTP_TLS_KEY`: the gateway terminates TLS
-    /// itself (HTTPS, ALPN `h2` and `http/1.1`) with this certificate and key, reloaded
-    /// when they change. Unset (the default): plain HTTP, TLS left to a proxy in front.
+    /// [`Settings::HTTP_TLS_CERT`] and [`Settings::HTTP_TLS_KEY`]; `None`: plain HTTP.
     pub edge_tls: Option<EdgeTls>,
-    /// `BOROUGH_ACCESS_LOG` (`all`, `errors-and-slow` — the default — or `off`) and
-    /// `BOROUGH_ACCESS_LOG_SLOW` (500ms): which requests get an access log line.
+    /// [`Settings::ACCESS_LOG`] and [`Settings::ACCESS_LOG_SLOW`].
     pub access_log: crate::middleware::AccessLog,
 }
 
@@ -71,20 +60,154 @@ pub struct EdgeTls {
     pub key: std::path::PathBuf,
 }
 
-/// The range `BOROUGH_REQUEST_TIMEOUT` and `http.request_timeout` must lie in.
+/// The range [`Settings::REQUEST_TIMEOUT`] must lie in, in the environment and hot.
 pub const REQUEST_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(1)..=Duration::from_secs(3600);
-/// The range `BOROUGH_BODY_LIMIT` and `http.body_limit` must lie in.
+/// The range [`Settings::BODY_LIMIT`] must lie in, in the environment and hot.
 pub const BODY_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1..=1024 * 1024 * 1024;
 
 impl Settings {
+    pub const USER_URL: Var = Var::new(
+        "BOROUGH_USER_URL",
+        "https://127.0.0.1:50051 (http:// with BOROUGH_INTERNAL_TLS=off)",
+        "The user service: a URL, or several separated by commas (a DNS name is resolved \
+         to every address, again every BOROUGH_RESOLVE_INTERVAL)",
+    );
+    pub const QUERY_URL: Var = Var::new(
+        "BOROUGH_QUERY_URL",
+        "https://127.0.0.1:50052 (http:// with BOROUGH_INTERNAL_TLS=off)",
+        "The query service, as BOROUGH_USER_URL",
+    );
+    pub const ADMIN_TOKEN: Var = Var::new(
+        "BOROUGH_ADMIN_TOKEN",
+        "",
+        "The platform admin API's bearer token (at least 16 characters); unset: the admin \
+         API is off. Rotated live by the token's SHA-256 (64 hex digits) in \
+         admin.token_sha256, never the token itself",
+    )
+    .hot("admin.token_sha256");
+    pub const REQUEST_TIMEOUT: Var = Var::new(
+        "BOROUGH_REQUEST_TIMEOUT",
+        "10s",
+        "Every API request's deadline, passed on to the services (1ms to 1h)",
+    )
+    .hot("http.request_timeout");
+    pub const BODY_LIMIT: Var = Var::new(
+        "BOROUGH_BODY_LIMIT",
+        "1MiB",
+        "The largest API request body (1 byte to 1GiB); over it, 413",
+    )
+    .hot("http.body_limit");
+    pub const AUTH_CACHE_TTL: Var = Var::new(
+        "BOROUGH_AUTH_CACHE_TTL",
+        "5s",
+        "How long an API key's tenant is cached (0 to 1h); also the longest a key revoked \
+         through another gateway replica keeps working here",
+    );
+    pub const CORS_ORIGINS: Var = Var::new(
+        "BOROUGH_CORS_ORIGINS",
+        "",
+        "Origins allowed by CORS, separated by commas; unset: CORS off",
+    );
+    pub const STREAM_TIMEOUT: Var = Var::new(
+        "BOROUGH_STREAM_TIMEOUT",
+        "10m",
+        "The deadline of exports and imports, which move whole tenants' data (1s to 24h)",
+    );
+    pub const IMPORT_BODY_LIMIT: Var = Var::new(
+        "BOROUGH_IMPORT_BODY_LIMIT",
+        "256MiB",
+        "The largest import body (up to 64GiB); over it, 413",
+    );
+    pub const RATE_LIMIT_RPS: Var = Var::new(
+        "BOROUGH_RATE_LIMIT_RPS",
+        "100",
+        "Every tenant's token bucket: requests a second (1 to 1,000,000). Live: \
+         rate_limit.default as {\"requests_per_second\": R, \"burst\": B}, and \
+         rate_limit.tenant.<id> per tenant",
+    )
+    .hot("rate_limit.default");
+    pub const RATE_LIMIT_BURST: Var = Var::new(
+        "BOROUGH_RATE_LIMIT_BURST",
+        "200",
+        "Every tenant's token bucket: its size (1 to 1,000,000)",
+    )
+    .hot("rate_limit.default");
+    pub const READ_YOUR_WRITES_TTL: Var = Var::new(
+        "BOROUGH_READ_YOUR_WRITES_TTL",
+        "60s",
+        "How long this gateway remembers the versions it wrote, so that its reads never \
+         return an older one from a cache (0 to 24h)",
+    );
+    pub const IMPORT_REPORT_LIMIT: Var = Var::new(
+        "BOROUGH_IMPORT_REPORT_LIMIT",
+        "1000",
+        "Rejected import lines reported in full; the rest are counted",
+    );
+    pub const HTTP_TLS_CERT: Var = Var::new(
+        "BOROUGH_HTTP_TLS_CERT",
+        "",
+        "The gateway terminates TLS itself (HTTPS, ALPN h2 and http/1.1) with this \
+         certificate chain, reloaded when it changes; unset: plain HTTP, TLS left to a proxy",
+    );
+    pub const HTTP_TLS_KEY: Var = Var::new(
+        "BOROUGH_HTTP_TLS_KEY",
+        "",
+        "The key of BOROUGH_HTTP_TLS_CERT (both or neither)",
+    );
+    pub const ACCESS_LOG: Var = Var::new(
+        "BOROUGH_ACCESS_LOG",
+        "errors-and-slow",
+        "Which requests get an access log line: all, errors-and-slow or off",
+    );
+    pub const ACCESS_LOG_SLOW: Var = Var::new(
+        "BOROUGH_ACCESS_LOG_SLOW",
+        "500ms",
+        "What errors-and-slow counts as slow (0 to 1h)",
+    );
+    pub const VARS: &[&Var] = &[
+        &ServerSettings::HTTP_ADDR,
+        &Self::USER_URL,
+        &Self::QUERY_URL,
+        &Self::ADMIN_TOKEN,
+        &Self::REQUEST_TIMEOUT,
+        &Self::BODY_LIMIT,
+        &Self::AUTH_CACHE_TTL,
+        &Self::CORS_ORIGINS,
+        &Self::STREAM_TIMEOUT,
+        &Self::IMPORT_BODY_LIMIT,
+        &Self::RATE_LIMIT_RPS,
+        &Self::RATE_LIMIT_BURST,
+        &Self::READ_YOUR_WRITES_TTL,
+        &Self::IMPORT_REPORT_LIMIT,
+        &Self::HTTP_TLS_CERT,
+        &Self::HTTP_TLS_KEY,
+        &Self::ACCESS_LOG,
+        &Self::ACCESS_LOG_SLOW,
+    ];
+
+    /// Every variable the gateway reads, for `docs/settings.md`.
+    pub fn vars() -> Vec<&'static Var> {
+        Self::VARS
+            .iter()
+            .copied()
+            .chain(ServerSettings::vars())
+            .chain(borough_net::client::ClientSettings::VARS.iter().copied())
+            .chain(crate::server::ConnectionLimits::VARS.iter().copied())
+            .chain(crate::auth_guard::AuthLimits::VARS.iter().copied())
+            .chain(crate::watches::WatchLimits::VARS.iter().copied())
+            .chain(borough_tls::TlsSettings::VARS.iter().copied())
+            .chain(borough_telemetry::vars())
+            .collect()
+    }
+
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
-        let admin_token = env.optional("BOROUGH_ADMIN_TOKEN");
+        let admin_token = env.optional(&Self::ADMIN_TOKEN);
         if let Some(token) = &admin_token
             && token.len() < 16
         {
             return Err(SettingsError::Invalid {
-                name: "BOROUGH_ADMIN_TOKEN".to_owned(),
+                name: Self::ADMIN_TOKEN.name.to_owned(),
                 value: "***".to_owned(),
                 reason: "must be at least 16 characters".to_owned(),
             });
@@ -96,8 +219,8 @@ impl Settings {
             borough_tls::Mode::Off => "http",
         };
         let edge_tls = match (
-            env.optional("BOROUGH_HTTP_TLS_CERT"),
-            env.optional("BOROUGH_HTTP_TLS_KEY"),
+            env.optional(&Self::HTTP_TLS_CERT),
+            env.optional(&Self::HTTP_TLS_KEY),
         ) {
             (None, None) => None,
             (Some(cert), Some(key)) => Some(EdgeTls {
@@ -105,101 +228,73 @@ impl Settings {
                 key: key.into(),
             }),
             (cert, _) => {
+                let (missing, with) = match cert {
+                    Some(_) => (Self::HTTP_TLS_KEY.name, Self::HTTP_TLS_CERT.name),
+                    None => (Self::HTTP_TLS_CERT.name, Self::HTTP_TLS_KEY.name),
+                };
                 return Err(SettingsError::Missing {
-                    name: if cert.is_some() {
-                        "BOROUGH_HTTP_TLS_KEY (with BOROUGH_HTTP_TLS_CERT)".to_owned()
-                    } else {
-                        "BOROUGH_HTTP_TLS_CERT (with BOROUGH_HTTP_TLS_KEY)".to_owned()
-                    },
+                    name: format!("{missing} (with {with})"),
                 });
             }
+        };
+        let backend = |var: &Var, port: u16| {
+            env.url_or(
+                var,
+                &format!("{scheme}://127.0.0.1:{port}"),
+                &["http", "https"],
+            )
         };
         Ok(Settings {
             server: ServerSettings::from_env(
                 env,
                 "gateway",
-                "BOROUGH_HTTP_ADDR",
+                &ServerSettings::HTTP_ADDR,
                 "127.0.0.1:8080",
                 "127.0.0.1:9460",
             )?,
-            user_url: env.url(
-                "BOROUGH_USER_URL",
-                &format!("{scheme}://127.0.0.1:50051"),
-                &["http", "https"],
-            )?,
-            query_url: env.url(
-                "BOROUGH_QUERY_URL",
-                &format!("{scheme}://127.0.0.1:50052"),
-                &["http", "https"],
-            )?,
-            config_url: env.url(
-                "BOROUGH_CONFIG_URL",
-                &format!("{scheme}://127.0.0.1:50053"),
-                &["http", "https"],
-            )?,
+            user_url: backend(&Self::USER_URL, 50051)?,
+            query_url: backend(&Self::QUERY_URL, 50052)?,
+            config_url: backend(&RemoteSettings::URL, 50053)?,
             tls,
             edge_tls,
             admin_token: admin_token.map(SecretString::from),
-            request_timeout: env.duration_in(
-                "BOROUGH_REQUEST_TIMEOUT",
-                Duration::from_secs(10),
-                REQUEST_TIMEOUT_RANGE,
-            )?,
+            request_timeout: env.duration_in(&Self::REQUEST_TIMEOUT, REQUEST_TIMEOUT_RANGE)?,
             stream_timeout: env.duration_in(
-                "BOROUGH_STREAM_TIMEOUT",
-                Duration::from_secs(600),
+                &Self::STREAM_TIMEOUT,
                 Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
             )?,
-            import_body_limit: env.bytes_in(
-                "BOROUGH_IMPORT_BODY_LIMIT",
-                256 * 1024 * 1024,
-                1..=64 * 1024 * 1024 * 1024,
-            )?,
-            rate_limit: {
-                let policy = crate::ratelimit::Policy {
-                    requests_per_second: env.parse("BOROUGH_RATE_LIMIT_RPS", 100)?,
-                    burst: env.parse("BOROUGH_RATE_LIMIT_BURST", 200)?,
-                };
-                policy.validate().map_err(|reason| SettingsError::Invalid {
-                    name: "BOROUGH_RATE_LIMIT_RPS".to_owned(),
-                    value: format!("{}/{}", policy.requests_per_second, policy.burst),
-                    reason,
-                })?;
-                policy
+            import_body_limit: env
+                .bytes_in(&Self::IMPORT_BODY_LIMIT, 1..=64 * 1024 * 1024 * 1024)?,
+            rate_limit: crate::ratelimit::Policy {
+                requests_per_second: env.parse_in(&Self::RATE_LIMIT_RPS, 1..=1_000_000)?,
+                burst: env.parse_in(&Self::RATE_LIMIT_BURST, 1..=1_000_000)?,
             },
             client: borough_net::client::ClientSettings::from_env(env)?,
             read_your_writes_ttl: env.duration_in(
-                "BOROUGH_READ_YOUR_WRITES_TTL",
-                Duration::from_secs(60),
+                &Self::READ_YOUR_WRITES_TTL,
                 Duration::ZERO..=Duration::from_secs(24 * 3600),
             )?,
-            body_limit: env.bytes_in("BOROUGH_BODY_LIMIT", 1024 * 1024, BODY_LIMIT_RANGE)?,
+            body_limit: env.bytes_in(&Self::BODY_LIMIT, BODY_LIMIT_RANGE)?,
             auth_cache_ttl: env.duration_in(
-                "BOROUGH_AUTH_CACHE_TTL",
-                Duration::from_secs(5),
+                &Self::AUTH_CACHE_TTL,
                 Duration::ZERO..=Duration::from_secs(3600),
             )?,
             connections: crate::server::ConnectionLimits::from_env(env)?,
             auth: crate::auth_guard::AuthLimits::from_env(env)?,
             watches: crate::watches::WatchLimits::from_env(env)?,
             import_report_limit: env.parse_in(
-                "BOROUGH_IMPORT_REPORT_LIMIT",
-                1000,
+                &Self::IMPORT_REPORT_LIMIT,
                 1..=borough_proto::user::MAX_IMPORT_REJECTIONS,
             )?,
             access_log: crate::middleware::AccessLog {
-                mode: env.parse(
-                    "BOROUGH_ACCESS_LOG",
-                    crate::middleware::AccessLogMode::ErrorsAndSlow,
-                )?,
+                mode: env.parse(&Self::ACCESS_LOG)?,
                 slow: env.duration_in(
-                    "BOROUGH_ACCESS_LOG_SLOW",
-                    Duration::from_millis(500),
+                    &Self::ACCESS_LOG_SLOW,
                     Duration::ZERO..=Duration::from_secs(3600),
                 )?,
             },
             cors_origins: env
-                .optional("BOROUGH_CORS_ORIGINS")
+                .optional(&Self::CORS_ORIGINS)
                 .map(|v| {
                     v.split(',')
                         .map(|o| o.trim().to_owned())
@@ -212,7 +307,7 @@ impl Settings {
 }
 
 impl Settings {
-    /// SHA-256 of `BOROUGH_ADMIN_TOKEN`.
+    /// SHA-256 of the admin token.
     pub fn admin_token_hash(&self) -> Option<[u8; 32]> {
         self.admin_token
             .as_ref()
@@ -289,33 +384,26 @@ pub fn parse_admin_token_hash(
     }
 }
 
-/// `http.request_timeout` and `http.body_limit` of `platform/gateway`, over `defaults`
-/// (absent keys keep them). Refused: zero or unparsable values.
+/// [`Settings::REQUEST_TIMEOUT`] and [`Settings::BODY_LIMIT`] as `platform/gateway` sets
+/// them, over `defaults` (absent keys keep them), by the environment's parsers and ranges.
 pub fn parse_limits(
     snapshot: &borough_config_client::remote::Snapshot,
     defaults: &crate::state::Limits,
 ) -> Result<crate::state::Limits, String> {
-    use borough_config_client::check_range;
-    use borough_config_client::remote::{bytes_value, duration_value};
-    let mut limits = *defaults;
-    if let Some(value) = snapshot.values.get("http.request_timeout") {
-        let timeout = duration_value(value).map_err(|e| format!("http.request_timeout: {e}"))?;
-        limits.request_timeout = check_range(
-            "http.request_timeout",
-            timeout,
-            &REQUEST_TIMEOUT_RANGE,
-            |d| format!("{d:?}"),
-        )
-        .map_err(|e| e.to_string())?;
-    }
-    if let Some(value) = snapshot.values.get("http.body_limit") {
-        let limit = bytes_value(value).map_err(|e| format!("http.body_limit: {e}"))?;
-        limits.body_limit = check_range("http.body_limit", limit, &BODY_LIMIT_RANGE, |b| {
-            b.to_string()
-        })
-        .map_err(|e| e.to_string())?;
-    }
-    Ok(limits)
+    let hot = snapshot.hot();
+    let invalid = |e: SettingsError| e.to_string();
+    Ok(crate::state::Limits {
+        request_timeout: hot
+            .duration_in_or(
+                &Settings::REQUEST_TIMEOUT,
+                defaults.request_timeout,
+                REQUEST_TIMEOUT_RANGE,
+            )
+            .map_err(invalid)?,
+        body_limit: hot
+            .bytes_in_or(&Settings::BODY_LIMIT, defaults.body_limit, BODY_LIMIT_RANGE)
+            .map_err(invalid)?,
+    })
 }
 
 #[cfg(test)]

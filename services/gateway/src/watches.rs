@@ -9,24 +9,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use borough_config_client::{Env, SettingsError};
+use borough_config_client::{Env, SettingsError, Var};
 use borough_error::{ErrorKind, Problem};
 use borough_tenant::TenantId;
 use prometheus_client::metrics::gauge::Gauge;
 
-/// `BOROUGH_WATCH_*`.
+/// The bounds of config watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WatchLimits {
-    /// `BOROUGH_WATCH_MAX` (1024): watches open on this gateway.
+    /// [`WatchLimits::MAX`].
     pub max: usize,
-    /// `BOROUGH_WATCH_MAX_PER_TENANT` (8): watches one tenant may have open here.
+    /// [`WatchLimits::MAX_PER_TENANT`].
     pub per_tenant: usize,
-    /// `BOROUGH_WATCH_MAX_DURATION` (1h): a watch then ends; clients resume from the last
-    /// event id.
+    /// [`WatchLimits::MAX_DURATION`].
     pub max_duration: Duration,
 }
 
 impl Default for WatchLimits {
+    /// The declared defaults.
     fn default() -> Self {
         WatchLimits {
             max: 1024,
@@ -37,14 +37,29 @@ impl Default for WatchLimits {
 }
 
 impl WatchLimits {
+    pub const MAX: Var = Var::new(
+        "BOROUGH_WATCH_MAX",
+        "1024",
+        "Config watches (SSE) open on this gateway (1 to 1,000,000)",
+    );
+    pub const MAX_PER_TENANT: Var = Var::new(
+        "BOROUGH_WATCH_MAX_PER_TENANT",
+        "8",
+        "Config watches one tenant may have open on this gateway (1 to 100,000)",
+    );
+    pub const MAX_DURATION: Var = Var::new(
+        "BOROUGH_WATCH_MAX_DURATION",
+        "1h",
+        "A watch then ends; clients resume from the last event id (1s to 7 days)",
+    );
+    pub const VARS: &[&Var] = &[&Self::MAX, &Self::MAX_PER_TENANT, &Self::MAX_DURATION];
+
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
-        let d = WatchLimits::default();
         Ok(WatchLimits {
-            max: env.parse_in("BOROUGH_WATCH_MAX", d.max, 1..=1_000_000)?,
-            per_tenant: env.parse_in("BOROUGH_WATCH_MAX_PER_TENANT", d.per_tenant, 1..=100_000)?,
+            max: env.parse_in(&Self::MAX, 1..=1_000_000)?,
+            per_tenant: env.parse_in(&Self::MAX_PER_TENANT, 1..=100_000)?,
             max_duration: env.duration_in(
-                "BOROUGH_WATCH_MAX_DURATION",
-                d.max_duration,
+                &Self::MAX_DURATION,
                 Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600),
             )?,
         })

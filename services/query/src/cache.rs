@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use borough_config_client::{Env, SettingsError};
+use borough_config_client::{Env, SettingsError, Var};
 use borough_proto::user::v1::User;
 use borough_telemetry::Metrics;
 use borough_tenant::TenantId;
@@ -46,28 +46,56 @@ impl Cached {
     }
 }
 
-/// `BOROUGH_CACHE_*`.
+/// How the user cache is bounded.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
-    /// `BOROUGH_CACHE_MAX_ENTRIES` (100000); 0 disables the cache.
+    /// [`CacheSettings::MAX_ENTRIES`].
     pub max_entries: u64,
-    /// `BOROUGH_CACHE_MAX_BYTES` (64MiB).
+    /// [`CacheSettings::MAX_BYTES`].
     pub max_bytes: u64,
-    /// `BOROUGH_CACHE_TTL` (60s): how long an entry is served without re-reading. Also the
-    /// bound on staleness should every invalidation be lost.
+    /// [`CacheSettings::TTL`].
     pub ttl: Duration,
-    /// `BOROUGH_CACHE_STALE_TTL` (1h): how long a copy may be served while the database
-    /// is unreachable.
+    /// [`CacheSettings::STALE_TTL`].
     pub stale_ttl: Duration,
 }
 
 impl CacheSettings {
+    pub const MAX_ENTRIES: Var = Var::new(
+        "BOROUGH_CACHE_MAX_ENTRIES",
+        "100000",
+        "Users cached at most; 0 disables the cache",
+    );
+    pub const MAX_BYTES: Var = Var::new(
+        "BOROUGH_CACHE_MAX_BYTES",
+        "64MiB",
+        "The cache's memory bound",
+    );
+    pub const TTL: Var = Var::new(
+        "BOROUGH_CACHE_TTL",
+        "60s",
+        "How long a cached user is served without reading it again (for users cached from \
+         then on when changed live); also the bound on staleness should every invalidation \
+         be lost",
+    )
+    .hot("cache.ttl");
+    pub const STALE_TTL: Var = Var::new(
+        "BOROUGH_CACHE_STALE_TTL",
+        "1h",
+        "How long a cached copy may be served (marked stale) while the database is unreachable",
+    );
+    pub const VARS: &[&Var] = &[
+        &Self::MAX_ENTRIES,
+        &Self::MAX_BYTES,
+        &Self::TTL,
+        &Self::STALE_TTL,
+    ];
+
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         Ok(CacheSettings {
-            max_entries: env.parse("BOROUGH_CACHE_MAX_ENTRIES", 100_000)?,
-            max_bytes: env.bytes("BOROUGH_CACHE_MAX_BYTES", 64 * 1024 * 1024)? as u64,
-            ttl: env.duration("BOROUGH_CACHE_TTL", Duration::from_secs(60))?,
-            stale_ttl: env.duration("BOROUGH_CACHE_STALE_TTL", Duration::from_secs(3600))?,
+            max_entries: env.parse(&Self::MAX_ENTRIES)?,
+            max_bytes: env.bytes(&Self::MAX_BYTES)? as u64,
+            ttl: env.duration(&Self::TTL)?,
+            stale_ttl: env.duration(&Self::STALE_TTL)?,
         })
     }
 }

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use borough_config_client::{Env, ServerSettings, SettingsError};
+use borough_config_client::{Env, ServerSettings, SettingsError, Var};
 use borough_error::{ErrorKind, ServiceError, to_status};
 use borough_proto::page;
 use borough_proto::query::v1::batch_get_error::Reason;
@@ -427,16 +427,16 @@ impl QueryService for Query {
     }
 }
 
-/// The service's settings, from `BOROUGH_*` environment variables.
+/// The service's settings ([`Settings::vars`]: every variable it reads).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `BOROUGH_GRPC_ADDR` (127.0.0.1:50052), `BOROUGH_ADMIN_ADDR` (127.0.0.1:9462), shutdown.
+    /// Listeners (127.0.0.1:50052, admin 127.0.0.1:9462) and shutdown.
     pub server: ServerSettings,
-    /// `BOROUGH_DATABASE_URL` and the pool's limits.
+    /// The database and the pools' limits.
     pub database: DatabaseSettings,
-    /// `BOROUGH_CACHE_*`.
+    /// The user cache.
     pub cache: CacheSettings,
-    /// Mutual TLS with the other services (`BOROUGH_TLS_*`, `BOROUGH_INTERNAL_TLS`).
+    /// Mutual TLS with the other services.
     pub tls: borough_tls::TlsSettings,
 }
 
@@ -450,12 +450,23 @@ pub static POLICY: borough_net::authz::Policy = borough_net::authz::Policy {
 };
 
 impl Settings {
+    /// Every variable the service reads, for `docs/settings.md`.
+    pub fn vars() -> Vec<&'static Var> {
+        std::iter::once(&ServerSettings::GRPC_ADDR)
+            .chain(ServerSettings::vars())
+            .chain(DatabaseSettings::vars())
+            .chain(CacheSettings::VARS.iter().copied())
+            .chain(borough_tls::TlsSettings::VARS.iter().copied())
+            .chain(borough_telemetry::vars())
+            .collect()
+    }
+
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         Ok(Settings {
             server: ServerSettings::from_env(
                 env,
                 SERVICE,
-                "BOROUGH_GRPC_ADDR",
+                &ServerSettings::GRPC_ADDR,
                 "127.0.0.1:50052",
                 "127.0.0.1:9462",
             )?,
@@ -485,11 +496,10 @@ pub async fn serve(
         let remote =
             borough_net::config::platform_config(SERVICE, &settings.server.remote, tls.as_ref());
         let mut ttl = remote.typed(settings.cache.ttl, |snapshot, defaults| {
-            match snapshot.values.get("cache.ttl") {
-                None => Ok(*defaults),
-                Some(value) => borough_config_client::remote::duration_value(value)
-                    .map_err(|e| format!("cache.ttl: {e}")),
-            }
+            snapshot
+                .hot()
+                .duration_or(&CacheSettings::TTL, *defaults)
+                .map_err(|e| e.to_string())
         });
         let cache = cache.clone();
         tokio::spawn(async move {

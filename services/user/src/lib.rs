@@ -9,7 +9,7 @@ pub mod validate;
 
 use std::future::Future;
 
-use borough_config_client::{Env, ServerSettings, SettingsError};
+use borough_config_client::{Env, ServerSettings, SettingsError, Var};
 use borough_proto::user::v1::tenant_admin_service_server::TenantAdminServiceServer;
 use borough_proto::user::v1::user_service_server::UserServiceServer;
 use borough_telemetry::Metrics;
@@ -20,37 +20,33 @@ pub use borough_net::{Listeners, ServeError};
 
 pub const SERVICE: &str = "user";
 
-/// The service's settings, from `BOROUGH_*` environment variables.
+/// The service's settings ([`Settings::vars`]: every variable it reads).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `BOROUGH_GRPC_ADDR` (127.0.0.1:50051), `BOROUGH_ADMIN_ADDR` (127.0.0.1:9461), shutdown.
+    /// Listeners (127.0.0.1:50051, admin 127.0.0.1:9461) and shutdown.
     pub server: ServerSettings,
-    /// `BOROUGH_DATABASE_URL` and the pool's limits.
+    /// The database and the pools' limits.
     pub database: DatabaseSettings,
-    /// `BOROUGH_PROVISIONER_DATABASE_URL`: an owner role on the default server, which
-    /// creates and migrates schema and database tenants. Unset: only shared tenants and
-    /// databases given by URL can be created.
+    /// [`Settings::PROVISIONER_DATABASE_URL`].
     pub provisioner_url: Option<borough_config_client::SecretUrl>,
-    /// `BOROUGH_IDEMPOTENCY_TTL` (24h): how long an `Idempotency-Key` is remembered.
+    /// [`Settings::IDEMPOTENCY_TTL`].
     pub idempotency_ttl: std::time::Duration,
-    /// Mutual TLS with the other services (`BOROUGH_TLS_*`, `BOROUGH_INTERNAL_TLS`).
+    /// Mutual TLS with the other services.
     pub tls: borough_tls::TlsSettings,
-    /// `BOROUGH_SECRET_KEYS` (`<id>:<base64 of 32 bytes>[,...]`, the first seals): the
-    /// keys tenants' database URLs are sealed with at rest. Unset: tenants in databases
-    /// given by URL can be neither created nor reached.
+    /// [`Settings::SECRET_KEYS`].
     pub secret_keys: Option<std::sync::Arc<borough_tenancy::secrets::Keyring>>,
 }
 
-/// `BOROUGH_SECRET_KEYS`, if set. The error never shows the value.
+/// [`Settings::SECRET_KEYS`], if set. The error never shows the value.
 pub fn secret_keys(
     env: &Env,
 ) -> Result<Option<std::sync::Arc<borough_tenancy::secrets::Keyring>>, SettingsError> {
-    env.optional("BOROUGH_SECRET_KEYS")
+    env.optional(&Settings::SECRET_KEYS)
         .map(|spec| {
             borough_tenancy::secrets::Keyring::parse(&spec)
                 .map(std::sync::Arc::new)
                 .map_err(|e| SettingsError::Invalid {
-                    name: "BOROUGH_SECRET_KEYS".to_owned(),
+                    name: Settings::SECRET_KEYS.name.to_owned(),
                     value: "<redacted>".to_owned(),
                     reason: e.to_string(),
                 })
@@ -71,6 +67,50 @@ pub static POLICY: borough_net::authz::Policy = borough_net::authz::Policy {
 };
 
 impl Settings {
+    pub const PROVISIONER_DATABASE_URL: Var = Var::new(
+        "BOROUGH_PROVISIONER_DATABASE_URL",
+        "",
+        "An owner role on the default server, which creates and migrates schema and database \
+         tenants. Unset: only shared tenants and databases given by URL can be created",
+    );
+    pub const IDEMPOTENCY_TTL: Var = Var::new(
+        "BOROUGH_IDEMPOTENCY_TTL",
+        "24h",
+        "How long an Idempotency-Key is remembered (a repeat within it gets the first reply)",
+    );
+    pub const MIGRATION_DATABASE_URL: Var = Var::new(
+        "BOROUGH_MIGRATION_DATABASE_URL",
+        "BOROUGH_DATABASE_URL",
+        "borough-user migrate and rekey: the database's owner, which applies migrations",
+    );
+    pub const SECRET_KEYS: Var = Var::new(
+        "BOROUGH_SECRET_KEYS",
+        "",
+        "<id>:<base64 of 32 bytes>[,...], the first seals: the keys tenants' database URLs \
+         are sealed with at rest. Unset: tenants in databases given by URL can be neither \
+         created nor reached",
+    );
+
+    /// Every variable the service reads, for `docs/settings.md`.
+    pub fn vars() -> Vec<&'static Var> {
+        [
+            &ServerSettings::GRPC_ADDR,
+            &Self::PROVISIONER_DATABASE_URL,
+            &Self::IDEMPOTENCY_TTL,
+            &Self::SECRET_KEYS,
+            &Self::MIGRATION_DATABASE_URL,
+            &borough_tenancy::migrate::Login::USER_PASSWORD,
+            &borough_tenancy::migrate::Login::QUERY_PASSWORD,
+            &borough_tenancy::migrate::Login::CONFIG_PASSWORD,
+        ]
+        .into_iter()
+        .chain(ServerSettings::vars())
+        .chain(DatabaseSettings::vars())
+        .chain(borough_tls::TlsSettings::VARS.iter().copied())
+        .chain(borough_telemetry::vars())
+        .collect()
+    }
+
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         let secret_keys = secret_keys(env)?;
         let mut database = DatabaseSettings::from_env(env)?;
@@ -81,23 +121,18 @@ impl Settings {
             server: ServerSettings::from_env(
                 env,
                 SERVICE,
-                "BOROUGH_GRPC_ADDR",
+                &ServerSettings::GRPC_ADDR,
                 "127.0.0.1:50051",
                 "127.0.0.1:9461",
             )?,
             database,
-            provisioner_url: match env.optional("BOROUGH_PROVISIONER_DATABASE_URL") {
-                Some(_) => Some(env.secret_url(
-                    "BOROUGH_PROVISIONER_DATABASE_URL",
-                    "",
-                    &["postgres", "postgresql"],
-                )?),
+            provisioner_url: match env.optional(&Self::PROVISIONER_DATABASE_URL) {
+                Some(_) => Some(
+                    env.secret_url(&Self::PROVISIONER_DATABASE_URL, &["postgres", "postgresql"])?,
+                ),
                 None => None,
             },
-            idempotency_ttl: env.duration(
-                "BOROUGH_IDEMPOTENCY_TTL",
-                std::time::Duration::from_secs(24 * 3600),
-            )?,
+            idempotency_ttl: env.duration(&Self::IDEMPOTENCY_TTL)?,
             tls: borough_tls::TlsSettings::from_env(env, SERVICE)?,
             secret_keys,
         })

@@ -51,17 +51,11 @@ async fn serve(env: &Env) -> anyhow::Result<()> {
 
 /// The owner's connection for `migrate` and `rekey`.
 async fn owner_connection(env: &Env) -> anyhow::Result<(String, sqlx::PgConnection)> {
-    let url = match env.optional("BOROUGH_MIGRATION_DATABASE_URL") {
-        Some(_) => env.url(
-            "BOROUGH_MIGRATION_DATABASE_URL",
-            "",
-            &["postgres", "postgresql"],
-        )?,
-        None => env.url(
-            "BOROUGH_DATABASE_URL",
-            borough_tenancy::settings::DEFAULT_DATABASE_URL,
-            &["postgres", "postgresql"],
-        )?,
+    let schemes = &["postgres", "postgresql"];
+    let migration = &borough_user::Settings::MIGRATION_DATABASE_URL;
+    let url = match env.optional(migration) {
+        Some(_) => env.url(migration, schemes)?,
+        None => env.url(&borough_tenancy::settings::DatabaseSettings::URL, schemes)?,
     };
     let conn = sqlx::PgConnection::connect(&url)
         .await
@@ -70,8 +64,12 @@ async fn owner_connection(env: &Env) -> anyhow::Result<(String, sqlx::PgConnecti
 }
 
 async fn rekey(env: &Env) -> anyhow::Result<()> {
-    let keys = borough_user::secret_keys(env)?
-        .context("BOROUGH_SECRET_KEYS must be set (the new key first)")?;
+    let keys = borough_user::secret_keys(env)?.with_context(|| {
+        format!(
+            "{} must be set (the new key first)",
+            borough_user::Settings::SECRET_KEYS.name
+        )
+    })?;
     let (_, mut conn) = owner_connection(env).await?;
     let report = borough_tenancy::secrets::seal_stored(&mut conn, Some(&keys), true).await?;
     tracing::info!(

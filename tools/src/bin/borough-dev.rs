@@ -25,7 +25,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use borough_config_client::Var;
 use borough_testkit::{Cluster, ensure_logins, pg};
+use borough_tools::{DEV_DATA, DEV_PG_PORT, DEV_PORT_OFFSET};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use tokio::process::{Child, Command};
@@ -53,6 +55,11 @@ fn env_or(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
+/// A tool variable, or its declared default.
+fn var(var: &Var) -> String {
+    env_or(var.name, var.default)
+}
+
 /// Reads a secret from `file`, or generates and stores one.
 fn secret(file: &Path) -> Result<String> {
     if let Ok(existing) = std::fs::read_to_string(file)
@@ -76,7 +83,7 @@ fn write_private(file: &Path, value: &str) -> Result<()> {
 async fn run() -> Result<()> {
     let started = Instant::now();
     let paths = Paths {
-        data: PathBuf::from(env_or("BOROUGH_DEV_DATA", ".data")),
+        data: PathBuf::from(var(&DEV_DATA)),
         bin: std::env::current_exe()?
             .parent()
             .context("no directory for this binary")?
@@ -84,9 +91,9 @@ async fn run() -> Result<()> {
     };
     std::fs::create_dir_all(&paths.data)?;
     let data = paths.data.canonicalize()?;
-    let pg_port: u16 = env_or("BOROUGH_DEV_PG_PORT", "55432")
+    let pg_port: u16 = var(&DEV_PG_PORT)
         .parse()
-        .context("BOROUGH_DEV_PG_PORT must be a port number")?;
+        .with_context(|| format!("{} must be a port number", DEV_PG_PORT.name))?;
 
     // 0. The PKI (first run): a CA, each service's certificate, PostgreSQL's.
     let pki = data.join("pki");
@@ -195,9 +202,9 @@ async fn run() -> Result<()> {
     let database_url = |login| cluster.login_url(login, DATABASE);
     // BOROUGH_DEV_PORT_OFFSET moves every port (a second stack beside `make run`: the
     // fuzzing one).
-    let offset: u16 = env_or("BOROUGH_DEV_PORT_OFFSET", "0")
+    let offset: u16 = var(&DEV_PORT_OFFSET)
         .parse()
-        .context("BOROUGH_DEV_PORT_OFFSET must be a number")?;
+        .with_context(|| format!("{} must be a number", DEV_PORT_OFFSET.name))?;
     let addr = |port: u16| format!("127.0.0.1:{}", port + offset);
     let gateway_addr = env_or("BOROUGH_HTTP_ADDR", &addr(8080));
     let gateway_url = format!("http://{gateway_addr}");

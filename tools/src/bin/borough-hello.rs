@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
         "/hello",
         get(|| async { Json(serde_json::json!({ "message": "Hello from Borough!" })) }),
     );
-    if let Ok(url) = std::env::var("BOROUGH_HELLO_QUERY_URL") {
+    if let Ok(url) = std::env::var(borough_tools::HELLO_QUERY_URL.name) {
         let channel = Channel::from_shared(url)?.tcp_nodelay(true).connect_lazy();
         app = app.merge(
             axum::Router::new()
@@ -128,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_state(QueryServiceClient::new(channel)),
         );
     }
-    if let Ok(grpc) = std::env::var("BOROUGH_HELLO_GRPC_ADDR") {
+    if let Ok(grpc) = std::env::var(borough_tools::HELLO_GRPC_ADDR.name) {
         let grpc = grpc.parse()?;
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()

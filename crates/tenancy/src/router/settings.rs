@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use borough_config_client::{Env, SettingsError};
+use borough_config_client::{Env, SettingsError, Var};
 
 use crate::db::PoolSettings;
 use crate::placement;
@@ -10,59 +10,80 @@ use crate::placement;
 /// How the router bounds pools and tenants.
 #[derive(Debug, Clone)]
 pub struct RouterSettings {
-    /// `BOROUGH_MAX_TENANT_POOLS` (32): dedicated pools (database tenants, and their read
-    /// replicas) open at once.
+    /// [`RouterSettings::MAX_TENANT_POOLS`].
     pub max_tenant_pools: usize,
-    /// `BOROUGH_TENANT_POOL_MAX_CONNECTIONS` (4): the size of each dedicated pool.
+    /// [`RouterSettings::TENANT_POOL_MAX_CONNECTIONS`] (and the default pool's acquire
+    /// timeout).
     pub tenant_pool: PoolSettings,
-    /// `BOROUGH_TENANT_POOL_IDLE_TIMEOUT` (5m): a dedicated pool unused this long is closed.
+    /// [`RouterSettings::TENANT_POOL_IDLE_TIMEOUT`].
     pub pool_idle_timeout: Duration,
-    /// `BOROUGH_TENANT_MAX_CONNECTIONS` (half the default pool, at least 1): connections
-    /// one tenant may hold at once.
+    /// [`RouterSettings::TENANT_MAX_CONNECTIONS`].
     pub tenant_max_connections: u32,
-    /// `BOROUGH_TENANT_ACQUIRE_TIMEOUT` (250ms): how long a tenant at its cap waits.
+    /// [`RouterSettings::TENANT_ACQUIRE_TIMEOUT`].
     pub tenant_acquire_timeout: Duration,
-    /// `BOROUGH_TENANT_ROUTE_TTL` (60s): the backstop lifetime of a cached route.
+    /// [`RouterSettings::TENANT_ROUTE_TTL`].
     pub route_ttl: Duration,
     /// How tenant databases elsewhere are reached: this service's own login (the default)
-    /// or the operator's URLs opened with `BOROUGH_SECRET_KEYS` (the user service).
+    /// or the operator's URLs opened with the secret keys (the user service).
     pub credentials: placement::Credentials,
 }
 
 impl RouterSettings {
+    pub const MAX_TENANT_POOLS: Var = Var::new(
+        "BOROUGH_MAX_TENANT_POOLS",
+        "32",
+        "Dedicated pools (database tenants, and their read replicas) open at once, least \
+         recently used closed first (at least 1)",
+    );
+    pub const TENANT_POOL_MAX_CONNECTIONS: Var = Var::new(
+        "BOROUGH_TENANT_POOL_MAX_CONNECTIONS",
+        "4",
+        "The size of each dedicated pool",
+    );
+    pub const TENANT_POOL_IDLE_TIMEOUT: Var = Var::new(
+        "BOROUGH_TENANT_POOL_IDLE_TIMEOUT",
+        "5m",
+        "A dedicated pool unused this long is closed",
+    );
+    pub const TENANT_MAX_CONNECTIONS: Var = Var::new(
+        "BOROUGH_TENANT_MAX_CONNECTIONS",
+        "half of BOROUGH_DB_MAX_CONNECTIONS, at least 1",
+        "Connections one tenant may hold at once (at least 1); over it, 503 with Retry-After",
+    );
+    pub const TENANT_ACQUIRE_TIMEOUT: Var = Var::new(
+        "BOROUGH_TENANT_ACQUIRE_TIMEOUT",
+        "250ms",
+        "How long a tenant at its connection cap waits before its 503",
+    );
+    pub const TENANT_ROUTE_TTL: Var = Var::new(
+        "BOROUGH_TENANT_ROUTE_TTL",
+        "60s",
+        "The backstop lifetime of a cached tenant route (changes are announced at once)",
+    );
+    pub const VARS: &[&Var] = &[
+        &Self::MAX_TENANT_POOLS,
+        &Self::TENANT_POOL_MAX_CONNECTIONS,
+        &Self::TENANT_POOL_IDLE_TIMEOUT,
+        &Self::TENANT_MAX_CONNECTIONS,
+        &Self::TENANT_ACQUIRE_TIMEOUT,
+        &Self::TENANT_ROUTE_TTL,
+    ];
+
     pub fn from_env(env: &Env, default_pool: &PoolSettings) -> Result<Self, SettingsError> {
-        let max_tenant_pools: usize = env.parse("BOROUGH_MAX_TENANT_POOLS", 32)?;
-        let tenant_max_connections: u32 = env.parse(
-            "BOROUGH_TENANT_MAX_CONNECTIONS",
-            (default_pool.max_connections / 2).max(1),
-        )?;
-        for (name, value) in [
-            ("BOROUGH_MAX_TENANT_POOLS", max_tenant_pools),
-            (
-                "BOROUGH_TENANT_MAX_CONNECTIONS",
-                tenant_max_connections as usize,
-            ),
-        ] {
-            if value == 0 {
-                return Err(SettingsError::Invalid {
-                    name: name.to_owned(),
-                    value: "0".to_owned(),
-                    reason: "must be at least 1".to_owned(),
-                });
-            }
-        }
         Ok(RouterSettings {
-            max_tenant_pools,
+            max_tenant_pools: env.parse_in(&Self::MAX_TENANT_POOLS, 1..=usize::MAX)?,
             tenant_pool: PoolSettings {
-                max_connections: env.parse("BOROUGH_TENANT_POOL_MAX_CONNECTIONS", 4)?,
+                max_connections: env.parse(&Self::TENANT_POOL_MAX_CONNECTIONS)?,
                 acquire_timeout: default_pool.acquire_timeout,
             },
-            pool_idle_timeout: env
-                .duration("BOROUGH_TENANT_POOL_IDLE_TIMEOUT", Duration::from_secs(300))?,
-            tenant_max_connections,
-            tenant_acquire_timeout: env
-                .duration("BOROUGH_TENANT_ACQUIRE_TIMEOUT", Duration::from_millis(250))?,
-            route_ttl: env.duration("BOROUGH_TENANT_ROUTE_TTL", Duration::from_secs(60))?,
+            pool_idle_timeout: env.duration(&Self::TENANT_POOL_IDLE_TIMEOUT)?,
+            tenant_max_connections: env.parse_in_or(
+                &Self::TENANT_MAX_CONNECTIONS,
+                (default_pool.max_connections / 2).max(1),
+                1..=u32::MAX,
+            )?,
+            tenant_acquire_timeout: env.duration(&Self::TENANT_ACQUIRE_TIMEOUT)?,
+            route_ttl: env.duration(&Self::TENANT_ROUTE_TTL)?,
             credentials: placement::Credentials::OwnLogin,
         })
     }
