@@ -10,6 +10,8 @@
 #   make bench      the performance suite side by side with its baselines (release; wrk, pgbench)
 #   make bench-smoke  the same suite for one second per measurement on the debug build
 #                   (that it runs end to end, not its figures; CI runs it)
+#   make bench-client  the backend client's cost per call against tonic's and tower's
+#                   balancers (release build)
 #   make bench-config  the config service at 1,000 watchers (release build)
 #   make bench-resilience  limiter accuracy, breaker open time and fast-fail p99, rolling restart
 #   make bench-hostile  attacks a hostile tenant can try, against the release binaries: peak
@@ -23,7 +25,7 @@
 CARGO ?= cargo
 SERVICE_BINS := --bin borough-config --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
 
-.PHONY: run test lint deny machete build fmt clean-data wrk bench bench-smoke bench-config bench-resilience bench-hostile fuzz upgrade k8s-check
+.PHONY: run test lint deny machete build fmt clean-data wrk bench bench-smoke bench-client bench-config bench-resilience bench-hostile fuzz upgrade k8s-check
 
 run:
 	$(CARGO) build $(SERVICE_BINS)
@@ -71,8 +73,9 @@ clean-data:
 # target/bench/results.json).
 bench: wrk
 	$(CARGO) build --release --bin borough-user --bin borough-query --bin borough-config \
-		--bin borough-gateway --bin borough-hello --bin borough-bench
+		--bin borough-gateway --bin borough-hello --bin borough-bench --bin borough-client-bench
 	./target/release/borough-bench
+	./target/release/borough-client-bench
 
 # wrk and h2load (nghttp2-client) come from Debian's packages, installed here when missing.
 wrk:
@@ -84,8 +87,16 @@ wrk:
 # one round (debug figures mean nothing; that it runs does).
 bench-smoke: wrk
 	$(CARGO) build --bin borough-user --bin borough-query --bin borough-config \
-		--bin borough-gateway --bin borough-hello --bin borough-bench
+		--bin borough-gateway --bin borough-hello --bin borough-bench --bin borough-client-bench
 	BENCH_SECONDS=1 BENCH_ROUNDS=1 ./target/debug/borough-bench
+	BENCH_SECONDS=1 BENCH_ROUNDS=1 ./target/debug/borough-client-bench
+
+# What the backend client costs a call against a bare tonic channel, tonic's balancer and
+# tower's p2c over PeakEwma, in one process (release; BENCH_SECONDS, BENCH_ROUNDS,
+# BENCH_CONNECTIONS; writes target/bench/client.json).
+bench-client:
+	$(CARGO) build --release --bin borough-client-bench
+	./target/release/borough-client-bench
 
 # The config service under 1,000 watchers: put->delivered latency, memory per stream,
 # missed revisions (release build; about a minute).

@@ -365,9 +365,7 @@ async fn follow(
     }
 }
 
-/// gRPC metadata of a watch that cannot replay what its client missed because history
-/// was pruned (the config service's `x-borough-compacted`).
-pub const COMPACTED_METADATA: &str = "x-borough-compacted";
+pub use borough_proto::config::COMPACTED_METADATA;
 
 #[cfg(test)]
 mod tests {

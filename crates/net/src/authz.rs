@@ -23,8 +23,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tonic::body::Body;
 
-/// gRPC metadata carrying the tenant a call acts for (set by the gateway alone).
-pub const TENANT_METADATA_KEY: &str = "x-borough-tenant-id";
+pub use borough_tenant::context::TENANT_METADATA_KEY;
 
 /// The service whose callers may act for tenants.
 pub const GATEWAY: &str = "gateway";

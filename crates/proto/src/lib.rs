@@ -126,6 +126,12 @@ pub mod config {
     pub mod v1 {
         tonic::include_proto!("borough.config.v1");
     }
+
+    /// gRPC metadata naming who makes a change (recorded in history); set by the gateway.
+    pub const ACTOR_METADATA: &str = "x-borough-actor";
+    /// gRPC metadata of a watch that cannot replay what its client missed because history
+    /// was pruned.
+    pub const COMPACTED_METADATA: &str = "x-borough-compacted";
 }
 
 /// Codecs of the generated services.

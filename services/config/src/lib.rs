@@ -40,8 +40,7 @@ pub use borough_net::{Listeners, ServeError};
 
 pub const SERVICE: &str = "config";
 
-/// gRPC metadata naming who makes a change (recorded in history); set by the gateway.
-pub const ACTOR_METADATA: &str = "x-borough-actor";
+pub use borough_proto::config::ACTOR_METADATA;
 
 /// The service's settings ([`Settings::vars`]: every variable it reads).
 #[derive(Debug, Clone)]

@@ -173,7 +173,7 @@ pub enum ConfigError {
 }
 
 /// gRPC metadata on a `Compacted` failure: the revision history was pruned through.
-pub const COMPACTED_METADATA: &str = "x-borough-compacted";
+pub use borough_proto::config::COMPACTED_METADATA;
 
 impl ServiceError for ConfigError {
     fn kind(&self) -> ErrorKind {

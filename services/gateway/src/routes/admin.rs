@@ -368,7 +368,7 @@ pub async fn delete_tenant(
             deadline,
         );
         purge.metadata_mut().insert(
-            "x-borough-actor",
+            borough_proto::config::ACTOR_METADATA,
             tonic::metadata::MetadataValue::from_static("admin"),
         );
         state.config.clone().purge_tenant(purge).await?;
@@ -581,7 +581,7 @@ pub async fn put_limits(
         deadline,
     );
     request.metadata_mut().insert(
-        "x-borough-actor",
+        borough_proto::config::ACTOR_METADATA,
         tonic::metadata::MetadataValue::from_static("admin"),
     );
     state.config.clone().put(request).await?;

@@ -65,7 +65,9 @@ impl Target {
     fn request<T>(&self, message: T, deadline: Deadline) -> tonic::Request<T> {
         let mut request = grpc::request(message, self.tenant.as_ref(), deadline);
         if let Ok(actor) = tonic::metadata::MetadataValue::try_from(self.actor.as_str()) {
-            request.metadata_mut().insert("x-borough-actor", actor);
+            request
+                .metadata_mut()
+                .insert(borough_proto::config::ACTOR_METADATA, actor);
         }
         request
     }

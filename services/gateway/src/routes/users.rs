@@ -257,7 +257,10 @@ pub async fn get(
     let user: UserDto = reply.into_inner().into();
     let mut response_headers = user_headers(&user);
     if let Some(age) = stale_age {
-        response_headers.insert("borough-stale", http::HeaderValue::from_static("true"));
+        response_headers.insert(
+            borough_proto::query::STALE_METADATA,
+            http::HeaderValue::from_static("true"),
+        );
         response_headers.insert(header::AGE, http::HeaderValue::from(age));
     }
     let tag = etag(user.version);
