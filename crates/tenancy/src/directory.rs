@@ -26,10 +26,18 @@ impl From<KeyError> for AuthError {
     }
 }
 
+/// An active key of an active tenant, by its prefix.
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    key_hash: Vec<u8>,
+}
+
 /// Resolves a presented API key against the control database.
 pub async fn authenticate(control: &PgPool, presented: &str) -> Result<Principal, AuthError> {
     let key = apikey::parse(presented)?;
-    let row: Option<(Uuid, Uuid, Vec<u8>)> = sqlx::query_as(
+    let row: Option<KeyRow> = sqlx::query_as(
         "SELECT k.id, k.tenant_id, k.key_hash
            FROM control.api_keys k
            JOIN control.tenants t ON t.id = k.tenant_id
@@ -39,12 +47,10 @@ pub async fn authenticate(control: &PgPool, presented: &str) -> Result<Principal
     .fetch_optional(control)
     .await?;
     match row {
-        Some((key_id, tenant_id, stored)) if apikey::digests_equal(&stored, &key.hash) => {
-            Ok(Principal {
-                tenant_id: TenantId(tenant_id),
-                key_id,
-            })
-        }
+        Some(row) if apikey::digests_equal(&row.key_hash, &key.hash) => Ok(Principal {
+            tenant_id: TenantId(row.tenant_id),
+            key_id: row.id,
+        }),
         _ => Err(AuthError::InvalidKey),
     }
 }

@@ -178,17 +178,20 @@ pub fn new_route(
     }
 }
 
-type RouteRow = (
-    Uuid,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+/// A row of `control.tenants` as a route is read from it ([`route_columns`]).
+#[derive(sqlx::FromRow)]
+struct RouteRow {
+    id: Uuid,
+    placement: String,
+    status: String,
+    schema_name: String,
+    database_name: Option<String>,
+    database_location: Option<String>,
+    read_location: Option<String>,
+    /// `NULL` unless this reader may read it.
+    database_url: Option<String>,
+    read_url: Option<String>,
+}
 
 /// The columns of a route. `database_url` and `read_url` are selected only by readers that
 /// may (their login has the column privilege): the others get NULLs in their place.
@@ -200,7 +203,7 @@ fn route_columns(credentials: &Credentials) -> &'static str {
         }
         Credentials::OwnLogin => {
             "id, placement, status, schema_name, database_name, database_location, read_location, \
-             NULL::text, NULL::text"
+             NULL::text AS database_url, NULL::text AS read_url"
         }
     }
 }
@@ -222,8 +225,17 @@ pub enum RouteLoadError {
 }
 
 fn route_from_row(row: RouteRow, credentials: &Credentials) -> Result<Route, RouteLoadError> {
-    let (id, placement, status, schema, database_name, location, read_location, url, read_url) =
-        row;
+    let RouteRow {
+        id,
+        placement,
+        status,
+        schema_name: schema,
+        database_name,
+        database_location: location,
+        read_location,
+        database_url: url,
+        read_url,
+    } = row;
     let corrupt = |what: &str| RouteLoadError::Corrupt {
         tenant: id,
         what: what.to_owned(),

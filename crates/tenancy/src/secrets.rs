@@ -248,7 +248,13 @@ pub async fn seal_all(
     rekey: bool,
 ) -> Result<SealReport, SealError> {
     let mut tx = conn.begin().await?;
-    let rows: Vec<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
+    #[derive(sqlx::FromRow)]
+    struct Urls {
+        id: Uuid,
+        database_url: Option<String>,
+        read_url: Option<String>,
+    }
+    let rows: Vec<Urls> = sqlx::query_as(
         "SELECT id, database_url, read_url FROM control.tenants
           WHERE database_url IS NOT NULL OR read_url IS NOT NULL
           ORDER BY id FOR UPDATE",
@@ -256,7 +262,12 @@ pub async fn seal_all(
     .fetch_all(&mut *tx)
     .await?;
     let mut report = SealReport::default();
-    for (id, database_url, read_url) in rows {
+    for Urls {
+        id,
+        database_url,
+        read_url,
+    } in rows
+    {
         let mut values = Vec::new();
         for (column, stored) in [("database_url", database_url), ("read_url", read_url)] {
             let Some(stored) = stored else {

@@ -124,24 +124,33 @@ impl From<AuthError> for TenantError {
     }
 }
 
-/// id, name, placement, status, created_at, failure_reason, schema_name, database_name,
-/// has a URL, has a read URL. Never the URLs themselves.
-type TenantRow = (
-    Uuid,
-    String,
-    String,
-    String,
-    DateTime<Utc>,
-    Option<String>,
-    String,
-    Option<String>,
-    bool,
-    bool,
-);
-type KeyRow = (Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>);
+/// A tenant as the admin API shows it: whether it has URLs, never the URLs themselves.
+#[derive(sqlx::FromRow)]
+struct TenantRow {
+    id: Uuid,
+    name: String,
+    placement: String,
+    status: String,
+    created_at: DateTime<Utc>,
+    failure_reason: Option<String>,
+    schema_name: String,
+    database_name: Option<String>,
+    has_database_url: bool,
+    has_read_url: bool,
+}
 
 const TENANT_COLUMNS: &str = "id, name, placement, status, created_at, failure_reason, \
-     schema_name, database_name, database_url IS NOT NULL, read_url IS NOT NULL";
+     schema_name, database_name, database_url IS NOT NULL AS has_database_url, \
+     read_url IS NOT NULL AS has_read_url";
+
+/// An API key as listed: never its hash.
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: Uuid,
+    prefix: String,
+    created_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
 
 fn placement_to_proto(placement: &str) -> Placement {
     match placement.parse() {
@@ -153,8 +162,18 @@ fn placement_to_proto(placement: &str) -> Placement {
 }
 
 fn tenant_to_proto(row: TenantRow) -> Tenant {
-    let (id, name, placement, status, created_at, failure_reason, schema, database, ext, read) =
-        row;
+    let TenantRow {
+        id,
+        name,
+        placement,
+        status,
+        created_at,
+        failure_reason,
+        schema_name: schema,
+        database_name: database,
+        has_database_url: ext,
+        has_read_url: read,
+    } = row;
     Tenant {
         id: id.to_string(),
         name,
@@ -175,7 +194,14 @@ fn tenant_to_proto(row: TenantRow) -> Tenant {
     }
 }
 
-fn key_to_proto((id, prefix, created_at, revoked_at): KeyRow) -> ApiKey {
+fn key_to_proto(
+    KeyRow {
+        id,
+        prefix,
+        created_at,
+        revoked_at,
+    }: KeyRow,
+) -> ApiKey {
     ApiKey {
         id: id.to_string(),
         prefix,
@@ -564,7 +590,7 @@ impl Tenants {
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let next_page_token = match rows.last() {
-            Some(last) if more => page::encode_token(last.0),
+            Some(last) if more => page::encode_token(last.id),
             _ => String::new(),
         };
         Ok(ListTenantsResponse {

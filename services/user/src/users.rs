@@ -189,7 +189,13 @@ impl Users {
         if !claimed {
             return Err(UserError::KeyInProgress(key.to_owned()));
         }
-        let recorded: Option<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        #[derive(sqlx::FromRow)]
+        struct Record {
+            method: String,
+            request_hash: Vec<u8>,
+            response: Vec<u8>,
+        }
+        let recorded: Option<Record> = sqlx::query_as(
             "SELECT method, request_hash, response FROM idempotency_keys
              WHERE tenant_id = $1 AND key = $2 AND expires_at > now()",
         )
@@ -198,7 +204,9 @@ impl Users {
         .fetch_optional(&mut **tx)
         .await?;
         match recorded {
-            Some((m, h, response)) if m == method && h == hash => Ok(Recorded::Replay(response)),
+            Some(record) if record.method == method && record.request_hash == hash => {
+                Ok(Recorded::Replay(record.response))
+            }
             Some(_) => Err(UserError::KeyReused(key.to_owned())),
             None => {
                 sqlx::query(

@@ -433,7 +433,7 @@ async fn the_gateways_request_timeout_and_body_limit_hot_reload_from_the_config_
 async fn the_query_cache_ttl_hot_reloads_from_the_config_service() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let (_, key) = stack.create_tenant("ttl").await?;
-    let reads = || stack.metric(&stack.query, "borough_user_reads_total");
+    let reads = || stack.metric(stack.query(), "borough_user_reads_total");
     let get = |id: String| {
         let request = stack
             .http
@@ -454,7 +454,7 @@ async fn the_query_cache_ttl_hot_reloads_from_the_config_service() -> anyhow::Re
 
     // 1h: the second read comes from the cache.
     set_platform_config(&stack, "query", "cache.ttl", json!("1h")).await?;
-    let invalidations = || stack.metric(&stack.query, "borough_cache_invalidations_total");
+    let invalidations = || stack.metric(stack.query(), "borough_cache_invalidations_total");
     let noticed = invalidations().await.unwrap_or_default();
     let user = stack.create_user(&key, "Alan", "alan@example.com").await?;
     let id = user["id"].as_str().unwrap_or_default().to_owned();

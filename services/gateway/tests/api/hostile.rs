@@ -215,7 +215,7 @@ fn random_key() -> String {
 async fn auth_calls(stack: &Stack) -> anyhow::Result<f64> {
     stack
         .metric_with(
-            &stack.user,
+            stack.user(),
             "borough_grpc_server_calls_total",
             "AuthenticateApiKey",
         )

@@ -52,7 +52,7 @@ async fn known_traffic_shows_up_by_route_and_status_at_the_gateway_and_by_method
     };
     assert_eq!(
         calls(
-            &stack.user,
+            stack.user(),
             r#"method="/borough.user.v1.UserService/CreateUser",code="OK""#
         )
         .await?,
@@ -60,7 +60,7 @@ async fn known_traffic_shows_up_by_route_and_status_at_the_gateway_and_by_method
     );
     assert_eq!(
         calls(
-            &stack.user,
+            stack.user(),
             r#"method="/borough.user.v1.UserService/CreateUser",code="ALREADY_EXISTS""#
         )
         .await?,
@@ -69,7 +69,7 @@ async fn known_traffic_shows_up_by_route_and_status_at_the_gateway_and_by_method
     // Three reads: the first from the database, the next two from the cache; all OK.
     assert_eq!(
         calls(
-            &stack.query,
+            stack.query(),
             r#"method="/borough.query.v1.QueryService/GetUserInfo",code="OK""#
         )
         .await?,
@@ -77,7 +77,7 @@ async fn known_traffic_shows_up_by_route_and_status_at_the_gateway_and_by_method
     );
     assert_eq!(
         calls(
-            &stack.query,
+            stack.query(),
             r#"method="/borough.query.v1.QueryService/GetUserInfo",code="NOT_FOUND""#
         )
         .await?,
@@ -86,7 +86,7 @@ async fn known_traffic_shows_up_by_route_and_status_at_the_gateway_and_by_method
     // Latency histograms exist per method and code.
     let histogram = stack
         .metric_with(
-            &stack.query,
+            stack.query(),
             "borough_grpc_server_call_duration_seconds_count",
             r#"method="/borough.query.v1.QueryService/GetUserInfo",code="OK""#,
         )

@@ -181,7 +181,7 @@ async fn with_two_tenant_pools_allowed_three_database_tenants_in_turn_all_succee
             assert_eq!(response.status(), 200, "round {round}, tenant {i}");
             let list = stack.http.get(stack.url("/api/v1/users")).bearer_auth(key);
             assert_eq!(list.send().await?.status(), 200);
-            for service in [&stack.user, &stack.query] {
+            for service in [stack.user(), stack.query()] {
                 let open = stack.metric(service, "borough_tenant_pools_open").await?;
                 max_seen = max_seen.max(open);
                 assert!(open <= 2.0, "{open} dedicated pools open");
@@ -190,7 +190,7 @@ async fn with_two_tenant_pools_allowed_three_database_tenants_in_turn_all_succee
     }
     assert_eq!(max_seen, 2.0, "the pools were never used up to the bound");
     let closes = stack
-        .metric(&stack.user, "borough_tenant_pool_closes_total")
+        .metric(stack.user(), "borough_tenant_pool_closes_total")
         .await?;
     assert!(closes >= 1.0, "no pool was closed to stay under the bound");
     Ok(())
@@ -301,7 +301,7 @@ async fn a_tenant_at_its_connection_cap_gets_503_while_another_tenant_is_unaffec
         .await?;
     assert_eq!(response.status(), 200);
     let rejections = stack
-        .metric(&stack.user, "borough_tenant_connection_rejections_total")
+        .metric(stack.user(), "borough_tenant_connection_rejections_total")
         .await?;
     assert!(rejections >= 1.0);
     Ok(())

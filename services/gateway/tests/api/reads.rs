@@ -334,7 +334,7 @@ async fn an_export_of_50000_users_streams_under_backpressure_and_stops_when_the_
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let now = stack
-            .metric(&stack.query, "borough_export_rows_total")
+            .metric(stack.query(), "borough_export_rows_total")
             .await?;
         if (now - produced).abs() < 1.0 {
             break;
@@ -351,7 +351,7 @@ async fn an_export_of_50000_users_streams_under_backpressure_and_stops_when_the_
     );
     assert_eq!(
         stack
-            .metric(&stack.query, "borough_export_streams_active")
+            .metric(stack.query(), "borough_export_streams_active")
             .await?,
         1.0
     );
@@ -360,7 +360,7 @@ async fn an_export_of_50000_users_streams_under_backpressure_and_stops_when_the_
     drop(body);
     let left = Instant::now();
     while stack
-        .metric(&stack.query, "borough_export_streams_active")
+        .metric(stack.query(), "borough_export_streams_active")
         .await?
         > 0.0
     {
@@ -371,7 +371,7 @@ async fn an_export_of_50000_users_streams_under_backpressure_and_stops_when_the_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let produced = stack
-        .metric(&stack.query, "borough_export_rows_total")
+        .metric(stack.query(), "borough_export_rows_total")
         .await?;
     assert!(produced < USERS as f64, "{produced}");
 
@@ -408,7 +408,7 @@ async fn one_hundred_concurrent_gets_of_an_uncached_user_make_one_database_read(
     let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
     let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap_or_default());
     let before = stack
-        .metric(&stack.query, "borough_user_reads_total")
+        .metric(stack.query(), "borough_user_reads_total")
         .await?;
     let gets = (0..100).map(|_| {
         let request = stack.http.get(stack.url(&path)).bearer_auth(&key);
@@ -419,20 +419,20 @@ async fn one_hundred_concurrent_gets_of_an_uncached_user_make_one_database_read(
         assert_eq!(status?, 200);
     }
     let reads = stack
-        .metric(&stack.query, "borough_user_reads_total")
+        .metric(stack.query(), "borough_user_reads_total")
         .await?
         - before;
     assert_eq!(reads, 1.0, "database reads for 100 concurrent gets");
     let hits = stack
         .metric_with(
-            &stack.query,
+            stack.query(),
             "borough_cache_lookups_total",
             "result=\"hit\"",
         )
         .await?;
     let misses = stack
         .metric_with(
-            &stack.query,
+            stack.query(),
             "borough_cache_lookups_total",
             "result=\"miss\"",
         )
@@ -525,7 +525,7 @@ async fn writes_are_read_back_at_once_and_invalidate_another_query_replica_withi
         assert_problem(response, 404).await?;
     }
     let invalidations = stack
-        .metric(&stack.query, "borough_cache_invalidations_total")
+        .metric(stack.query(), "borough_cache_invalidations_total")
         .await?;
     assert!(invalidations >= 2.0, "{invalidations}");
     replica.stop().await?;
@@ -599,7 +599,7 @@ async fn with_postgresql_stopped_cached_users_are_served_stale_others_fail_fast_
         started.elapsed()
     );
     let stale = stack
-        .metric(&stack.query, "borough_cache_stale_serves_total")
+        .metric(stack.query(), "borough_cache_stale_serves_total")
         .await?;
     assert!(stale >= 1.0);
 

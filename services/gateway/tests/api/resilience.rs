@@ -7,15 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use borough_testkit::pg::Login;
+
 use borough_testkit::proxy::{Fault, FaultProxy};
 use borough_testkit::{Spawned, wait_for_status};
 use serde_json::{Value, json};
 
-use crate::support::{
-    Stack, assert_problem, respawn_query, respawn_user, service_env, spawn_gateway,
-    spawn_query_with, spawn_user_with,
-};
+use crate::support::{Stack, assert_problem, spawn_gateway};
 
 /// A second gateway in front of the given backend URLs, ready.
 async fn gateway_to(user_url: &str, query_url: &str, extra: &[(&str, &str)]) -> Result<Spawned> {
@@ -185,12 +182,12 @@ async fn a_replica_refusing_connections_costs_no_idempotent_request_and_writes_w
     // Query: the real replica and one behind a proxy that will refuse every connection
     // (healthy when the gateway first checks it; next checked in 10 s).
     let http = reqwest::Client::new();
-    let dead_query = FaultProxy::start(stack.query.addr(0)).await?;
+    let dead_query = FaultProxy::start(stack.query().addr(0)).await?;
     // User: only through a proxy that cuts every answer (the write happens, the reply is lost).
-    let cut_user = FaultProxy::start(stack.user.addr(0)).await?;
+    let cut_user = FaultProxy::start(stack.user().addr(0)).await?;
     let gateway = gateway_to(
-        &stack.user.grpc_url(0),
-        &format!("{},{}", stack.query.grpc_url(0), dead_query.grpc_url()),
+        &stack.user().grpc_url(0),
+        &format!("{},{}", stack.query().grpc_url(0), dead_query.grpc_url()),
         &[("BOROUGH_HEALTH_INTERVAL", "10s")],
     )
     .await?;
@@ -236,7 +233,7 @@ async fn a_replica_refusing_connections_costs_no_idempotent_request_and_writes_w
     .await?;
     assert!(retries >= 1.0, "retries: {retries}");
 
-    let cutting = gateway_to(&cut_user.grpc_url(), &stack.query.grpc_url(0), &[]).await?;
+    let cutting = gateway_to(&cut_user.grpc_url(), &stack.query().grpc_url(0), &[]).await?;
     // The gateway knows the key already (its check went through while the network was good).
     let warm = http
         .get(format!("{}{path}", cutting.url(0)))
@@ -269,34 +266,28 @@ async fn a_replica_refusing_connections_costs_no_idempotent_request_and_writes_w
 #[tokio::test]
 async fn a_failing_backend_opens_its_circuit_within_a_second_fails_fast_and_closes_after_recovery()
 -> Result<()> {
-    let stack = Stack::start().await?;
-    let (_, key) = stack.create_tenant("breaker").await?;
-    let proxy = FaultProxy::start(stack.query.addr(0)).await?;
-    let gateway = gateway_to(
-        &stack.user.grpc_url(0),
-        &proxy.grpc_url(),
-        &[
+    let stack = Stack::builder()
+        .query_behind_proxy()
+        .gateway(&[
             ("BOROUGH_BREAKER_OPEN_FOR", "500ms"),
             ("BOROUGH_HEALTH_INTERVAL", "10s"),
-        ],
-    )
-    .await?;
-    let http = reqwest::Client::new();
-    let get = |path: String| {
-        http.get(format!("{}{path}", gateway.url(0)))
-            .bearer_auth(&key)
-            .send()
-    };
-    let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
-    let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap_or_default());
-    assert_eq!(get(path.clone()).await?.status(), 200);
+        ])
+        .start()
+        .await?;
+    let (_, key) = stack.create_tenant("breaker").await?;
+    let (proxy, gateway, http) = (stack.query_proxy()?, &stack.gateway, &stack.http);
+    let api = stack.api(&key);
+    let user = api.create_user("Ada", "ada@example.com").await?;
+    let id = user["id"].as_str().unwrap_or_default();
+    let get = || api.get_user(id);
+    assert_eq!(get().await?.status(), 200);
 
     proxy.set(Fault::Refuse);
     let failing_since = Instant::now();
     let opened_after = loop {
-        let _ = get(path.clone()).await?;
+        let _ = get().await?;
         let state = metric_at(
-            &http,
+            http,
             &gateway.url(1),
             "borough_breaker_state",
             "backend=\"query\"",
@@ -324,7 +315,7 @@ async fn a_failing_backend_opens_its_circuit_within_a_second_fails_fast_and_clos
     // Open: calls fail at once, with a retry hint, without touching the backend.
     let connections = proxy.connections();
     let started = Instant::now();
-    let response = get(path.clone()).await?;
+    let response = get().await?;
     let fast = started.elapsed();
     assert!(response.headers().contains_key("retry-after"));
     assert_problem(response, 503).await?;
@@ -339,9 +330,9 @@ async fn a_failing_backend_opens_its_circuit_within_a_second_fails_fast_and_clos
     proxy.set(Fault::Pass);
     let recovering = Instant::now();
     loop {
-        let status = get(path.clone()).await?.status();
+        let status = get().await?.status();
         let state = metric_at(
-            &http,
+            http,
             &gateway.url(1),
             "borough_breaker_state",
             "backend=\"query\"",
@@ -361,30 +352,23 @@ async fn a_failing_backend_opens_its_circuit_within_a_second_fails_fast_and_clos
 
 #[tokio::test]
 async fn a_slow_backend_makes_the_gateway_answer_504_near_its_timeout() -> Result<()> {
-    let stack = Stack::start().await?;
-    let (_, key) = stack.create_tenant("slow").await?;
-    let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
-    let proxy = FaultProxy::start(stack.query.addr(0)).await?;
-    let gateway = gateway_to(
-        &stack.user.grpc_url(0),
-        &proxy.grpc_url(),
-        &[
+    let stack = Stack::builder()
+        .query_behind_proxy()
+        .gateway(&[
             ("BOROUGH_REQUEST_TIMEOUT", "500ms"),
             ("BOROUGH_HEALTH_INTERVAL", "10s"),
-        ],
-    )
-    .await?;
-    proxy.set(Fault::Latency(Duration::from_secs(3)));
-    let http = reqwest::Client::new();
+        ])
+        .start()
+        .await?;
+    let (_, key) = stack.create_tenant("slow").await?;
+    let api = stack.api(&key);
+    let user = api.create_user("Ada", "ada@example.com").await?;
+    stack
+        .query_proxy()?
+        .set(Fault::Latency(Duration::from_secs(3)));
     let started = Instant::now();
-    let response = http
-        .get(format!(
-            "{}/api/v1/users/{}",
-            gateway.url(0),
-            user["id"].as_str().unwrap_or_default()
-        ))
-        .bearer_auth(&key)
-        .send()
+    let response = api
+        .get_user(user["id"].as_str().unwrap_or_default())
         .await?;
     let took = started.elapsed();
     assert_problem(response, 504).await?;
@@ -398,40 +382,30 @@ async fn a_slow_backend_makes_the_gateway_answer_504_near_its_timeout() -> Resul
 #[tokio::test]
 async fn past_its_in_flight_limit_the_gateway_sheds_at_once_with_503_and_the_limit_hot_reloads()
 -> Result<()> {
-    let stack = Stack::start().await?;
-    let (_, key) = stack.create_tenant("shed").await?;
-    let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
-    // Slow reads hold their slots.
-    let proxy = FaultProxy::start(stack.query.addr(0)).await?;
-    let gateway = gateway_to(
-        &stack.user.grpc_url(0),
-        &proxy.grpc_url(),
-        &[
+    let stack = Stack::builder()
+        .query_behind_proxy()
+        .gateway(&[
             ("BOROUGH_MAX_IN_FLIGHT", "2"),
             ("BOROUGH_MAX_QUEUE", "1"),
             ("BOROUGH_QUEUE_TIMEOUT", "50ms"),
             ("BOROUGH_HEALTH_INTERVAL", "10s"),
-            ("BOROUGH_CONFIG_URL", &stack.config.grpc_url(0)),
-            (
-                "BOROUGH_CONFIG_SNAPSHOT",
-                &std::env::temp_dir()
-                    .join(format!(
-                        "borough-shed-{}.json",
-                        uuid::Uuid::now_v7().simple()
-                    ))
-                    .display()
-                    .to_string(),
-            ),
-        ],
-    )
-    .await?;
-    proxy.set(Fault::Latency(Duration::from_millis(400)));
-    let http = reqwest::Client::new();
-    let url = format!(
-        "{}/api/v1/users/{}",
-        gateway.url(0),
+        ])
+        .start()
+        .await?;
+    let (_, key) = stack.create_tenant("shed").await?;
+    let user = stack
+        .api(&key)
+        .create_user("Ada", "ada@example.com")
+        .await?;
+    // Slow reads hold their slots.
+    stack
+        .query_proxy()?
+        .set(Fault::Latency(Duration::from_millis(400)));
+    let http = stack.http.clone();
+    let url = stack.url(&format!(
+        "/api/v1/users/{}",
         user["id"].as_str().unwrap_or_default()
-    );
+    ));
     let burst = |n: usize| {
         let requests: Vec<_> = (0..n)
             .map(|_| {
@@ -571,92 +545,32 @@ impl Load {
     }
 }
 
-/// Stops a replica (it drains), starts it again where it was, and waits until it is
-/// ready and the gateway's health checks pass it again.
-async fn restart(
-    old: Spawned,
-    gateway: &Spawned,
-    start: impl AsyncFnOnce(&[std::net::SocketAddr]) -> Result<Spawned>,
-) -> Result<Spawned> {
-    let addrs = old.addrs.clone();
-    old.stop().await?;
-    let new = start(&addrs).await?;
-    wait_for_status(
-        &format!("{}/readyz", new.url(1)),
-        200,
-        Duration::from_secs(10),
-    )
-    .await?;
-    let http = reqwest::Client::new();
-    let healthy = format!("endpoint=\"{}\"", addrs[0]);
-    borough_testkit::wait_until(Duration::from_secs(10), || {
-        let (http, healthy) = (&http, &healthy);
-        async move {
-            let value = borough_testkit::scrape_metric(
-                http,
-                &gateway.url(1),
-                "borough_backend_endpoint_healthy",
-                healthy,
-            )
-            .await?;
-            Ok(value == Some(1.0))
-        }
-    })
-    .await?;
-    Ok(new)
-}
-
 #[tokio::test]
 async fn restarting_every_user_and_query_replica_one_by_one_under_load_fails_no_request()
 -> Result<()> {
-    let stack = Stack::start().await?;
-    let (_, key) = stack.create_tenant("rolling").await?;
-    let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
-    let user_path = format!("/api/v1/users/{}", user["id"].as_str().unwrap_or_default());
     // Two replicas of each, draining for 300 ms on shutdown (readiness fails first).
-    let replica_env = |login| {
-        service_env(
-            &stack.db,
-            login,
-            &[
-                ("BOROUGH_SHUTDOWN_GRACE", "300ms"),
-                ("BOROUGH_PROBE_INTERVAL", "50ms"),
-            ],
-        )
-    };
-    let user_settings = borough_user::Settings::from_env(&replica_env(Login::User))?;
-    let query_settings = borough_query::Settings::from_env(&replica_env(Login::Query))?;
-    let mut users = vec![
-        spawn_user_with(user_settings.clone()).await?,
-        spawn_user_with(user_settings.clone()).await?,
-    ];
-    let mut queries = vec![
-        spawn_query_with(query_settings.clone()).await?,
-        spawn_query_with(query_settings.clone()).await?,
-    ];
-    let gateway = gateway_to(
-        &format!("{},{}", users[0].grpc_url(0), users[1].grpc_url(0)),
-        &format!("{},{}", queries[0].grpc_url(0), queries[1].grpc_url(0)),
-        &[("BOROUGH_HEALTH_INTERVAL", "50ms")],
-    )
-    .await?;
-    let load = Load::start(&gateway.url(0), &key, &user_path, 4);
+    let mut stack = Stack::builder()
+        .replicas(2)
+        .services(&[
+            ("BOROUGH_SHUTDOWN_GRACE", "300ms"),
+            ("BOROUGH_PROBE_INTERVAL", "50ms"),
+        ])
+        .gateway(&[("BOROUGH_HEALTH_INTERVAL", "50ms")])
+        .start()
+        .await?;
+    let (_, key) = stack.create_tenant("rolling").await?;
+    let user = stack
+        .api(&key)
+        .create_user("Ada", "ada@example.com")
+        .await?;
+    let user_path = format!("/api/v1/users/{}", user["id"].as_str().unwrap_or_default());
+    let load = Load::start(&stack.url(""), &key, &user_path, 4);
     load.served(20).await?;
     for i in 0..2 {
-        let old = users.remove(i);
-        let new = restart(old, &gateway, async |at| {
-            respawn_user(user_settings.clone(), at).await
-        })
-        .await?;
-        users.insert(i, new);
+        stack.restart_user(i).await?;
     }
     for i in 0..2 {
-        let old = queries.remove(i);
-        let new = restart(old, &gateway, async |at| {
-            respawn_query(query_settings.clone(), at).await
-        })
-        .await?;
-        queries.insert(i, new);
+        stack.restart_query(i).await?;
     }
     let (ok, failed, errors) = load.finish().await?;
     assert!(ok >= 100, "only {ok} requests made");

@@ -15,8 +15,8 @@ async fn gateway_in_flight_request_completes_and_readiness_fails_before_the_list
     let stack = Stack::start().await?;
     let (_, key) = stack.create_tenant("draining").await?;
     let mut gateway = spawn_gateway(
-        &stack.user.grpc_url(0),
-        &stack.query.grpc_url(0),
+        &stack.user().grpc_url(0),
+        &stack.query().grpc_url(0),
         &[("BOROUGH_SHUTDOWN_GRACE", "1s")],
     )
     .await?;

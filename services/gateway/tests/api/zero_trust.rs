@@ -71,8 +71,8 @@ fn plaintext(url: &str) -> Result<Channel> {
 async fn every_service_refuses_plaintext_and_counts_the_failed_handshake() -> Result<()> {
     let stack = Stack::start().await?;
     for (name, service) in [
-        ("user", &stack.user),
-        ("query", &stack.query),
+        ("user", stack.user()),
+        ("query", stack.query()),
         ("config", &stack.config),
     ] {
         let refused = health(plaintext(&service.grpc_url(0))?).await;
@@ -116,7 +116,7 @@ async fn a_certificate_from_another_ca_is_refused_even_naming_the_gateway() -> R
         TlsMetrics::default(),
     )?;
     let refused =
-        TenantAdminServiceClient::new(channel_with(&stack.user.grpc_url(0), &forged, "user")?)
+        TenantAdminServiceClient::new(channel_with(&stack.user().grpc_url(0), &forged, "user")?)
             .list_tenants(ListTenantsRequest {
                 page_size: 10,
                 page_token: String::new(),
@@ -124,7 +124,7 @@ async fn a_certificate_from_another_ca_is_refused_even_naming_the_gateway() -> R
             .await;
     ensure!(refused.is_err(), "a foreign certificate was accepted");
     let failures = metric(
-        &stack.user.url(1),
+        &stack.user().url(1),
         "borough_tls_handshake_failures_total",
         "role=\"server\"",
     )
@@ -152,10 +152,10 @@ async fn an_expired_certificate_is_refused() -> Result<()> {
         TlsMetrics::default(),
     )?;
     tokio::time::sleep(Duration::from_millis(3_100)).await;
-    let refused = health(channel_with(&stack.user.grpc_url(0), &expiring, "user")?).await;
+    let refused = health(channel_with(&stack.user().grpc_url(0), &expiring, "user")?).await;
     ensure!(refused.is_err(), "an expired certificate was accepted");
     // The same identity, current: accepted.
-    health(channel(&stack.user.grpc_url(0), "gateway", "user")?).await?;
+    health(channel(&stack.user().grpc_url(0), "gateway", "user")?).await?;
     Ok(())
 }
 
@@ -163,20 +163,20 @@ async fn an_expired_certificate_is_refused() -> Result<()> {
 async fn a_client_refuses_a_server_that_names_another_service() -> Result<()> {
     let stack = Stack::start().await?;
     // The query service's port, reached by a client that meant the user service.
-    let refused = health(channel(&stack.query.grpc_url(0), "gateway", "user")?).await;
+    let refused = health(channel(&stack.query().grpc_url(0), "gateway", "user")?).await;
     ensure!(
         refused.is_err(),
         "the query service passed for the user service"
     );
     // The client's alert ends the server's handshake too.
     let failures = metric(
-        &stack.query.url(1),
+        &stack.query().url(1),
         "borough_tls_handshake_failures_total",
         "role=\"server\"",
     )
     .await?;
     ensure!(failures >= 1.0, "failures: {failures}");
-    health(channel(&stack.query.grpc_url(0), "gateway", "query")?).await?;
+    health(channel(&stack.query().grpc_url(0), "gateway", "query")?).await?;
     Ok(())
 }
 
@@ -199,7 +199,7 @@ async fn only_the_gateway_administers_tenants_acts_for_them_or_writes_platform_c
     };
 
     // The query service's own certificate, against the user service.
-    let as_query = channel(&stack.user.grpc_url(0), "query", "user")?;
+    let as_query = channel(&stack.user().grpc_url(0), "query", "user")?;
     let admin = TenantAdminServiceClient::new(as_query.clone())
         .list_tenants(list())
         .await;
@@ -212,7 +212,7 @@ async fn only_the_gateway_administers_tenants_acts_for_them_or_writes_platform_c
     let acting = UserServiceClient::new(as_query).get_user(get).await;
     assert_eq!(code(&acting), tonic::Code::PermissionDenied, "{acting:?}");
     // The gateway's: accepted.
-    let as_gateway = channel(&stack.user.grpc_url(0), "gateway", "user")?;
+    let as_gateway = channel(&stack.user().grpc_url(0), "gateway", "user")?;
     let listed = TenantAdminServiceClient::new(as_gateway)
         .list_tenants(list())
         .await?;
@@ -220,7 +220,7 @@ async fn only_the_gateway_administers_tenants_acts_for_them_or_writes_platform_c
         listed.get_ref().tenants.iter().any(|t| t.id == tenant),
         "the gateway lists the tenant"
     );
-    let denied: f64 = series(&stack.user.url(1), "borough_grpc_calls_denied_total")
+    let denied: f64 = series(&stack.user().url(1), "borough_grpc_calls_denied_total")
         .await?
         .iter()
         .filter(|s| s.contains("caller=\"query\""))
@@ -279,7 +279,7 @@ async fn borough_services_agree_on_x25519mlkem768_and_count_each_handshakes_grou
         .send()
         .await?;
     ensure!(read.status() == 200, "read: {}", read.status());
-    for (name, service) in [("user", &stack.user), ("query", &stack.query)] {
+    for (name, service) in [("user", stack.user()), ("query", stack.query())] {
         let all = series(&service.url(1), "borough_tls_handshakes_total").await?;
         let from_gateway = all
             .iter()
@@ -541,8 +541,8 @@ async fn the_gateway_can_terminate_tls_itself_offering_h2_and_http1_with_a_post_
     borough_tls::generate::write(&key, &issued.key_pem, true)?;
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let gateway = spawn_gateway(
-        &stack.user.grpc_url(0),
-        &stack.query.grpc_url(0),
+        &stack.user().grpc_url(0),
+        &stack.query().grpc_url(0),
         &[
             ("BOROUGH_HTTP_TLS_CERT", cert.as_str()),
             ("BOROUGH_HTTP_TLS_KEY", key.as_str()),

@@ -15,11 +15,18 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 pub struct Stack {
     pub db: TestDatabase,
-    pub user: Spawned,
-    pub query: Spawned,
+    /// The user service's replicas ([`StackBuilder::replicas`]), all behind the gateway.
+    users: Vec<Spawned>,
+    user_settings: Vec<borough_user::Settings>,
+    /// The query service's replicas, all behind the gateway.
+    queries: Vec<Spawned>,
+    query_settings: Vec<borough_query::Settings>,
     pub config: Spawned,
     pub gateway: Spawned,
     pub http: reqwest::Client,
+    /// Between the gateway and the query service, when built with
+    /// [`StackBuilder::query_behind_proxy`].
+    query_proxy: Option<borough_testkit::proxy::FaultProxy>,
 }
 
 /// The test PKI's settings (`BOROUGH_TLS_DIR`, `BOROUGH_TRUST_DOMAIN`): every service
@@ -194,6 +201,8 @@ pub struct StackBuilder {
     db: Option<TestDatabase>,
     services: Vec<(String, String)>,
     gateway: Vec<(String, String)>,
+    query_proxy: bool,
+    replicas: usize,
 }
 
 fn owned(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
@@ -221,14 +230,27 @@ impl StackBuilder {
         self
     }
 
+    /// `n` replicas each of the user and query services behind the gateway (default 1).
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.replicas = n;
+        self
+    }
+
+    /// The gateway reaches the query service through a fault-injecting proxy
+    /// ([`Stack::query_proxy`]), passing until a test says otherwise.
+    pub fn query_behind_proxy(mut self) -> Self {
+        self.query_proxy = true;
+        self
+    }
+
     /// Starts the config, user and query services and the gateway, and waits until the
     /// gateway is ready.
-    pub async fn start(self) -> Result<Stack> {
-        let db = match self.db {
+    pub async fn start(mut self) -> Result<Stack> {
+        let db = match self.db.take() {
             Some(db) => db,
             None => TestDatabase::create().await?,
         };
-        Stack::start_on(db, &self.services, &self.gateway).await
+        Stack::start_on(db, &self).await
     }
 }
 
@@ -253,11 +275,8 @@ impl Stack {
         .await
     }
 
-    async fn start_on(
-        db: TestDatabase,
-        service_settings: &[(String, String)],
-        gateway_settings: &[(String, String)],
-    ) -> Result<Stack> {
+    async fn start_on(db: TestDatabase, built: &StackBuilder) -> Result<Stack> {
+        let (service_settings, gateway_settings) = (&built.services, &built.gateway);
         borough_telemetry::logging::init_test_logging();
         // The config service first: every other service follows its platform namespace,
         // each with a snapshot file of its own (tests run side by side).
@@ -280,45 +299,58 @@ impl Stack {
             .chain(extra.iter().cloned())
             .collect()
         };
-        let (user_snapshot, query_snapshot, gateway_snapshot) =
-            (snapshot(), snapshot(), snapshot());
-        let owned = following(&user_snapshot, service_settings);
-        let pairs: Vec<(&str, &str)> = owned
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let user = spawn_user_with(borough_user::Settings::from_env(&service_env(
-            &db,
-            Login::User,
-            &pairs,
-        ))?)
-        .await?;
-        let owned = following(&query_snapshot, service_settings);
-        let pairs: Vec<(&str, &str)> = owned
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let query = spawn_query_with(borough_query::Settings::from_env(&service_env(
-            &db,
-            Login::Query,
-            &pairs,
-        ))?)
-        .await?;
+        let settings = |login: Login| -> Result<Env> {
+            let owned = following(&snapshot(), service_settings);
+            let pairs: Vec<(&str, &str)> = owned
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            Ok(service_env(&db, login, &pairs))
+        };
+        let (mut users, mut user_settings, mut queries, mut query_settings) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..built.replicas.max(1) {
+            let user = borough_user::Settings::from_env(&settings(Login::User)?)?;
+            users.push(spawn_user_with(user.clone()).await?);
+            user_settings.push(user);
+            let query = borough_query::Settings::from_env(&settings(Login::Query)?)?;
+            queries.push(spawn_query_with(query.clone()).await?);
+            query_settings.push(query);
+        }
+        let gateway_snapshot = snapshot();
         let owned = following(&gateway_snapshot, gateway_settings);
         let gateway_pairs: Vec<(&str, &str)> = owned
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let gateway_settings = gateway_pairs.as_slice();
-        let gateway =
-            spawn_gateway(&user.grpc_url(0), &query.grpc_url(0), gateway_settings).await?;
+        // With a proxy, the first query replica is reached through it.
+        let query_proxy = match built.query_proxy {
+            true => Some(borough_testkit::proxy::FaultProxy::start(queries[0].addr(0)).await?),
+            false => None,
+        };
+        let urls =
+            |replicas: &[Spawned]| replicas.iter().map(|r| r.grpc_url(0)).collect::<Vec<_>>();
+        let mut query_urls = urls(&queries);
+        if let Some(proxy) = &query_proxy {
+            query_urls[0] = proxy.grpc_url();
+        }
+        let gateway = spawn_gateway(
+            &urls(&users).join(","),
+            &query_urls.join(","),
+            gateway_settings,
+        )
+        .await?;
         let stack = Stack {
             db,
-            user,
-            query,
+            users,
+            user_settings,
+            queries,
+            query_settings,
             config,
             gateway,
             http: reqwest::Client::new(),
+            query_proxy,
         };
         wait_for_status(
             &stack.gateway_admin("/readyz"),
@@ -328,6 +360,72 @@ impl Stack {
         .await
         .context("the stack did not become ready")?;
         Ok(stack)
+    }
+
+    /// The (first) user service.
+    pub fn user(&self) -> &Spawned {
+        &self.users[0]
+    }
+
+    /// The (first) query service.
+    pub fn query(&self) -> &Spawned {
+        &self.queries[0]
+    }
+
+    /// Stops user replica `i` (it drains), starts it again where it was, and waits until
+    /// it is ready and the gateway's health checks pass it again.
+    pub async fn restart_user(&mut self, i: usize) -> Result<()> {
+        let old = self.users.remove(i);
+        let addrs = old.addrs.clone();
+        old.stop().await?;
+        let new = respawn_user(self.user_settings[i].clone(), &addrs).await?;
+        self.users.insert(i, new);
+        self.back_in_service(&addrs).await
+    }
+
+    /// As [`Stack::restart_user`], for query replica `i`.
+    pub async fn restart_query(&mut self, i: usize) -> Result<()> {
+        let old = self.queries.remove(i);
+        let addrs = old.addrs.clone();
+        old.stop().await?;
+        let new = respawn_query(self.query_settings[i].clone(), &addrs).await?;
+        self.queries.insert(i, new);
+        self.back_in_service(&addrs).await
+    }
+
+    /// Waits until the replica at `addrs` is ready and the gateway's health check passes it.
+    async fn back_in_service(&self, addrs: &[std::net::SocketAddr]) -> Result<()> {
+        let admin = addrs.get(1).context("a replica has an admin address")?;
+        wait_for_status(
+            &format!("http://{admin}/readyz"),
+            200,
+            Duration::from_secs(10),
+        )
+        .await?;
+        let healthy = format!("endpoint=\"{}\"", addrs[0]);
+        borough_testkit::wait_until(Duration::from_secs(10), || async {
+            let value = borough_testkit::scrape_metric(
+                &self.http,
+                &self.gateway.url(1),
+                "borough_backend_endpoint_healthy",
+                &healthy,
+            )
+            .await?;
+            Ok(value == Some(1.0))
+        })
+        .await
+    }
+
+    /// The proxy between the gateway and the query service.
+    pub fn query_proxy(&self) -> Result<&borough_testkit::proxy::FaultProxy> {
+        self.query_proxy
+            .as_ref()
+            .context("this stack was not built with query_behind_proxy()")
+    }
+
+    /// A typed client of the API as the tenant of `key`.
+    pub fn api<'a>(&'a self, key: &'a str) -> Api<'a> {
+        Api { stack: self, key }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -404,6 +502,30 @@ impl Stack {
             response.status()
         );
         Ok(response.json().await?)
+    }
+}
+
+/// The REST API as one tenant: one method per operation the tests make.
+pub struct Api<'a> {
+    stack: &'a Stack,
+    key: &'a str,
+}
+
+impl Api<'_> {
+    /// `GET /api/v1/users/{id}`.
+    pub async fn get_user(&self, id: &str) -> Result<reqwest::Response> {
+        Ok(self
+            .stack
+            .http
+            .get(self.stack.url(&format!("/api/v1/users/{id}")))
+            .bearer_auth(self.key)
+            .send()
+            .await?)
+    }
+
+    /// `POST /api/v1/users`: the created user's body (an error unless 201).
+    pub async fn create_user(&self, name: &str, email: &str) -> Result<Value> {
+        self.stack.create_user(self.key, name, email).await
     }
 }
 
