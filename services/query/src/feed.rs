@@ -90,53 +90,61 @@ pub async fn follow(router: PoolRouter, cache: UserCache) {
         lost_at: HashMap::new(),
         started: Instant::now(),
     };
+    // The databases open already (none, at start), then each change.
+    let mut open = databases.borrow_and_update().clone();
     loop {
-        tokio::select! {
-            changed = databases.changed() => {
-                if changed.is_err() {
+        listeners.retain(|tenant, listener| {
+            let keep = open
+                .get(tenant)
+                .is_some_and(|at| Arc::ptr_eq(at, &listener.at));
+            if !keep {
+                listener.task.abort();
+                state.lost(&cache, FeedSource::Tenant(*tenant));
+            }
+            keep
+        });
+        for (tenant, at) in open.iter() {
+            listeners.entry(*tenant).or_insert_with(|| {
+                next_id += 1;
+                Listener {
+                    id: next_id,
+                    at: at.clone(),
+                    task: tokio::spawn(listen_to(
+                        (**at).clone(),
+                        FeedSource::Tenant(*tenant),
+                        next_id,
+                        sender.clone(),
+                    )),
+                }
+            });
+        }
+        // Events until the set of databases changes.
+        loop {
+            tokio::select! {
+                changed = databases.changed() => {
+                    if changed.is_err() {
+                        default.abort();
+                        for listener in listeners.into_values() {
+                            listener.task.abort();
+                        }
+                        return;
+                    }
+                    open = databases.borrow_and_update().clone();
                     break;
                 }
-                let open = databases.borrow_and_update().clone();
-                listeners.retain(|tenant, listener| {
-                    let keep = open.get(tenant).is_some_and(|at| Arc::ptr_eq(at, &listener.at));
-                    if !keep {
-                        listener.task.abort();
-                        state.lost(&cache, FeedSource::Tenant(*tenant));
-                    }
-                    keep
-                });
-                for (tenant, at) in open.iter() {
-                    listeners.entry(*tenant).or_insert_with(|| {
-                        next_id += 1;
-                        Listener {
-                            id: next_id,
-                            at: at.clone(),
-                            task: tokio::spawn(listen_to(
-                                (**at).clone(),
-                                FeedSource::Tenant(*tenant),
-                                next_id,
-                                sender.clone(),
-                            )),
+                Some((id, event)) = events.recv() => {
+                    let current = match &event {
+                        FeedEvent::Subscribed(FeedSource::Tenant(t)) | FeedEvent::Lost(FeedSource::Tenant(t)) => {
+                            listeners.get(t).is_some_and(|l| l.id == id)
                         }
-                    });
-                }
-            }
-            Some((id, event)) = events.recv() => {
-                let current = match &event {
-                    FeedEvent::Subscribed(FeedSource::Tenant(t)) | FeedEvent::Lost(FeedSource::Tenant(t)) => {
-                        listeners.get(t).is_some_and(|l| l.id == id)
+                        _ => true,
+                    };
+                    if current {
+                        state.apply(&router, &cache, event).await;
                     }
-                    _ => true,
-                };
-                if current {
-                    state.apply(&router, &cache, event).await;
                 }
             }
         }
-    }
-    default.abort();
-    for listener in listeners.into_values() {
-        listener.task.abort();
     }
 }
 
