@@ -2,7 +2,6 @@
 //! balancing away from a slow endpoint, failing fast with no address, and a deadline spent
 //! on the server told as one.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use borough_net::client::{Backend, ClientMetrics, ClientSettings, RetryPolicy};
@@ -15,19 +14,6 @@ const POLICY: RetryPolicy = RetryPolicy {
     idempotent: &["/grpc.health.v1.Health/Check"],
     keyed: &[],
 };
-
-/// A gRPC server with only `grpc.health.v1` (serving), on 127.0.0.1.
-async fn health_server() -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (_reporter, service) = tonic_health::server::health_reporter();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    Ok(addr)
-}
 
 /// A plaintext backend (these servers speak no TLS: balancing and discovery are tested
 /// here, mutual TLS in the services' tests).
@@ -57,7 +43,7 @@ async fn check(backend: &Backend, timeout: Duration) -> Result<(), tonic::Status
 #[tokio::test]
 async fn a_dns_name_is_resolved_and_called_and_an_unknown_one_fails_fast_as_unavailable()
 -> anyhow::Result<()> {
-    let addr = health_server().await?;
+    let addr = borough_testkit::grpc::health_server().await?;
     let named = backend(&format!("http://localhost:{}", addr.port()))?;
     check(&named, Duration::from_secs(5)).await?;
     assert!(
@@ -164,7 +150,10 @@ async fn a_deadline_spent_on_the_server_reaches_the_caller_as_deadline_exceeded(
 #[tokio::test]
 async fn power_of_two_choices_on_peak_ewma_sends_calls_away_from_a_slow_endpoint()
 -> anyhow::Result<()> {
-    let (fast, slow) = (health_server().await?, health_server().await?);
+    let (fast, slow) = (
+        borough_testkit::grpc::health_server().await?,
+        borough_testkit::grpc::health_server().await?,
+    );
     let slow_proxy = FaultProxy::start(slow).await?;
     let backend = backend(&format!("http://{fast},{}", slow_proxy.url()))?;
     // Both connected and measured once while equally fast.

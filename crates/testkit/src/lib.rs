@@ -8,6 +8,7 @@
 //!   addresses and a shutdown trigger.
 
 pub mod cpu;
+pub mod grpc;
 pub mod pg;
 pub mod process;
 pub mod proxy;

@@ -41,19 +41,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// A health server on 127.0.0.1 (serving).
-async fn server() -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (_reporter, service) = tonic_health::server::health_reporter();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    Ok(addr)
-}
-
 type Request = http::Request<tonic::body::Body>;
 type Boxed = tower::util::BoxService<Request, http::Response<tonic::body::Body>, tower::BoxError>;
 type TowerBuffer = tower::buffer::Buffer<Request, <Boxed as tower::Service<Request>>::Future>;
@@ -215,7 +202,10 @@ async fn main() -> Result<()> {
     let seconds: u64 = env_or("BENCH_SECONDS", 5);
     let callers: usize = env_or("BENCH_CONNECTIONS", 32);
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
-    let addrs = [server().await?, server().await?];
+    let addrs = [
+        borough_testkit::grpc::health_server().await?,
+        borough_testkit::grpc::health_server().await?,
+    ];
     let urls = addrs
         .iter()
         .map(|a| format!("http://{a}"))
