@@ -74,7 +74,9 @@ fn render() -> String {
          parser (`\"250ms\"`, `\"1MiB\"`; a bare number of a duration is seconds), and a \
          value the parser refuses is logged and the previous one kept. Durations take `ms`, \
          `s`, `m`, `h`; sizes take `KiB`, `MiB`, `GiB`. A value outside its range stops \
-         the service at start with a message naming the variable.\n\n\
+         the service at start with a message naming the variable. A secret (a password, \
+         a token, a key, a database URL) may instead be given as a file: `<name>_FILE` \
+         holding its path (a mounted Docker or Kubernetes secret).\n\n\
          ## Services\n\n\
          | Variable | Default | Hot key | Read by | Meaning |\n\
          | --- | --- | --- | --- | --- |\n",
@@ -84,8 +86,12 @@ fn render() -> String {
             4 => "all".to_owned(),
             _ => services.join(", "),
         };
+        let name = match var.secret {
+            true => format!("`{name}` or `{name}_FILE`"),
+            false => format!("`{name}`"),
+        };
         page.push_str(&format!(
-            "| `{name}` | {} | {} | {read_by} | {} |\n",
+            "| {name} | {} | {} | {read_by} | {} |\n",
             code(var.default),
             var.hot.map_or("—".to_owned(), |k| format!("`{k}`")),
             cell(var.meaning),
@@ -190,10 +196,16 @@ fn mentions() -> anyhow::Result<Vec<PathBuf>> {
 
 #[test]
 fn every_borough_variable_the_repository_names_is_declared() -> anyhow::Result<()> {
+    let secret_files: Vec<String> = service_vars()
+        .values()
+        .filter(|(var, _)| var.secret)
+        .map(|(var, _)| format!("{}_FILE", var.name))
+        .collect();
     let declared: BTreeSet<&str> = service_vars()
         .keys()
         .copied()
         .chain(tool_vars().into_iter().map(|v| v.name))
+        .chain(secret_files.iter().map(String::as_str))
         .collect();
     let mut unknown = BTreeMap::new();
     for file in mentions()? {

@@ -37,6 +37,10 @@ pub struct Var {
     pub hot: Option<&'static str>,
     /// What it does, for `docs/settings.md`.
     pub meaning: &'static str,
+    /// A secret (a password, a token, a key, a URL with a password): also read from the
+    /// file named by `<name>_FILE` (a mounted secret), and only through [`Env::secret`]
+    /// or [`Env::secret_url`].
+    pub secret: bool,
 }
 
 impl Var {
@@ -46,6 +50,15 @@ impl Var {
             default,
             hot: None,
             meaning,
+            secret: false,
+        }
+    }
+
+    /// A secret: may come from the file named by `<name>_FILE` instead.
+    pub const fn secret(self) -> Var {
+        Var {
+            secret: true,
+            ..self
         }
     }
 
@@ -132,11 +145,48 @@ impl Env {
     /// The raw value; an empty value counts as unset.
     pub fn raw(&self, var: &Var) -> Option<String> {
         let value = match &self.source {
-            Source::Process => std::env::var(var.name).ok(),
-            Source::Pairs(vars) => vars.get(var.name).cloned(),
             Source::Hot(values) => var.hot.and_then(|key| values.get(key).cloned()),
+            _ => self.variable(var.name),
         };
         value.filter(|v| !v.trim().is_empty())
+    }
+
+    /// A variable of the environment or of the fixed pairs (never of a snapshot).
+    fn variable(&self, name: &str) -> Option<String> {
+        match &self.source {
+            Source::Process => std::env::var(name).ok(),
+            Source::Pairs(vars) => vars.get(name).cloned(),
+            Source::Hot(_) => None,
+        }
+    }
+
+    /// A secret's value, `None` when unset: the variable itself, or the contents of the
+    /// file `<name>_FILE` names (one trailing newline removed), as Docker and Kubernetes
+    /// mount secrets. Both set is an error, as is a file that cannot be read; neither the
+    /// value nor the file's contents are ever part of an error.
+    pub fn secret(&self, var: &Var) -> Result<Option<String>, SettingsError> {
+        debug_assert!(var.secret, "{} is not declared secret", var.name);
+        let file_var = format!("{}_FILE", var.name);
+        let path = self.variable(&file_var).filter(|p| !p.trim().is_empty());
+        match (self.raw(var), path) {
+            (Some(_), Some(_)) => Err(SettingsError::Invalid {
+                name: file_var,
+                value: "<set>".to_owned(),
+                reason: format!("set {} or {}_FILE, not both", var.name, var.name),
+            }),
+            (value, None) => Ok(value),
+            (None, Some(path)) => {
+                let text =
+                    std::fs::read_to_string(path.trim()).map_err(|e| SettingsError::Invalid {
+                        name: file_var.clone(),
+                        value: path.clone(),
+                        reason: format!("cannot read the secret file: {}", e.kind()),
+                    })?;
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                Ok(Some(text.to_owned()).filter(|v| !v.trim().is_empty()))
+            }
+        }
     }
 
     /// The value of `var` by `parse`: what is set, else `default`, else the declared
@@ -147,14 +197,23 @@ impl Env {
         default: Option<T>,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<T, SettingsError> {
-        let (value, declared) = match (self.raw(var), default) {
+        let set = match var.secret {
+            true => self.secret(var)?,
+            false => self.raw(var),
+        };
+        let (value, declared) = match (set, default) {
             (Some(value), _) => (value, false),
             (None, Some(default)) => return Ok(default),
             (None, None) => (var.default.to_owned(), true),
         };
         parse(value.trim()).map_err(|reason| SettingsError::Invalid {
             name: self.label(var).to_owned(),
-            value,
+            // A secret is never echoed (a URL keeps its shape, its password hidden).
+            value: match var.secret {
+                true if value.contains("://") => redact_url(&value),
+                true => "<redacted>".to_owned(),
+                false => value,
+            },
             reason: if declared {
                 format!("the declared default does not parse: {reason}")
             } else {
@@ -290,11 +349,13 @@ impl Env {
 
     /// A string (the declared default when unset).
     pub fn string(&self, var: &Var) -> String {
+        debug_assert!(!var.secret, "read the secret {} with Env::secret", var.name);
         self.raw(var).unwrap_or_else(|| var.default.to_owned())
     }
 
     /// A string, `None` when unset.
     pub fn optional(&self, var: &Var) -> Option<String> {
+        debug_assert!(!var.secret, "read the secret {} with Env::secret", var.name);
         self.raw(var)
     }
 
@@ -638,6 +699,87 @@ mod tests {
         assert_eq!(
             redact_url("http://127.0.0.1:50051"),
             "http://127.0.0.1:50051"
+        );
+    }
+
+    const TOKEN: Var = Var::new("BOROUGH_T_TOKEN", "", "a token").secret();
+
+    #[test]
+    fn a_secret_comes_from_its_variable_or_from_the_file_its_file_variable_names()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("borough-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("token");
+        std::fs::write(&file, "from-file\n")?;
+        let path = file.display().to_string();
+
+        let env = Env::from_pairs([("BOROUGH_T_TOKEN", "direct")]);
+        assert_eq!(env.secret(&TOKEN), Ok(Some("direct".to_owned())));
+        let env = Env::from_pairs([("BOROUGH_T_TOKEN_FILE", path.as_str())]);
+        assert_eq!(env.secret(&TOKEN), Ok(Some("from-file".to_owned())));
+        let unset: [(&str, &str); 0] = [];
+        assert_eq!(Env::from_pairs(unset).secret(&TOKEN), Ok(None));
+
+        // Both: refused, naming both, showing neither.
+        let env = Env::from_pairs([
+            ("BOROUGH_T_TOKEN", "direct"),
+            ("BOROUGH_T_TOKEN_FILE", path.as_str()),
+        ]);
+        let error = env
+            .secret(&TOKEN)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("BOROUGH_T_TOKEN_FILE") && error.contains("not both"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("direct") && !error.contains("from-file"),
+            "{error}"
+        );
+
+        // A file that cannot be read: its path and why, not a panic.
+        let missing = dir.join("absent").display().to_string();
+        let env = Env::from_pairs([("BOROUGH_T_TOKEN_FILE", missing.as_str())]);
+        let error = env
+            .secret(&TOKEN)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains("absent") && error.contains("cannot read"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_secret_that_does_not_parse_is_never_echoed() {
+        const URL: Var = Var::new("BOROUGH_T_URL", "", "a URL").secret();
+        const NUMBER: Var = Var::new("BOROUGH_T_NUMBER", "1", "a number").secret();
+        let env = Env::from_pairs([
+            ("BOROUGH_T_URL", "mysql://app:hunter2@db/x"),
+            ("BOROUGH_T_NUMBER", "hunter2"),
+        ]);
+        let error = env
+            .url(&URL, &["postgres"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            !error.contains("hunter2") && error.contains("app:***@db"),
+            "{error}"
+        );
+        let error = env
+            .parse::<u32>(&NUMBER)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            !error.contains("hunter2") && error.contains("<redacted>"),
+            "{error}"
         );
     }
 }

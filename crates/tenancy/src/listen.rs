@@ -34,9 +34,20 @@ pub enum Next {
 /// How long after a loss the next subscription is tried.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How long a quiet listener's connection has to answer a ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the listener's server answers a ping within [`PING_TIMEOUT`].
+async fn alive(listener: &mut PgListener) -> bool {
+    let ping = sqlx::Executor::execute(&mut *listener, "SELECT 1");
+    matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_)))
+}
+
 /// Listens on `channels` of the database at `options` and tells `on` what it hears, until
 /// `on` answers [`Next::Stop`]. It hears [`Heard::Quiet`] after `quiet` without a
-/// notification. `on` reads what it heard at once; the future it returns may take its
+/// notification, once the connection has answered a ping; [`Heard::Lost`] if it has not
+/// within [`PING_TIMEOUT`] (so a connection cut off silently is noticed within
+/// `quiet` + 2 s). `on` reads what it heard at once; the future it returns may take its
 /// time (the next notification waits for it).
 pub async fn follow<F>(
     options: PgConnectOptions,
@@ -59,7 +70,18 @@ pub async fn follow<F>(
                 let mut next = on(Heard::Subscribed).await;
                 while next == Next::Listen {
                     next = match tokio::time::timeout(quiet, listener.try_recv()).await {
-                        Err(_) => on(Heard::Quiet).await,
+                        // Quiet: is the connection still there? A network cut leaves it
+                        // silent, not closed, for as long as TCP retransmits (minutes).
+                        Err(_) => match alive(&mut listener).await {
+                            true => on(Heard::Quiet).await,
+                            false => {
+                                tracing::debug!(?channels, "listener unanswered: lost");
+                                match on(Heard::Lost).await {
+                                    Next::Stop => Next::Stop,
+                                    _ => Next::Resubscribe,
+                                }
+                            }
+                        },
                         Ok(Ok(Some(n))) => {
                             on(Heard::Notification {
                                 channel: n.channel(),

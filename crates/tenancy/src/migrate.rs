@@ -171,17 +171,20 @@ impl Login {
         "",
         "borough-user migrate: creates or updates the user service's login (borough_user) \
          with this password",
-    );
+    )
+    .secret();
     pub const QUERY_PASSWORD: borough_config_client::Var = borough_config_client::Var::new(
         "BOROUGH_QUERY_DB_PASSWORD",
         "",
         "borough-user migrate: the query service's login (borough_query)",
-    );
+    )
+    .secret();
     pub const CONFIG_PASSWORD: borough_config_client::Var = borough_config_client::Var::new(
         "BOROUGH_CONFIG_DB_PASSWORD",
         "",
         "borough-user migrate: the config service's login (borough_config)",
-    );
+    )
+    .secret();
 }
 
 pub use crate::placement::SHARED_SCHEMA;

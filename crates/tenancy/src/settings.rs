@@ -26,7 +26,8 @@ impl DatabaseSettings {
         "BOROUGH_DATABASE_URL",
         DEFAULT_DATABASE_URL,
         "The control plane and the shared tenant tables, as the service's own login",
-    );
+    )
+    .secret();
     pub const MAX_CONNECTIONS: Var = Var::new(
         "BOROUGH_DB_MAX_CONNECTIONS",
         "10",

@@ -1,6 +1,10 @@
 //! Who an API key acts for, and the gateway's short-lived cache of those answers, so the
 //! hot path costs no call; a revocation through the same gateway evicts at once, others
 //! within the cache's TTL. The authoritative lookup is `borough_tenancy::directory`.
+//!
+//! Entries are kept past the TTL for a stale TTL: while the directory cannot be reached,
+//! [`KeyCache::get_stale_hash`] still knows a key verified that recently (the gateway
+//! accepts it for reads only, so cached users can be served during an outage).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -21,6 +25,8 @@ pub struct Principal {
 /// A bounded TTL cache from a key's hash to its principal.
 pub struct KeyCache {
     ttl: Duration,
+    /// How long an entry is kept for [`KeyCache::get_stale_hash`] (at least `ttl`).
+    keep: Duration,
     capacity: usize,
     entries: RwLock<HashMap<[u8; 32], (Principal, Instant)>>,
 }
@@ -29,9 +35,31 @@ impl KeyCache {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         KeyCache {
             ttl,
+            keep: ttl,
             capacity: capacity.max(1),
             entries: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Keeps entries for `stale_ttl` past their caching, for [`KeyCache::get_stale_hash`].
+    pub fn with_stale_ttl(self, stale_ttl: Duration) -> Self {
+        KeyCache {
+            keep: stale_ttl.max(self.ttl),
+            ..self
+        }
+    }
+
+    /// The principal of a key by its hash, verified within the stale TTL: for when the
+    /// directory cannot be reached, never instead of asking it.
+    pub fn get_stale_hash(&self, hash: &[u8; 32]) -> Option<Principal> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < self.keep)
+            .map(|(principal, _)| *principal)
     }
 
     /// The cached principal of a presented key, if fresh.
@@ -63,7 +91,7 @@ impl KeyCache {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.capacity {
             // Expired entries first; if none, the cache is full of live keys: start over.
-            entries.retain(|_, (_, at)| at.elapsed() < self.ttl);
+            entries.retain(|_, (_, at)| at.elapsed() < self.keep);
             if entries.len() >= self.capacity {
                 entries.clear();
             }
@@ -104,6 +132,24 @@ mod tests {
         assert_eq!(cache.get("bk_other"), None);
         cache.evict_key(p.key_id);
         assert_eq!(cache.get("bk_key"), None);
+    }
+
+    #[test]
+    fn a_key_past_its_ttl_is_known_only_as_stale_and_only_within_the_stale_ttl() {
+        let cache =
+            KeyCache::new(Duration::from_millis(10), 10).with_stale_ttl(Duration::from_millis(300));
+        let p = principal();
+        cache.insert("bk_key", p);
+        let hash = apikey::hash("bk_key");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(cache.get("bk_key"), None);
+        assert_eq!(cache.get_stale_hash(&hash), Some(p));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(cache.get_stale_hash(&hash), None);
+        // Revoked: gone for stale use too.
+        cache.insert("bk_key", p);
+        cache.evict_key(p.key_id);
+        assert_eq!(cache.get_stale_hash(&hash), None);
     }
 
     #[test]

@@ -121,6 +121,15 @@ impl FromRequestParts<AppState> for Tenant {
                     state.refused_keys.insert(presented.hash);
                     state.auth_failures.fail(source);
                 }
+                // The directory cannot be reached: a key verified lately may still read
+                // (cached users, served stale), never write.
+                if status.code() == tonic::Code::Unavailable
+                    && matches!(parts.method, http::Method::GET | http::Method::HEAD)
+                    && let Some(principal) = state.keys.get_stale_hash(&presented.hash)
+                {
+                    tracing::debug!("key directory unreachable: a key verified lately reads");
+                    return Ok(Tenant(TenantContext::new(principal.tenant_id)));
+                }
                 return Err(Unauthorized(Problem::from_status(&status)));
             }
         };

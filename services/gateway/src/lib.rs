@@ -144,7 +144,9 @@ pub fn app_state(
         tenants: TenantAdminServiceClient::new(backends.user.clone()),
         query: QueryServiceClient::new(backends.query.clone()),
         config: ConfigServiceClient::new(backends.config.clone()),
-        keys: Arc::new(KeyCache::new(settings.auth_cache_ttl, 10_000)),
+        keys: Arc::new(
+            KeyCache::new(settings.auth_cache_ttl, 10_000).with_stale_ttl(settings.auth_stale_ttl),
+        ),
         admin_token_hash: hot.admin_token_hash,
         limiter: Arc::new(ratelimit::RateLimiter::new(hot.rate_limits)),
         limits: hot.limits,

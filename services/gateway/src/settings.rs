@@ -25,6 +25,8 @@ pub struct Settings {
     pub body_limit: usize,
     /// [`Settings::AUTH_CACHE_TTL`].
     pub auth_cache_ttl: Duration,
+    /// [`Settings::AUTH_STALE_TTL`].
+    pub auth_stale_ttl: Duration,
     /// [`Settings::CORS_ORIGINS`]; empty: CORS off.
     pub cors_origins: Vec<String>,
     /// [`Settings::STREAM_TIMEOUT`].
@@ -85,7 +87,8 @@ impl Settings {
          API is off. Rotated live by the token's SHA-256 (64 hex digits) in \
          admin.token_sha256, never the token itself",
     )
-    .hot("admin.token_sha256");
+    .hot("admin.token_sha256")
+    .secret();
     pub const REQUEST_TIMEOUT: Var = Var::new(
         "BOROUGH_REQUEST_TIMEOUT",
         "10s",
@@ -103,6 +106,13 @@ impl Settings {
         "5s",
         "How long an API key's tenant is cached (0 to 1h); also the longest a key revoked \
          through another gateway replica keeps working here",
+    );
+    pub const AUTH_STALE_TTL: Var = Var::new(
+        "BOROUGH_AUTH_STALE_TTL",
+        "5m",
+        "While the key directory cannot be reached (its database down or cut off), a key \
+         this gateway verified within this long is still accepted for reads (GET, HEAD) \
+         only, so cached users can be served stale; 0: never (0 to 24h)",
     );
     pub const CORS_ORIGINS: Var = Var::new(
         "BOROUGH_CORS_ORIGINS",
@@ -173,6 +183,7 @@ impl Settings {
         &Self::REQUEST_TIMEOUT,
         &Self::BODY_LIMIT,
         &Self::AUTH_CACHE_TTL,
+        &Self::AUTH_STALE_TTL,
         &Self::CORS_ORIGINS,
         &Self::STREAM_TIMEOUT,
         &Self::IMPORT_BODY_LIMIT,
@@ -202,7 +213,7 @@ impl Settings {
     }
 
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
-        let admin_token = env.optional(&Self::ADMIN_TOKEN);
+        let admin_token = env.secret(&Self::ADMIN_TOKEN)?;
         if let Some(token) = &admin_token
             && token.len() < 16
         {
@@ -278,6 +289,10 @@ impl Settings {
             auth_cache_ttl: env.duration_in(
                 &Self::AUTH_CACHE_TTL,
                 Duration::ZERO..=Duration::from_secs(3600),
+            )?,
+            auth_stale_ttl: env.duration_in(
+                &Self::AUTH_STALE_TTL,
+                Duration::ZERO..=Duration::from_secs(24 * 3600),
             )?,
             connections: crate::server::ConnectionLimits::from_env(env)?,
             auth: crate::auth_guard::AuthLimits::from_env(env)?,

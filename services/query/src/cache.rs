@@ -10,9 +10,14 @@
 //! - **Stale copies** of every entry are kept for `stale_ttl` (sharing the same `Arc`), used
 //!   only when the database cannot be reached; an invalidated entry loses its stale copy
 //!   too, so a known-changed or deleted user is never served.
+//! - **Only while followed**: while the change feed a tenant's users depend on is lost
+//!   (its listener cut off), nothing can say when a copy goes out of date, so its fresh
+//!   copies are dropped and none are kept until the feed is back: every read goes to the
+//!   database, and a stale copy (marked) answers when that fails.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use borough_config_client::{Env, SettingsError, Var};
@@ -23,6 +28,7 @@ use moka::future::Cache;
 use moka::notification::RemovalCause;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use uuid::Uuid;
 
@@ -118,6 +124,7 @@ pub struct CacheMetrics {
     misses: Counter,
     removals: Family<CauseLabels, Counter>,
     stale_serves: Counter,
+    unfollowed: Gauge,
     pub invalidation_lag: Histogram,
     pub invalidations: Counter,
 }
@@ -138,6 +145,7 @@ impl CacheMetrics {
             misses,
             removals: Family::default(),
             stale_serves: Counter::default(),
+            unfollowed: Gauge::default(),
             invalidation_lag: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
             ]),
@@ -157,6 +165,12 @@ impl CacheMetrics {
             "cache_stale_serves",
             "Users served from a stale copy because the database was unreachable",
             m.stale_serves.clone(),
+        );
+        metrics.register(
+            "cache_unfollowed_feeds",
+            "Change feeds (the default database, tenants' own databases) whose listener is \
+             lost: their tenants' users are read from the database on every request",
+            m.unfollowed.clone(),
         );
         metrics.register(
             "cache_invalidation_lag_seconds",
@@ -210,7 +224,39 @@ pub struct UserCache {
     /// The fresh TTL, in milliseconds.
     ttl: Arc<AtomicU64>,
     stale: Option<Cache<Key, Arc<Cached>>>,
+    following: Arc<Following>,
     pub metrics: CacheMetrics,
+}
+
+/// Which change feeds are followed (see the module's "Only while followed").
+#[derive(Default)]
+struct Following {
+    /// Some feed is lost: the lookup has to ask [`Following::lost`] (false: the fast path).
+    any_lost: AtomicBool,
+    lost: RwLock<Lost>,
+}
+
+#[derive(Default)]
+struct Lost {
+    /// The default database's feed (shared and schema tenants).
+    default: bool,
+    /// Tenants whose own database's feed is lost.
+    tenants: HashSet<TenantId>,
+    /// Tenants with a database (and a feed) of their own.
+    own: HashSet<TenantId>,
+}
+
+impl Lost {
+    fn follows(&self, tenant: TenantId) -> bool {
+        match self.own.contains(&tenant) {
+            true => !self.tenants.contains(&tenant),
+            false => !self.default,
+        }
+    }
+
+    fn count(&self) -> usize {
+        usize::from(self.default) + self.tenants.len()
+    }
 }
 
 /// `ttl`: fixed (`Ok`), or the current value of a hot setting (`Err`).
@@ -254,8 +300,84 @@ impl UserCache {
             stale: enabled
                 .then(|| bounded(settings, Ok(settings.stale_ttl.max(settings.ttl)), None)),
             ttl,
+            following: Arc::default(),
             metrics: m,
         }
+    }
+
+    /// Whether `tenant`'s changes are followed (its copies may be served as fresh).
+    fn follows(&self, tenant: TenantId) -> bool {
+        if !self.following.any_lost.load(Ordering::Acquire) {
+            return true;
+        }
+        let lost = self
+            .following
+            .lost
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        lost.follows(tenant)
+    }
+
+    /// Changes `what` is lost (the default database's feed, or a tenant's own): its
+    /// fresh copies go now, and none are kept until [`UserCache::follow`].
+    pub fn unfollow(&self, source: Option<TenantId>) {
+        let own = {
+            let mut lost = self
+                .following
+                .lost
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            match source {
+                None => lost.default = true,
+                Some(tenant) => {
+                    lost.tenants.insert(tenant);
+                }
+            }
+            self.following.any_lost.store(true, Ordering::Release);
+            self.metrics.unfollowed.set(lost.count() as i64);
+            lost.own.clone()
+        };
+        if let Some(fresh) = &self.fresh {
+            // Only fails when closures are not enabled, which `bounded` does.
+            let _ = match source {
+                None => fresh.invalidate_entries_if(move |key, _| !own.contains(&key.0)),
+                Some(tenant) => fresh.invalidate_entries_if(move |key, _| key.0 == tenant),
+            };
+        }
+    }
+
+    /// The feed of `source` is followed again (and caught up).
+    pub fn follow(&self, source: Option<TenantId>) {
+        let mut lost = self
+            .following
+            .lost
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match source {
+            None => lost.default = false,
+            Some(tenant) => {
+                lost.tenants.remove(&tenant);
+            }
+        }
+        self.following
+            .any_lost
+            .store(lost.count() > 0, Ordering::Release);
+        self.metrics.unfollowed.set(lost.count() as i64);
+    }
+
+    /// The tenants with a database (and a feed) of their own, as the feed follows them.
+    pub fn set_own_databases(&self, tenants: HashSet<TenantId>) {
+        let mut lost = self
+            .following
+            .lost
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        lost.tenants.retain(|t| tenants.contains(t));
+        lost.own = tenants;
+        self.following
+            .any_lost
+            .store(lost.count() > 0, Ordering::Release);
+        self.metrics.unfollowed.set(lost.count() as i64);
     }
 
     /// Sets the fresh TTL of entries cached from now on.
@@ -286,6 +408,9 @@ impl UserCache {
         L: FnOnce() -> F,
         F: Future<Output = Result<User, E>>,
     {
+        if !self.follows(key.0) {
+            return Box::pin(self.read_unfollowed(key, min_version, load(), is_unreachable)).await;
+        }
         if let Some(fresh) = &self.fresh
             && let Some(user) = fresh.get(&key).await
         {
@@ -352,6 +477,50 @@ impl UserCache {
                 _ => Err(e),
             },
             Err(e) => Err(e),
+        }
+    }
+
+    /// A read while the tenant's feed is lost: from the database, kept only as a stale
+    /// copy; a stale copy when the database cannot be reached.
+    async fn read_unfollowed<E, F>(
+        &self,
+        key: Key,
+        min_version: i64,
+        load: F,
+        is_unreachable: impl Fn(&E) -> bool,
+    ) -> Result<Found, Arc<E>>
+    where
+        F: Future<Output = Result<User, E>>,
+    {
+        self.metrics.misses.inc();
+        match load.await {
+            Ok(info) => {
+                let user = Arc::new(Cached {
+                    info,
+                    read_at: Instant::now(),
+                });
+                if let Some(stale) = &self.stale {
+                    stale.insert(key, user.clone()).await;
+                }
+                Ok(Found {
+                    user,
+                    stale_for: None,
+                })
+            }
+            Err(e) if is_unreachable(&e) => match &self.stale {
+                Some(stale) => match stale.get(&key).await {
+                    Some(user) if user.info.version >= min_version => {
+                        self.metrics.stale_serves.inc();
+                        Ok(Found {
+                            stale_for: Some(user.read_at.elapsed()),
+                            user,
+                        })
+                    }
+                    _ => Err(Arc::new(e)),
+                },
+                None => Err(Arc::new(e)),
+            },
+            Err(e) => Err(Arc::new(e)),
         }
     }
 
@@ -472,6 +641,72 @@ mod tests {
             .get(key, 0, || async { Err::<User, _>(Down) }, |_| true)
             .await;
         assert!(gone.is_err());
+    }
+
+    #[tokio::test]
+    async fn while_a_feed_is_lost_its_tenants_are_read_every_time_and_served_stale_when_down() {
+        let cache = UserCache::new(&settings(), &Metrics::new("test"));
+        let (shared, own) = (TenantId::new_v7(), TenantId::new_v7());
+        cache.set_own_databases(HashSet::from([own]));
+        let (a, b) = ((shared, Uuid::now_v7()), (own, Uuid::now_v7()));
+        let loads = AtomicUsize::new(0);
+        let up = |version| {
+            loads.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, Down>(info(version)) }
+        };
+        for key in [a, b] {
+            assert!(cache.get(key, 0, || up(1), |_| true).await.is_ok());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+
+        // The default database's feed is lost: the shared tenant's user is read again (not
+        // from its fresh copy), every time; the own-database tenant's stays cached.
+        cache.unfollow(None);
+        for _ in 0..2 {
+            let read = cache.get(a, 0, || up(2), |_| true).await;
+            assert!(read.is_ok_and(|f| f.stale_for.is_none() && f.user.info.version == 2));
+        }
+        assert!(
+            cache
+                .get(b, 0, || up(9), |_| true)
+                .await
+                .is_ok_and(|f| f.user.info.version == 1)
+        );
+        assert_eq!(loads.load(Ordering::SeqCst), 4);
+        // Down: the latest copy read, marked stale.
+        let down = cache
+            .get(a, 0, || async { Err::<User, _>(Down) }, |_| true)
+            .await;
+        assert!(down.is_ok_and(|f| f.stale_for.is_some() && f.user.info.version == 2));
+
+        // Followed again: cached as before.
+        cache.follow(None);
+        assert!(cache.get(a, 0, || up(3), |_| true).await.is_ok());
+        assert!(
+            cache
+                .get(a, 0, || up(4), |_| true)
+                .await
+                .is_ok_and(|f| f.user.info.version == 3)
+        );
+        assert_eq!(loads.load(Ordering::SeqCst), 5);
+
+        // A tenant's own feed lost: only that tenant is affected.
+        cache.unfollow(Some(own));
+        assert!(
+            cache
+                .get(b, 0, || up(5), |_| true)
+                .await
+                .is_ok_and(|f| f.user.info.version == 5)
+        );
+        assert!(
+            cache
+                .get(a, 0, || up(9), |_| true)
+                .await
+                .is_ok_and(|f| f.user.info.version == 3)
+        );
+        // Its database closed (no longer its own feed): nothing lost any more.
+        cache.set_own_databases(HashSet::new());
+        assert!(cache.follows(own));
     }
 
     #[tokio::test]

@@ -4,8 +4,10 @@
 //! Bound on staleness: a change is invalidated when its NOTIFY arrives (milliseconds:
 //! `borough_cache_invalidation_lag_seconds`). If the listener was away, the re-subscription
 //! reads the outbox of every cached tenant from `CATCH_UP_MARGIN` before the moment it was
-//! lost. If a database tenant's pool closes (so its listener stops), its entries are
-//! dropped.
+//! lost; until then (a listener is lost when its connection fails, or when it answers no
+//! ping after a quiet spell: `borough_tenancy::listen`), its tenants' users are not served
+//! as fresh (`UserCache::unfollow`). If a database tenant's pool closes (so its listener
+//! stops), its entries are dropped.
 //! In every case the cache TTL (`BOROUGH_CACHE_TTL`) bounds the rest.
 
 use std::collections::HashMap;
@@ -99,10 +101,11 @@ pub async fn follow(router: PoolRouter, cache: UserCache) {
                 .is_some_and(|at| Arc::ptr_eq(at, &listener.at));
             if !keep {
                 listener.task.abort();
-                state.lost(&cache, FeedSource::Tenant(*tenant));
+                state.closed(&cache, *tenant);
             }
             keep
         });
+        cache.set_own_databases(open.keys().copied().collect());
         for (tenant, at) in open.iter() {
             listeners.entry(*tenant).or_insert_with(|| {
                 next_id += 1;
@@ -198,18 +201,26 @@ struct State {
     started: Instant,
 }
 
+fn key(source: FeedSource) -> Option<TenantId> {
+    match source {
+        FeedSource::Default => None,
+        FeedSource::Tenant(tenant) => Some(tenant),
+    }
+}
+
 impl State {
+    /// A listener lost its connection: until it is back (and caught up), its tenants'
+    /// copies are not served as fresh.
     fn lost(&mut self, cache: &UserCache, source: FeedSource) {
-        match source {
-            FeedSource::Default => {
-                self.lost_at.entry(None).or_insert_with(Instant::now);
-            }
-            FeedSource::Tenant(tenant) => {
-                // Its changes can no longer be followed.
-                cache.invalidate_tenant(tenant);
-                self.lost_at.remove(&Some(tenant));
-            }
-        }
+        self.lost_at.entry(key(source)).or_insert_with(Instant::now);
+        cache.unfollow(key(source));
+    }
+
+    /// A tenant's database pool closed (idle, LRU): its changes can no longer be followed
+    /// at all, so nothing of it is kept.
+    fn closed(&mut self, cache: &UserCache, tenant: TenantId) {
+        cache.invalidate_tenant(tenant);
+        self.lost_at.remove(&Some(tenant));
     }
 
     async fn apply(&mut self, router: &PoolRouter, cache: &UserCache, event: FeedEvent) {
@@ -239,6 +250,7 @@ impl State {
                         cache.invalidate_tenant(tenant);
                     }
                 }
+                cache.follow(key);
             }
         }
     }

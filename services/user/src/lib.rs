@@ -41,7 +41,7 @@ pub struct Settings {
 pub fn secret_keys(
     env: &Env,
 ) -> Result<Option<std::sync::Arc<borough_tenancy::secrets::Keyring>>, SettingsError> {
-    env.optional(&Settings::SECRET_KEYS)
+    env.secret(&Settings::SECRET_KEYS)?
         .map(|spec| {
             borough_tenancy::secrets::Keyring::parse(&spec)
                 .map(std::sync::Arc::new)
@@ -72,7 +72,8 @@ impl Settings {
         "",
         "An owner role on the default server, which creates and migrates schema and database \
          tenants. Unset: only shared tenants and databases given by URL can be created",
-    );
+    )
+    .secret();
     pub const IDEMPOTENCY_TTL: Var = Var::new(
         "BOROUGH_IDEMPOTENCY_TTL",
         "24h",
@@ -82,14 +83,16 @@ impl Settings {
         "BOROUGH_MIGRATION_DATABASE_URL",
         "BOROUGH_DATABASE_URL",
         "borough-user migrate and rekey: the database's owner, which applies migrations",
-    );
+    )
+    .secret();
     pub const SECRET_KEYS: Var = Var::new(
         "BOROUGH_SECRET_KEYS",
         "",
         "<id>:<base64 of 32 bytes>[,...], the first seals: the keys tenants' database URLs \
          are sealed with at rest. Unset: tenants in databases given by URL can be neither \
          created nor reached",
-    );
+    )
+    .secret();
 
     /// Every variable the service reads, for `docs/settings.md`.
     pub fn vars() -> Vec<&'static Var> {
@@ -126,7 +129,7 @@ impl Settings {
                 "127.0.0.1:9461",
             )?,
             database,
-            provisioner_url: match env.optional(&Self::PROVISIONER_DATABASE_URL) {
+            provisioner_url: match env.secret(&Self::PROVISIONER_DATABASE_URL)? {
                 Some(_) => Some(
                     env.secret_url(&Self::PROVISIONER_DATABASE_URL, &["postgres", "postgresql"])?,
                 ),

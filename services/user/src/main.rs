@@ -53,7 +53,7 @@ async fn serve(env: &Env) -> anyhow::Result<()> {
 async fn owner_connection(env: &Env) -> anyhow::Result<(String, sqlx::PgConnection)> {
     let schemes = &["postgres", "postgresql"];
     let migration = &borough_user::Settings::MIGRATION_DATABASE_URL;
-    let url = match env.optional(migration) {
+    let url = match env.secret(migration)? {
         Some(_) => env.url(migration, schemes)?,
         None => env.url(&borough_tenancy::settings::DatabaseSettings::URL, schemes)?,
     };
@@ -97,11 +97,12 @@ async fn migrate(env: &Env) -> anyhow::Result<()> {
     let passwords: Vec<(borough_tenancy::migrate::Login, String)> =
         borough_tenancy::migrate::Login::ALL
             .iter()
-            .filter_map(|login| {
-                env.optional(login.password_variable())
-                    .map(|password| (*login, password))
+            .map(|login| {
+                env.secret(login.password_variable())
+                    .map(|password| password.map(|password| (*login, password)))
             })
-            .collect();
+            .filter_map(Result::transpose)
+            .collect::<Result<_, _>>()?;
     if !passwords.is_empty() {
         let logins: Vec<_> = passwords.iter().map(|(l, p)| (*l, p.as_str())).collect();
         borough_tenancy::migrate::ensure_logins(&mut conn, &logins).await?;

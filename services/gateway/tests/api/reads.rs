@@ -636,3 +636,97 @@ async fn with_postgresql_stopped_cached_users_are_served_stale_others_fail_fast_
         .await?;
     Ok(())
 }
+
+/// PostgreSQL silent (stopped, its connections left open, as a network cut leaves them):
+/// the query service notices its change feed is gone by a ping that gets no answer, and
+/// from then on serves its cached users only as marked stale copies (not as fresh ones it
+/// can no longer keep current); the gateway, unable to verify keys, still lets a key it
+/// verified lately read, but not write.
+#[tokio::test]
+async fn with_postgresql_silent_cached_users_turn_stale_once_the_feed_is_lost_and_a_lately_verified_key_reads_but_cannot_write()
+-> anyhow::Result<()> {
+    let mut cluster = borough_testkit::own_cluster()?;
+    let db = borough_testkit::TestDatabase::create_on(&cluster).await?;
+    let stack = Stack::builder()
+        .on(db)
+        .services(&[("BOROUGH_DB_ACQUIRE_TIMEOUT", "1s")])
+        .gateway(&[("BOROUGH_AUTH_CACHE_TTL", "200ms")])
+        .start()
+        .await?;
+    let (_, key) = stack.create_tenant("cut-off").await?;
+    let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
+    let path = format!("/api/v1/users/{}", user["id"].as_str().unwrap_or_default());
+    let (status, _) = get_json(&stack, &key, &path).await?;
+    assert_eq!(status, 200);
+
+    cluster.pause()?;
+    let cut = Instant::now();
+    // Every read answers; the copy is fresh (cache TTL 60 s) until the feed is declared
+    // lost (5 quiet seconds, then a 2 s ping), then stale.
+    loop {
+        let response = stack
+            .http
+            .get(stack.url(&path))
+            .bearer_auth(&key)
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200, "after {:?}", cut.elapsed());
+        if response.headers().contains_key("borough-stale") {
+            assert_eq!(response.headers()["borough-stale"], "true");
+            let body: Value = response.json().await?;
+            assert_eq!(body, user);
+            break;
+        }
+        anyhow::ensure!(
+            cut.elapsed() < Duration::from_secs(20),
+            "a cached user was still served as fresh 20 s after PostgreSQL went silent"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        stack
+            .metric(stack.query(), "borough_cache_unfollowed_feeds")
+            .await?
+            >= 1.0
+    );
+    // The same key cannot write: the directory's 503, not a 401.
+    let response = stack
+        .http
+        .post(stack.url("/api/v1/users"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "Alan", "email": "alan@example.com"}))
+        .send()
+        .await?;
+    assert!(response.headers().contains_key("retry-after"));
+    assert_problem(response, 503).await?;
+
+    // Back: the feed resubscribes and catches up, and the user is fresh again.
+    cluster.resume()?;
+    let back = Instant::now();
+    loop {
+        let response = stack
+            .http
+            .get(stack.url(&path))
+            .bearer_auth(&key)
+            .send()
+            .await?;
+        let unfollowed = stack
+            .metric(stack.query(), "borough_cache_unfollowed_feeds")
+            .await?;
+        if response.status() == 200
+            && !response.headers().contains_key("borough-stale")
+            && unfollowed == 0.0
+        {
+            break;
+        }
+        anyhow::ensure!(
+            back.elapsed() < Duration::from_secs(20),
+            "the feed did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stack
+        .create_user(&key, "Grace", "grace@example.com")
+        .await?;
+    Ok(())
+}
