@@ -19,13 +19,16 @@
 #   make fuzz       schemathesis against a stack started as `make run` starts it (its own
 #                   ports and data), every operation of /openapi.json, at most five minutes
 #   make k8s-check  validate docker-compose.yml, the kustomize overlays and the Helm chart offline
+#   make compose-check  build the image and run `docker compose up` for real: the README's
+#                   walk-through, scaling, a query replica killed, PostgreSQL cut off, the
+#                   user service restarted under writes, `down -v` (Docker engine needed)
 #   make upgrade PID=<old gateway pid> [BIN=target/debug/borough-gateway] [ADMIN=127.0.0.1:9470]
 #                   replace a running gateway in place (SO_REUSEPORT), rolling back on failure
 
 CARGO ?= cargo
 SERVICE_BINS := --bin borough-config --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
 
-.PHONY: run test lint deny machete build fmt clean-data wrk bench bench-smoke bench-client bench-config bench-resilience bench-hostile fuzz upgrade k8s-check
+.PHONY: run test lint deny machete build fmt clean-data wrk bench bench-smoke bench-client bench-config bench-resilience bench-hostile fuzz upgrade k8s-check compose-check
 
 run:
 	$(CARGO) build $(SERVICE_BINS)
@@ -136,3 +139,8 @@ upgrade:
 # when they are not installed).
 k8s-check:
 	scripts/k8s-check.sh
+
+# `docker compose up` with images built here (scripts/compose-check.sh says what differs
+# from a user's build: no image can be pulled on CI machines).
+compose-check:
+	scripts/compose-check.sh

@@ -50,8 +50,10 @@ validate() { "$tools/venv/bin/kubernetes-validate" --strict --quiet -k "$k8s_ver
 echo "k8s-check: docker-compose.yml"
 if command -v docker-compose >/dev/null; then
     docker-compose -f docker-compose.yml config -q
+    docker-compose -f docker-compose.yml -f deploy/standins/compose.yml config -q
 elif docker compose version >/dev/null 2>&1; then
     docker compose -f docker-compose.yml config -q
+    docker compose -f docker-compose.yml -f deploy/standins/compose.yml config -q
 else
     echo "k8s-check: neither docker-compose nor the docker compose plugin is installed (Debian: apt-get install docker-compose)" >&2
     exit 1
@@ -65,15 +67,37 @@ for overlay in k8s/overlays/*/; do
 done
 
 echo "k8s-check: helm chart"
-"$helm" lint --strict k8s/helm/borough
-"$helm" template borough k8s/helm/borough > "$out/helm-defaults.yaml"
+# No credential ships with the chart: without them it must refuse, naming what to set.
+if refusal=$("$helm" template borough k8s/helm/borough 2>&1 >/dev/null); then
+    echo "k8s-check: the chart rendered without credentials" >&2
+    exit 1
+fi
+echo "$refusal" | grep -q "set database.userUrl" \
+    || { echo "k8s-check: the chart's refusal does not name what to set: $refusal" >&2; exit 1; }
+# Made up for this check, each time.
+pw() { head -c 18 /dev/urandom | base64 | tr -d '/+='; }
+db_url() { echo "postgres://$1:$2@db:5432/borough?sslmode=verify-full&sslrootcert=/etc/borough/tls/ca.crt"; }
+user_pw=$(pw) query_pw=$(pw) config_pw=$(pw)
+credentials=(
+    --set-string database.userUrl="$(db_url borough_user "$user_pw")"
+    --set-string database.queryUrl="$(db_url borough_query "$query_pw")"
+    --set-string database.configUrl="$(db_url borough_config "$config_pw")"
+    --set-string database.migrationUrl="$(db_url borough_owner "$(pw)")"
+    --set-string database.passwords.user="$user_pw"
+    --set-string database.passwords.query="$query_pw"
+    --set-string database.passwords.config="$config_pw"
+    --set-string secretKeys="k1:$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
+    --set-string adminToken="$(pw)$(pw)"
+)
+"$helm" lint --strict k8s/helm/borough "${credentials[@]}"
+"$helm" template borough k8s/helm/borough "${credentials[@]}" > "$out/helm-defaults.yaml"
 "$helm" template borough k8s/helm/borough \
     --set ingress.enabled=true --set ingress.tlsSecret=borough-tls \
     --set otel.endpoint=http://otel-collector:4317 \
     --set database.existingSecret=borough-db --set migrate.enabled=false \
     --set tls.certManager.enabled=true --set tls.postQuantum=required \
     > "$out/helm-options.yaml"
-"$helm" template borough k8s/helm/borough \
+"$helm" template borough k8s/helm/borough "${credentials[@]}" \
     --set tls.certManager.enabled=true \
     --set tls.certManager.issuerRef.name=corp-ca --set tls.certManager.issuerRef.kind=ClusterIssuer \
     > "$out/helm-issuer.yaml"
