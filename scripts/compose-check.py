@@ -294,6 +294,14 @@ def walk_through():
     r = http_.request("GET", f"/api/v1/users/{uid}", headers=auth)
     expect(r.status == 404, f"read after delete: {r}")
 
+    # A second `up` keeps every credential (and the data): the same token still works.
+    compose("up", "-d", "--no-build", *SERVICES, timeout=900)
+    wait_for("every service healthy after a second up", healthy, timeout=180)
+    again = compose("exec", "-T", "gateway", "cat", "/run/borough/admin-token").stdout.strip()
+    expect(again == token, "a second `up` changed the admin token")
+    r = http_.request("GET", "/admin/v1/tenants", headers=bearer(token))
+    expect(r.status == 200 and name in r.body, f"after a second up: {r}")
+
     # The loads below run well over the default 100 requests/s: an operator raises it.
     limits = {"requests_per_second": 20000, "burst": 20000}
     r = http_.request("PUT", f"/admin/v1/tenants/{tenant_id}/limits", limits, bearer(token))

@@ -45,19 +45,31 @@ url() { # role password: a login to the borough database, TLS verified against t
     printf 'postgres://%s:%s@postgres:5432/borough?sslmode=verify-full&sslrootcert=/run/borough/ca.crt' "$1" "$2"
 }
 
-# give SERVICE UID NAME=SOURCE...: replaces /out/SERVICE's files with these, owned by UID,
-# readable by it alone.
+# give SERVICE UID NAME=CONTENTS...: makes /out/SERVICE hold exactly these files, owned by
+# UID and readable by it alone. A file whose contents are unchanged is left as it is (the
+# services watch their certificates), a changed one replaced in one rename.
 give() {
     out=/out/$1 uid=$2
     shift 2
-    find "$out" -mindepth 1 -delete
+    names=" "
     for pair in "$@"; do
         name=${pair%%=*}
-        printf '%s' "${pair#*=}" > "$out/$name"
+        names="$names$name "
+        printf '%s' "${pair#*=}" > "$out/.$name.new"
+        if cmp -s "$out/.$name.new" "$out/$name"; then
+            rm "$out/.$name.new"
+        else
+            chown "$uid:$uid" "$out/.$name.new"
+            chmod 0400 "$out/.$name.new"
+            mv "$out/.$name.new" "$out/$name"
+        fi
     done
-    chown -R "$uid:$uid" "$out"
+    for file in "$out"/* "$out"/.[!.]*; do
+        [ -e "$file" ] || continue
+        case "$names" in *" ${file##*/} "*) ;; *) rm -rf "$file" ;; esac
+    done
+    chown "$uid:$uid" "$out"
     chmod 0500 "$out"
-    chmod 0400 "$out"/*
 }
 ca=$(cat "$state/ca.crt")
 give postgres 999 ca.crt="$ca" \
