@@ -19,6 +19,9 @@
 #   make fuzz       schemathesis against a stack started as `make run` starts it (its own
 #                   ports and data), every operation of /openapi.json, at most five minutes
 #   make k8s-check  validate docker-compose.yml, the kustomize overlays and the Helm chart offline
+#   make console-test  the operator console in a real browser (chromium, chromium-driver):
+#                   sign in, tenants, keys, config with schema, conflicts, rollback, live
+#                   status, CSRF and CSP; screenshots under target/console/
 #   make compose-check  build the image and run `docker compose up` for real: the README's
 #                   walk-through, scaling, a query replica killed, PostgreSQL cut off, the
 #                   user service restarted under writes, `down -v` (Docker engine needed)
@@ -28,7 +31,7 @@
 CARGO ?= cargo
 SERVICE_BINS := --bin borough-config --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
 
-.PHONY: run test lint deny machete build fmt clean-data wrk bench bench-smoke bench-client bench-config bench-resilience bench-hostile fuzz upgrade k8s-check compose-check
+.PHONY: run test lint deny machete build fmt clean-data wrk bench bench-smoke bench-client bench-config bench-resilience bench-hostile fuzz upgrade k8s-check compose-check console-test
 
 run:
 	$(CARGO) build $(SERVICE_BINS)
@@ -144,3 +147,7 @@ k8s-check:
 # from a user's build: no image can be pulled on CI machines).
 compose-check:
 	scripts/compose-check.sh
+
+# The console in a real browser, against a stack of its own (scripts/console-test.sh).
+console-test:
+	scripts/console-test.sh

@@ -160,6 +160,20 @@ impl HttpMetrics {
     pub fn observe(&self, labels: HttpLabels, seconds: f64) {
         self.0.observe(&labels, seconds);
     }
+
+    /// These two metrics alone in the text exposition (`http_requests_total`,
+    /// `http_request_duration_seconds_bucket`, without the registry's prefix and labels),
+    /// for a reader inside the process (the admin status).
+    pub fn encode(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register("http_requests", "", self.0.count.clone());
+        registry.register("http_request_duration_seconds", "", self.0.duration.clone());
+        let mut out = String::new();
+        if encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
 }
 
 /// Keeps a label's cardinality bounded: the first `max` distinct values are used as they

@@ -164,6 +164,24 @@ impl FromRequestParts<AppState> for Admin {
                 "the admin API is disabled: BOROUGH_ADMIN_TOKEN is not set",
             ));
         };
+        // The console's session cookie, when no bearer token is given (a change needs the
+        // session's CSRF token too).
+        if !parts.headers.contains_key(header::AUTHORIZATION)
+            && let Some(id) = crate::console::session::cookie(&parts.headers)
+        {
+            let Some(live) = state.console.check(id, Some(&expected)) else {
+                return Err(unauthorized("the console session has ended: sign in again"));
+            };
+            if crate::console::session::is_change(&parts.method)
+                && !crate::console::session::csrf_matches(&parts.headers, &live.csrf)
+            {
+                return Err(Unauthorized(Problem::new(
+                    ErrorKind::PermissionDenied,
+                    "the CSRF token is missing or wrong: reload the console",
+                )));
+            }
+            return Ok(Admin);
+        }
         let token = bearer(parts)?;
         let source = source(parts);
         if let Some(wait) = state.auth_failures.refused_for(source) {

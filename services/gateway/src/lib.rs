@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod auth_guard;
+pub mod console;
 pub mod extract;
 pub mod grpc;
 pub mod middleware;
@@ -139,6 +140,7 @@ pub fn app_state(
     hot: settings::Hot,
     metrics: &Metrics,
 ) -> AppState {
+    let http_metrics = borough_telemetry::metrics::HttpMetrics::register(metrics);
     AppState::new(state::Shared {
         users: UserServiceClient::new(backends.user.clone()),
         tenants: TenantAdminServiceClient::new(backends.user.clone()),
@@ -161,6 +163,15 @@ pub fn app_state(
         watches: watches::WatchSlots::new(settings.watches),
         import_report_limit: settings.import_report_limit,
         openapi: openapi::document(),
+        console: Arc::new(console::session::Sessions::new(settings.console)),
+        edge_tls: settings.edge_tls.is_some(),
+        backends: vec![
+            ("user", backends.user.clone()),
+            ("query", backends.query.clone()),
+            ("config", backends.config.clone()),
+        ],
+        http_metrics: http_metrics.clone(),
+        routes: Arc::new(console::status::RouteSampler::new(http_metrics)),
     })
 }
 
@@ -184,7 +195,7 @@ pub fn router(
 + Send
 + Sync
 + 'static {
-    let http_metrics = borough_telemetry::metrics::HttpMetrics::register(metrics);
+    let http_metrics = state.http_metrics.clone();
     state.limiter.register_metrics(metrics);
     state.watches.register_metrics(metrics);
     let guard = |scope| {
@@ -251,6 +262,16 @@ impl RouteTable {
         self
     }
 
+    /// Pages (the console), behind a guard of `scope`: not part of the API document.
+    fn pages(
+        mut self,
+        pages: Router<AppState>,
+        guard: middleware::AroundLayer<middleware::Guard>,
+    ) -> Self {
+        self.router = self.router.merge(pages.route_layer(guard));
+        self
+    }
+
     /// Every route of `group` behind one guard of `scope`.
     fn group(
         mut self,
@@ -302,6 +323,8 @@ pub fn route_table(
         .route("/api/v1/users:export", get(bulk::export))
         .route("/api/v1/users:import", post(bulk::import));
     let admin = RouteTable::new()
+        .route("/admin/v1/status", get(console::status::status))
+        .route("/admin/v1/status:watch", get(console::status::watch))
         .route("/admin/v1/config/status", get(config::status))
         .route(
             "/admin/v1/config/platform/{service}",
@@ -332,6 +355,21 @@ pub fn route_table(
         )
         .route("/admin/v1/tenants/{id}/api-keys", post(admin::issue_key))
         .route(
+            "/admin/v1/tenants/{id}/config/{name}",
+            get(config::admin_tenant_namespace).put(config::admin_tenant_put_namespace),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/config/{name}/{key}",
+            get(config::admin_tenant_get_key)
+                .put(config::admin_tenant_put_key)
+                .delete(config::admin_tenant_delete_key)
+                .post(config::admin_tenant_post_key),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/config/{name}/{key}/history",
+            get(config::admin_tenant_history),
+        )
+        .route(
             "/admin/v1/tenants/{id}/api-keys/{key_id}",
             delete(admin::revoke_key),
         );
@@ -346,6 +384,7 @@ pub fn route_table(
             }),
         )
         .group(admin, guard(GuardScope::Admin))
+        .pages(console::routes(), guard(GuardScope::Public))
 }
 
 /// Readiness follows the backends: ready while each of `user` and `query` has a healthy

@@ -45,6 +45,8 @@ pub struct Settings {
     pub auth: crate::auth_guard::AuthLimits,
     /// Bounds of config watches.
     pub watches: crate::watches::WatchLimits,
+    /// Bounds of console sessions.
+    pub console: crate::console::session::SessionSettings,
     /// [`Settings::IMPORT_REPORT_LIMIT`].
     pub import_report_limit: usize,
     /// Mutual TLS with the services.
@@ -207,6 +209,11 @@ impl Settings {
             .chain(crate::server::ConnectionLimits::VARS.iter().copied())
             .chain(crate::auth_guard::AuthLimits::VARS.iter().copied())
             .chain(crate::watches::WatchLimits::VARS.iter().copied())
+            .chain(
+                crate::console::session::SessionSettings::VARS
+                    .iter()
+                    .copied(),
+            )
             .chain(borough_tls::TlsSettings::VARS.iter().copied())
             .chain(borough_telemetry::vars())
             .collect()
@@ -297,6 +304,7 @@ impl Settings {
             connections: crate::server::ConnectionLimits::from_env(env)?,
             auth: crate::auth_guard::AuthLimits::from_env(env)?,
             watches: crate::watches::WatchLimits::from_env(env)?,
+            console: crate::console::session::SessionSettings::from_env(env)?,
             import_report_limit: env.parse_in(
                 &Self::IMPORT_REPORT_LIMIT,
                 1..=borough_proto::user::MAX_IMPORT_REJECTIONS,

@@ -62,6 +62,16 @@ pub struct Shared {
     pub import_report_limit: usize,
     /// The OpenAPI document served at `/openapi.json`.
     pub openapi: bytes::Bytes,
+    /// Console sessions.
+    pub console: Arc<crate::console::session::Sessions>,
+    /// Whether the gateway serves TLS itself (console cookies are then `Secure`).
+    pub edge_tls: bool,
+    /// The backends by name, for the admin status.
+    pub backends: Vec<(&'static str, Backend)>,
+    /// The request metrics of every route (registered once, with the state).
+    pub http_metrics: borough_telemetry::metrics::HttpMetrics,
+    /// The routes' traffic, read from `http_metrics` for the admin status.
+    pub routes: Arc<crate::console::status::RouteSampler>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -579,12 +579,16 @@ impl Tenants {
     pub async fn list(&self, req: &ListTenantsRequest) -> Result<ListTenantsResponse, TenantError> {
         let limit = page::page_size(req.page_size).map_err(TenantError::Invalid)?;
         let after = page::decode_token(&req.page_token).map_err(TenantError::Invalid)?;
+        let prefix = name_prefix_pattern(&req.name_prefix)?;
         let mut rows: Vec<TenantRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {TENANT_COLUMNS} FROM control.tenants
-              WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+              WHERE ($1::uuid IS NULL OR id > $1)
+                AND ($3 = '' OR lower(name) LIKE $3 ESCAPE '\\')
+              ORDER BY id LIMIT $2"
         )))
         .bind(after)
         .bind(limit + 1)
+        .bind(prefix)
         .fetch_all(&self.control)
         .await?;
         let more = rows.len() as i64 > limit;
@@ -692,4 +696,31 @@ impl TenantAdminService for Tenants {
             key_id: principal.key_id.to_string(),
         }))
     }
+}
+
+/// The `LIKE` pattern of a name prefix (lower case, `%`, `_` and `\` escaped); empty for
+/// none.
+fn name_prefix_pattern(prefix: &str) -> Result<String, TenantError> {
+    if prefix.chars().count() > 128 {
+        return Err(TenantError::Invalid(
+            "the name prefix is longer than 128 characters".to_owned(),
+        ));
+    }
+    if prefix.chars().any(char::is_control) {
+        return Err(TenantError::Invalid(
+            "the name prefix has control characters".to_owned(),
+        ));
+    }
+    if prefix.is_empty() {
+        return Ok(String::new());
+    }
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    Ok(pattern)
 }

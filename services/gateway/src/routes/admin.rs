@@ -248,11 +248,26 @@ pub async fn create_tenant(
     ))
 }
 
-/// `GET /admin/v1/tenants?limit=&cursor=`.
+/// `limit`, `cursor` and `q` of the tenant list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TenantListQuery {
+    /// Items per page: at least 1, default 20; more than 100 is taken as 100.
+    #[param(minimum = 1)]
+    pub limit: Option<i32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only tenants whose name starts with this, in any case (at most 128 characters).
+    #[param(max_length = 128)]
+    pub q: Option<String>,
+}
+
+/// `GET /admin/v1/tenants?limit=&cursor=&q=`.
 #[utoipa::path(get, path = "/admin/v1/tenants", operation_id = "listTenants", tag = "admin-tenants",
-    summary = "List tenants, a page at a time",
+    summary = "List tenants (or those whose name starts with `q`), a page at a time",
     security(("adminToken" = [])),
-    params(PageQuery),
+    params(TenantListQuery),
     responses(
         (status = 200, description = "A page of tenants", body = PageDto<TenantDto>),
         (status = 400, description = "A bad parameter", body = ProblemBody, content_type = "application/problem+json"),
@@ -261,12 +276,17 @@ pub async fn list_tenants(
     State(state): State<AppState>,
     _: Admin,
     deadline: Deadline,
-    ApiQuery(query): ApiQuery<PageQuery>,
+    ApiQuery(query): ApiQuery<TenantListQuery>,
 ) -> Result<Response, Problem> {
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    };
     let request = grpc::request(
         ListTenantsRequest {
-            page_size: query.page_size()?,
-            page_token: query.cursor.clone().unwrap_or_default(),
+            page_size: page.page_size()?,
+            page_token: page.cursor.unwrap_or_default(),
+            name_prefix: query.q.unwrap_or_default(),
         },
         None,
         deadline,

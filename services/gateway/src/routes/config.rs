@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use borough_error::{ErrorKind, Problem};
 use borough_proto::config::v1::watch_event::Event;
 use borough_proto::config::v1::{
-    Change, DeleteRequest, Entry, GetRequest, HistoryRequest, ListRequest, PutRequest,
-    RollbackRequest, SetSchemaRequest, StatusRequest, WatchRequest,
+    Change, DeleteRequest, Entry, GetRequest, GetSchemaRequest, HistoryRequest, ListRequest,
+    PutRequest, RollbackRequest, SetSchemaRequest, StatusRequest, WatchRequest,
 };
 use borough_proto::time::to_rfc3339;
 use borough_tenant::TenantContext;
@@ -50,6 +50,15 @@ impl Target {
         Target {
             namespace: format!("tenant/{}/{name}", tenant.tenant_id),
             actor: format!("tenant:{}", tenant.tenant_id),
+            tenant: Some(tenant),
+        }
+    }
+
+    /// A tenant's namespace, by the platform admin.
+    fn admin_tenant(tenant: TenantContext, name: &str) -> Target {
+        Target {
+            namespace: format!("tenant/{}/{name}", tenant.tenant_id),
+            actor: "admin".to_owned(),
             tenant: Some(tenant),
         }
     }
@@ -311,6 +320,30 @@ async fn watch_sse(
         .into_response())
 }
 
+/// `GET {ns}:schema`: the namespace's JSON Schema (`null`: none).
+async fn get_schema(
+    state: AppState,
+    target: Target,
+    deadline: Deadline,
+) -> Result<Response, Problem> {
+    let request = target.request(
+        GetSchemaRequest {
+            namespace: target.namespace.clone(),
+        },
+        deadline,
+    );
+    let reply = state.config.clone().get_schema(request).await?.into_inner();
+    let schema = match reply.schema_json.as_str() {
+        "" => Value::Null,
+        text => serde_json::from_str(text).unwrap_or(Value::Null),
+    };
+    Ok(with_headers(
+        StatusCode::OK,
+        HeaderMap::new(),
+        SchemaDto { schema },
+    ))
+}
+
 /// `PUT {ns}:schema` with the JSON Schema (`null` removes it).
 async fn schema(
     state: AppState,
@@ -532,7 +565,29 @@ pub async fn tenant_namespace(
     if watch {
         return tenant_watch(state, tenant, name, query, headers).await;
     }
+    let (name, schema) = split_action(name, ":schema");
+    if schema {
+        return tenant_get_schema(state, tenant, deadline, name).await;
+    }
     list_entries(state, Target::tenant(tenant, name), deadline, query).await
+}
+
+/// `GET /api/v1/config/{name}:schema`.
+#[utoipa::path(get, path = "/api/v1/config/{name}:schema", operation_id = "getConfigSchema", tag = "config",
+    summary = "The JSON Schema of a namespace (null: none)",
+    security(("apiKey" = [])),
+    params(("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    responses(
+        (status = 200, description = "The schema", body = SchemaDto),
+        (status = 400, description = "A bad namespace", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn tenant_get_schema(
+    state: AppState,
+    tenant: TenantContext,
+    deadline: Deadline,
+    name: &str,
+) -> Result<Response, Problem> {
+    get_schema(state, Target::tenant(tenant, name), deadline).await
 }
 
 /// `GET /api/v1/config/{name}:watch`: Server-Sent Events.
@@ -771,7 +826,28 @@ pub async fn platform_namespace(
     if watch {
         return platform_watch(state, service, query, headers).await;
     }
+    let (service, schema) = split_action(service, ":schema");
+    if schema {
+        return platform_get_schema(state, deadline, service).await;
+    }
     list_entries(state, Target::platform(service), deadline, query).await
+}
+
+/// `GET /admin/v1/config/platform/{service}:schema`.
+#[utoipa::path(get, path = "/admin/v1/config/platform/{service}:schema", operation_id = "getPlatformConfigSchema", tag = "admin-config",
+    summary = "The JSON Schema of a service's settings (null: none)",
+    security(("adminToken" = [])),
+    params(("service" = String, Path, description = "The service", pattern = "^[a-z][a-z0-9-]{0,62}$")),
+    responses(
+        (status = 200, description = "The schema", body = SchemaDto),
+        (status = 400, description = "A bad namespace", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn platform_get_schema(
+    state: AppState,
+    deadline: Deadline,
+    service: &str,
+) -> Result<Response, Problem> {
+    get_schema(state, Target::platform(service), deadline).await
 }
 
 /// `GET /admin/v1/config/platform/{service}:watch`.
@@ -970,8 +1046,250 @@ pub async fn platform_rollback(
     rollback(state, Target::platform(service), key, deadline, body).await
 }
 
+// A tenant's namespaces by the platform admin (admin token):
+// `/admin/v1/tenants/{id}/config/{name}…` is `tenant/{id}/{name}`, as the tenant reaches
+// it with its key; changes are recorded as the admin's.
+
+fn admin_tenant(id: &str, name: &str) -> Result<Target, Problem> {
+    let tenant = id.parse::<borough_tenant::TenantId>().map_err(|_| {
+        Problem::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{:?} is not a tenant id",
+                id.chars().take(80).collect::<String>()
+            ),
+        )
+    })?;
+    Ok(Target::admin_tenant(TenantContext::new(tenant), name))
+}
+
+/// `GET /admin/v1/tenants/{id}/config/{name}` or `…/{name}:schema`.
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/config/{name}", operation_id = "listTenantConfigAsAdmin", tag = "admin-config",
+    summary = "List a tenant's namespace, a page at a time",
+    security(("adminToken" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id"),
+        ("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"), NamespaceQuery),
+    responses(
+        (status = 200, description = "A page of entries", body = EntryPageDto),
+        (status = 400, description = "A bad tenant id, namespace or parameter", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn admin_tenant_namespace(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((id, name)): Path<(String, String)>,
+    ApiQuery(query): ApiQuery<NamespaceQuery>,
+) -> Result<Response, Problem> {
+    let (name, schema) = split_action(&name, ":schema");
+    if schema {
+        return admin_tenant_get_schema(state, deadline, &id, name).await;
+    }
+    list_entries(state, admin_tenant(&id, name)?, deadline, query).await
+}
+
+/// `GET /admin/v1/tenants/{id}/config/{name}:schema`.
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/config/{name}:schema", operation_id = "getTenantConfigSchemaAsAdmin", tag = "admin-config",
+    summary = "The JSON Schema of a tenant's namespace (null: none)",
+    security(("adminToken" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id"),
+        ("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    responses(
+        (status = 200, description = "The schema", body = SchemaDto),
+        (status = 400, description = "A bad tenant id or namespace", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn admin_tenant_get_schema(
+    state: AppState,
+    deadline: Deadline,
+    id: &str,
+    name: &str,
+) -> Result<Response, Problem> {
+    get_schema(state, admin_tenant(id, name)?, deadline).await
+}
+
+/// `PUT /admin/v1/tenants/{id}/config/{name}:schema` (the only PUT on a namespace).
+pub async fn admin_tenant_put_namespace(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((id, name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, Problem> {
+    match split_action(&name, ":schema") {
+        (name, true) => admin_tenant_schema(state, deadline, &id, name, body).await,
+        _ => Err(wrong_action("PUT on a namespace is for {name}:schema only")),
+    }
+}
+
+/// `PUT /admin/v1/tenants/{id}/config/{name}:schema`.
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/config/{name}:schema", operation_id = "setTenantConfigSchemaAsAdmin", tag = "admin-config",
+    summary = "Set (or, with null, remove) the JSON Schema of a tenant's namespace",
+    security(("adminToken" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id"),
+        ("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
+    request_body(content = Object, description = "A JSON Schema, or null"),
+    responses(
+        (status = 200, description = "The schema now in force", body = SchemaDto),
+        (status = 400, description = "Not a usable schema", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn admin_tenant_schema(
+    state: AppState,
+    deadline: Deadline,
+    id: &str,
+    name: &str,
+    schema_json: Value,
+) -> Result<Response, Problem> {
+    schema(state, admin_tenant(id, name)?, deadline, schema_json).await
+}
+
+/// `GET /admin/v1/tenants/{id}/config/{name}/{key}`.
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/config/{name}/{key}", operation_id = "getTenantConfigKeyAsAdmin", tag = "admin-config",
+    summary = "Read a key of a tenant's namespace",
+    security(("adminToken" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id"),
+        ("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
+        ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$")),
+    responses(
+        (status = 200, description = "The entry", body = EntryDto,
+            headers(("ETag" = String, description = "\"<revision>\""))),
+        (status = 400, description = "A bad tenant id, namespace or key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn admin_tenant_get_key(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((id, name, key)): Path<(String, String, String)>,
+) -> Result<Response, Problem> {
+    get_entry(state, admin_tenant(&id, &name)?, key, deadline).await
+}
+
+/// `PUT /admin/v1/tenants/{id}/config/{name}/{key}`.
+#[utoipa::path(put, path = "/admin/v1/tenants/{id}/config/{name}/{key}", operation_id = "putTenantConfigKeyAsAdmin", tag = "admin-config",
+    summary = "Set a key of a tenant's namespace",
+    security(("adminToken" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id"),
+        ("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
+        ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
+        ("If-Match" = Option<String>, Header, description = "The revision ETag expected"),
+        ("If-None-Match" = Option<String>, Header, description = "`*`: only if the key does not exist")),
+    request_body(content = Object, description = "Any JSON value, at most 64 KiB"),
+    responses(
+        (status = 200, description = "The entry", body = EntryDto,
+            headers(("ETag" = String, description = "\"<revision>\""))),
+        (status = 400, description = "A bad tenant id, namespace, key or value", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A concurrent change", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "The precondition failed", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The value breaks the namespace's schema", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn admin_tenant_put_key(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((id, name, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    ApiJson(value): ApiJson<Value>,
+) -> Result<Response, Problem> {
+    put_entry(
+        state,
+        admin_tenant(&id, &name)?,
+        key,
+        deadline,
+        headers,
+        value,
+    )
+    .await
+}
+
+/// `DELETE /admin/v1/tenants/{id}/config/{name}/{key}`.
+#[utoipa::path(delete, path = "/admin/v1/tenants/{id}/config/{name}/{key}", operation_id = "deleteTenantConfigKeyAsAdmin", tag = "admin-config",
+    summary = "Delete a key of a tenant's namespace",
+    security(("adminToken" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id"),
+        ("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
+        ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
+        ("If-Match" = Option<String>, Header, description = "The revision ETag expected")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A bad tenant id, namespace or key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "The precondition failed", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn admin_tenant_delete_key(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((id, name, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    delete_entry(state, admin_tenant(&id, &name)?, key, deadline, headers).await
+}
+
+/// `GET /admin/v1/tenants/{id}/config/{name}/{key}/history`.
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/config/{name}/{key}/history", operation_id = "tenantConfigKeyHistoryAsAdmin", tag = "admin-config",
+    summary = "A tenant's key's history, newest first, a page at a time",
+    security(("adminToken" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id"),
+        ("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
+        ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
+        HistoryQuery),
+    responses(
+        (status = 200, description = "A page of changes", body = ChangePageDto),
+        (status = 400, description = "A bad tenant id, namespace, key or parameter", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn admin_tenant_history(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((id, name, key)): Path<(String, String, String)>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Response, Problem> {
+    history(state, admin_tenant(&id, &name)?, key, deadline, query).await
+}
+
+/// `POST /admin/v1/tenants/{id}/config/{name}/{key}:rollback` (the only POST on a key).
+pub async fn admin_tenant_post_key(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path((id, name, key)): Path<(String, String, String)>,
+    ApiJson(body): ApiJson<RollbackBody>,
+) -> Result<Response, Problem> {
+    match split_action(&key, ":rollback") {
+        (key, true) => admin_tenant_rollback(state, deadline, &id, &name, key, body).await,
+        _ => Err(wrong_action(
+            "POST is for {key}:rollback only; PUT sets a value",
+        )),
+    }
+}
+
+/// `POST /admin/v1/tenants/{id}/config/{name}/{key}:rollback`.
+#[utoipa::path(post, path = "/admin/v1/tenants/{id}/config/{name}/{key}:rollback", operation_id = "rollbackTenantConfigKeyAsAdmin", tag = "admin-config",
+    summary = "Put back the value a tenant's key had at a revision",
+    security(("adminToken" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id"),
+        ("name" = String, Path, description = "The namespace", pattern = "^[A-Za-z0-9_.-]{1,64}$"),
+        ("key" = String, Path, description = "The key", pattern = "^[A-Za-z0-9_.-]{1,128}$")),
+    request_body = RollbackBody,
+    responses(
+        (status = 200, description = "The entry", body = EntryDto,
+            headers(("ETag" = String, description = "\"<revision>\""))),
+        (status = 400, description = "A bad key, or a revision that deleted it", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such revision", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The value breaks the schema now", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn admin_tenant_rollback(
+    state: AppState,
+    deadline: Deadline,
+    id: &str,
+    name: &str,
+    key: &str,
+    body: RollbackBody,
+) -> Result<Response, Problem> {
+    rollback(state, admin_tenant(id, name)?, key, deadline, body).await
+}
+
 /// One config client, as `GET /admin/v1/config/status` shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct InstanceDto {
     pub instance: String,
     pub service: String,
@@ -982,7 +1300,7 @@ pub struct InstanceDto {
 }
 
 /// The global revision and every config client seen in the last 10 minutes.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConfigStatusDto {
     pub revision: i64,
     pub instances: Vec<InstanceDto>,
@@ -999,13 +1317,26 @@ pub async fn status(
     _: Admin,
     deadline: Deadline,
 ) -> Result<Response, Problem> {
+    let body = config_status(&state, deadline).await?;
+    let mut response = with_headers(StatusCode::OK, HeaderMap::new(), body);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The config service's view of its clients.
+pub async fn config_status(
+    state: &AppState,
+    deadline: Deadline,
+) -> Result<ConfigStatusDto, tonic::Status> {
     let status = state
         .config
         .clone()
         .status(grpc::request(StatusRequest {}, None, deadline))
         .await?
         .into_inner();
-    let body = ConfigStatusDto {
+    Ok(ConfigStatusDto {
         revision: status.revision,
         instances: status
             .instances
@@ -1018,10 +1349,5 @@ pub async fn status(
                 last_seen: to_rfc3339(i.last_seen.as_ref()),
             })
             .collect(),
-    };
-    let mut response = with_headers(StatusCode::OK, HeaderMap::new(), body);
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    })
 }

@@ -514,3 +514,126 @@ async fn the_admin_token_rotates_hot_by_its_hash_in_the_platform_config() -> any
     assert_eq!(list(NEW_TOKEN).await?, 200);
     Ok(())
 }
+
+/// The admin reaches a tenant's namespace under `/admin/v1/tenants/{id}/config/{name}`:
+/// what it writes is what the tenant reads with its key (recorded as the admin's), the
+/// schema it sets is the tenant's, its history and rollback are the tenant's key's.
+#[tokio::test]
+async fn the_admin_reads_and_writes_a_tenants_namespace_as_the_tenant_sees_it() -> anyhow::Result<()>
+{
+    let stack = Stack::start().await?;
+    let (tenant, key) = stack.create_tenant("admin-cfg").await?;
+    let http = &stack.http;
+    let admin = |path: &str| stack.url(&format!("/admin/v1/tenants/{tenant}/config/app{path}"));
+
+    // No schema yet, then one; both read back with the tenant's key too.
+    let schema: Value = http
+        .get(admin(":schema"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(schema, json!({"schema": null}));
+    let strict = json!({"type": "object", "required": ["mode"]});
+    let response = http
+        .put(admin(":schema"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&strict)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let seen: Value = http
+        .get(stack.url("/api/v1/config/app:schema"))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(seen["schema"], strict);
+
+    // The schema holds for the admin too.
+    let refused = http
+        .put(admin("/theme"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"colour": 1}))
+        .send()
+        .await?;
+    assert_problem(refused, 422).await?;
+    let first: Value = http
+        .put(admin("/theme"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"mode": "dark"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(first["updated_by"], "admin");
+    let read: Value = http
+        .get(stack.url("/api/v1/config/app/theme"))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(read["value"], json!({"mode": "dark"}));
+
+    // The tenant changes it; the admin's stale CAS fails, its history shows both, its
+    // rollback restores the admin's value for the tenant.
+    let response = http
+        .put(stack.url("/api/v1/config/app/theme"))
+        .bearer_auth(&key)
+        .json(&json!({"mode": "light"}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let stale = http
+        .put(admin("/theme"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("if-match", format!("\"{}\"", first["revision"]))
+        .json(&json!({"mode": "dark"}))
+        .send()
+        .await?;
+    assert_problem(stale, 412).await?;
+    let history: Value = http
+        .get(admin("/theme/history"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let actors: Vec<&str> = history["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["actor"].as_str())
+        .collect();
+    assert_eq!(actors.len(), 2, "{history}");
+    assert_eq!(actors[1], "admin");
+    let rolled = http
+        .post(admin("/theme:rollback"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"revision": first["revision"]}))
+        .send()
+        .await?;
+    assert_eq!(rolled.status(), 200);
+    let read: Value = http
+        .get(stack.url("/api/v1/config/app/theme"))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(read["value"], json!({"mode": "dark"}));
+
+    // Not a tenant id: 400; without the admin token: 401.
+    let bad = http
+        .get(stack.url("/admin/v1/tenants/not-an-id/config/app"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?;
+    assert_problem(bad, 400).await?;
+    let anonymous = http.get(admin("")).bearer_auth(&key).send().await?;
+    assert_problem(anonymous, 401).await?;
+    Ok(())
+}

@@ -101,3 +101,93 @@ async fn known_traffic_shows_up_by_route_and_status_at_the_gateway_and_by_method
     assert!(lists >= 1.0, "{lists}");
     Ok(())
 }
+
+/// The admin status: the config service's clients, each backend's endpoints with health
+/// and circuit, and per route the rate, error shares and p99 between two snapshots; the
+/// watch sends the same as Server-Sent Events.
+#[tokio::test]
+async fn the_admin_status_shows_config_clients_backends_and_each_routes_traffic_since_the_last_look()
+-> anyhow::Result<()> {
+    use futures_util::StreamExt;
+
+    let stack = Stack::start().await?;
+    let status = || async {
+        let response = stack
+            .http
+            .get(stack.url("/admin/v1/status"))
+            .bearer_auth(crate::support::ADMIN_TOKEN)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 200, "{}", response.status());
+        Ok::<serde_json::Value, anyhow::Error>(response.json().await?)
+    };
+    status().await?; // the first look: totals only
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // a window of its own
+    for _ in 0..30 {
+        stack.http.get(stack.url("/hello")).send().await?;
+    }
+    let missing = stack.http.get(stack.url("/api/v1/users/x")).send().await?;
+    assert_eq!(missing.status(), 401);
+    let snapshot = status().await?;
+
+    let hello = snapshot["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["route"] == "/hello" && r["method"] == "GET")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        hello["requests_per_second"].as_f64().unwrap_or(0.0) > 0.0,
+        "{hello}"
+    );
+    assert_eq!(hello["error_ratio"], 0.0);
+    assert!(hello["p99_ms"].as_f64().is_some_and(|p| p > 0.0), "{hello}");
+    assert!(hello["requests_total"].as_u64().unwrap_or(0) >= 30);
+    let unauthorized = snapshot["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["route"] == "/api/v1/users/{id}")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(unauthorized["client_error_ratio"], 1.0, "{unauthorized}");
+
+    let backends: Vec<&str> = snapshot["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    assert_eq!(backends, ["user", "query", "config"]);
+    for backend in snapshot["backends"].as_array().into_iter().flatten() {
+        let endpoint = &backend["endpoints"][0];
+        assert_eq!(endpoint["healthy"], true, "{backend}");
+        assert_eq!(endpoint["breaker"], "closed", "{backend}");
+    }
+    assert!(snapshot["config_error"].is_null(), "{snapshot}");
+    assert!(snapshot["config"]["instances"].is_array());
+
+    // The watch: `status` events, two seconds apart.
+    let mut events = stack
+        .http
+        .get(stack.url("/admin/v1/status:watch"))
+        .bearer_auth(crate::support::ADMIN_TOKEN)
+        .send()
+        .await?
+        .bytes_stream();
+    let mut text = String::new();
+    let started = std::time::Instant::now();
+    while text.matches("event: status").count() < 2 {
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{text}"
+        );
+        match tokio::time::timeout(std::time::Duration::from_secs(5), events.next()).await {
+            Ok(Some(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk?)),
+            _ => anyhow::bail!("the watch went quiet: {text}"),
+        }
+    }
+    assert!(text.contains("\"backends\""), "{text}");
+    Ok(())
+}

@@ -570,3 +570,50 @@ async fn deleting_a_tenant_suspends_it_and_purging_removes_its_schema_or_databas
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn tenants_are_found_by_a_name_prefix_in_any_case_with_like_wildcards_taken_literally()
+-> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    for name in ["alpha-one", "alpha-two", "alphax", "beta"] {
+        stack.create_tenant(name).await?;
+    }
+    let names = |q: &'static str| {
+        let stack = &stack;
+        async move {
+            let response = stack
+                .http
+                .get(stack.url(&format!("/admin/v1/tenants?limit=100&q={q}")))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await?;
+            anyhow::ensure!(response.status() == 200, "{q}: {}", response.status());
+            let page: Value = response.json().await?;
+            let mut names: Vec<String> = page["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                .collect();
+            names.sort();
+            Ok::<_, anyhow::Error>(names)
+        }
+    };
+    assert_eq!(names("ALPHA").await?, ["alpha-one", "alpha-two", "alphax"]);
+    assert_eq!(names("alpha-").await?, ["alpha-one", "alpha-two"]);
+    // `_` is a character, not LIKE's any-one (no name has one); `%` (sent as %25) finds
+    // nothing either.
+    assert!(names("alpha_").await?.is_empty());
+    assert!(names("%25").await?.is_empty());
+    assert_eq!(names("").await?.len(), 4, "every tenant");
+    for bad in ["a%07b".to_owned(), "x".repeat(129)] {
+        let response = stack
+            .http
+            .get(stack.url(&format!("/admin/v1/tenants?q={bad}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?;
+        assert_problem(response, 400).await?;
+    }
+    Ok(())
+}

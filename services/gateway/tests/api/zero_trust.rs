@@ -119,7 +119,7 @@ async fn a_certificate_from_another_ca_is_refused_even_naming_the_gateway() -> R
         TenantAdminServiceClient::new(channel_with(&stack.user().grpc_url(0), &forged, "user")?)
             .list_tenants(ListTenantsRequest {
                 page_size: 10,
-                page_token: String::new(),
+                ..Default::default()
             })
             .await;
     ensure!(refused.is_err(), "a foreign certificate was accepted");
@@ -195,7 +195,7 @@ async fn only_the_gateway_administers_tenants_acts_for_them_or_writes_platform_c
     let user = stack.create_user(&key, "Ada", "ada@example.com").await?;
     let list = || ListTenantsRequest {
         page_size: 10,
-        page_token: String::new(),
+        ..Default::default()
     };
 
     // The query service's own certificate, against the user service.

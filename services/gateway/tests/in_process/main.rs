@@ -3,6 +3,7 @@
 //! tested here (the OpenAPI contract, 404, 405, 413, 415, problem bodies, CORS,
 //! compression, request ids); what needs the services is in `tests/api`.
 
+mod console;
 mod contract;
 mod edge;
 
