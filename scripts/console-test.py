@@ -242,6 +242,12 @@ def run(d, c):
     assert len(rows) >= 3, len(rows)
     rows[0].find_element(By.XPATH, ".//button[normalize-space()='Diff']").click()
     c.visible("pre.diff .add")
+    # Any two revisions: the first accepted value against the newest.
+    oldest = rows[-1].find_element(By.TAG_NAME, "td").text
+    Select(c.field("From revision")).select_by_value(oldest)
+    c.button("Compare").click()
+    c.text_appears("pre.diff", '"accent": "#123abc"')
+    assert any("dark" in e.text for e in d.find_elements(By.CSS_SELECTOR, "pre.diff .add, pre.diff .same"))
     first = rows[-1]
     first_revision = first.find_element(By.TAG_NAME, "td").text
     first.find_element(By.XPATH, ".//button[normalize-space()='Roll back to this']").click()

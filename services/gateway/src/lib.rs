@@ -171,7 +171,7 @@ pub fn app_state(
             ("config", backends.config.clone()),
         ],
         http_metrics: http_metrics.clone(),
-        routes: Arc::new(console::status::RouteSampler::new(http_metrics)),
+        routes: Arc::new(console::sampler::RouteSampler::new(http_metrics)),
     })
 }
 

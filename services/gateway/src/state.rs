@@ -71,7 +71,7 @@ pub struct Shared {
     /// The request metrics of every route (registered once, with the state).
     pub http_metrics: borough_telemetry::metrics::HttpMetrics,
     /// The routes' traffic, read from `http_metrics` for the admin status.
-    pub routes: Arc<crate::console::status::RouteSampler>,
+    pub routes: Arc<crate::console::sampler::RouteSampler>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

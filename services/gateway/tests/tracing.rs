@@ -216,7 +216,21 @@ async fn one_rest_call_is_one_trace_from_the_gateway_through_grpc_to_sql_continu
             s.attribute("db.query.text")
                 .is_some_and(|q| q.contains(".create_user($1"))
         });
-        if has_sql && spans.iter().any(|s| s.service == "borough-gateway") {
+        // Every span checked below, each of which may come in a later batch than the
+        // others (the gateway's server span ends last).
+        let gateway_server = spans
+            .iter()
+            .any(|s| s.service == "borough-gateway" && s.kind == SERVER);
+        let create_user = |service: &str, kind| {
+            spans.iter().any(|s| {
+                s.service == service
+                    && s.kind == kind
+                    && s.name == "borough.user.v1.UserService/CreateUser"
+            })
+        };
+        let gateway_call = create_user("borough-gateway", CLIENT);
+        let user_server = create_user("borough-user", SERVER);
+        if has_sql && gateway_server && gateway_call && user_server {
             break spans;
         }
         anyhow::ensure!(

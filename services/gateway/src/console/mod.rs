@@ -10,6 +10,7 @@
 //! DENY`, `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer` and
 //! `Cache-Control: no-store`.
 
+pub mod sampler;
 pub mod session;
 pub mod status;
 

@@ -545,7 +545,20 @@ async function namespacePage(view, target, selectedKey) {
               }
             }, "Roll back to this"))));
       }
-      history.append(el("table", {}, el("thead", {}, el("tr", {}, ["Revision", "Change", "By", "At", ""].map((h) => el("th", { scope: "col" }, h)))), rows), diff);
+      // Any two revisions side by side: the value each left the key with.
+      const valueAt = new Map(data.items.map((c) => [String(c.revision), c.new_value]));
+      const options = () => data.items.map((c) => el("option", { value: c.revision }, `${c.revision} (${c.op})`));
+      const from = el("select", {}, options()), to = el("select", {}, options());
+      if (data.items.length > 1) from.value = String(data.items[1].revision);
+      const compare = el("form", {
+        class: "row compare", onsubmit: (event) => {
+          event.preventDefault();
+          diff.replaceChildren(el("h3", {}, `Revision ${from.value} → revision ${to.value}`),
+            diffView(valueAt.get(from.value), valueAt.get(to.value)));
+        }
+      }, field("From revision", from), field("To revision", to), el("button", { type: "submit" }, "Compare"));
+      history.append(el("table", {}, el("thead", {}, el("tr", {}, ["Revision", "Change", "By", "At", ""].map((h) => el("th", { scope: "col" }, h)))), rows),
+        compare, diff);
     } catch (e) { history.append(el("p", { class: "error" }, e.message)); }
   }
 
