@@ -318,25 +318,31 @@ impl UserCache {
         lost.follows(tenant)
     }
 
-    /// Changes `what` is lost (the default database's feed, or a tenant's own): its
-    /// fresh copies go now, and none are kept until [`UserCache::follow`].
+    /// Applies `change` to what is lost, then keeps the fast path's flag and the gauge
+    /// true to it; returns the tenants with a feed of their own.
+    fn change_following(&self, change: impl FnOnce(&mut Lost)) -> HashSet<TenantId> {
+        let mut lost = self
+            .following
+            .lost
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        change(&mut lost);
+        self.following
+            .any_lost
+            .store(lost.count() > 0, Ordering::Release);
+        self.metrics.unfollowed.set(lost.count() as i64);
+        lost.own.clone()
+    }
+
+    /// The changes of `source` (the default database's feed, or a tenant's own) are lost:
+    /// its fresh copies go now, and none are kept until [`UserCache::follow`].
     pub fn unfollow(&self, source: Option<TenantId>) {
-        let own = {
-            let mut lost = self
-                .following
-                .lost
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
-            match source {
-                None => lost.default = true,
-                Some(tenant) => {
-                    lost.tenants.insert(tenant);
-                }
+        let own = self.change_following(|lost| match source {
+            None => lost.default = true,
+            Some(tenant) => {
+                lost.tenants.insert(tenant);
             }
-            self.following.any_lost.store(true, Ordering::Release);
-            self.metrics.unfollowed.set(lost.count() as i64);
-            lost.own.clone()
-        };
+        });
         if let Some(fresh) = &self.fresh {
             // Only fails when closures are not enabled, which `bounded` does.
             let _ = match source {
@@ -348,36 +354,20 @@ impl UserCache {
 
     /// The feed of `source` is followed again (and caught up).
     pub fn follow(&self, source: Option<TenantId>) {
-        let mut lost = self
-            .following
-            .lost
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        match source {
+        self.change_following(|lost| match source {
             None => lost.default = false,
             Some(tenant) => {
                 lost.tenants.remove(&tenant);
             }
-        }
-        self.following
-            .any_lost
-            .store(lost.count() > 0, Ordering::Release);
-        self.metrics.unfollowed.set(lost.count() as i64);
+        });
     }
 
     /// The tenants with a database (and a feed) of their own, as the feed follows them.
     pub fn set_own_databases(&self, tenants: HashSet<TenantId>) {
-        let mut lost = self
-            .following
-            .lost
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        lost.tenants.retain(|t| tenants.contains(t));
-        lost.own = tenants;
-        self.following
-            .any_lost
-            .store(lost.count() > 0, Ordering::Release);
-        self.metrics.unfollowed.set(lost.count() as i64);
+        self.change_following(|lost| {
+            lost.tenants.retain(|t| tenants.contains(t));
+            lost.own = tenants;
+        });
     }
 
     /// Sets the fresh TTL of entries cached from now on.
