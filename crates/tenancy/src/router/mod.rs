@@ -60,7 +60,7 @@ struct Inner {
     caps: Mutex<HashMap<TenantId, Arc<Semaphore>>>,
     /// Databases (`None`: the default one) that recently could not be reached, and until when
     /// callers fail fast.
-    unreachable: Mutex<HashMap<Option<TenantId>, Instant>>,
+    unreachable: Mutex<HashMap<Option<TenantId>, Down>>,
     metrics: RouterMetrics,
     databases: watch::Sender<OpenDatabases>,
 }
@@ -72,6 +72,18 @@ pub type OpenDatabases = Arc<HashMap<TenantId, Arc<PgConnectOptions>>>;
 
 /// How long callers fail fast after a database could not be reached.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
+
+/// While a database is marked unreachable, one call in this long goes through to try it
+/// (and clears the mark when it gets a connection), so that callers see it back within
+/// this long of its return, not only when the mark runs out.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// A database marked unreachable.
+#[derive(Debug, Clone, Copy)]
+struct Down {
+    until: Instant,
+    next_probe: Instant,
+}
 
 /// Routes a tenant to the pool holding its data. Cheap to clone.
 #[derive(Clone)]
@@ -212,7 +224,10 @@ impl PoolRouter {
         }
         .await;
         match begun {
-            Ok(tx) => Ok(tx),
+            Ok(tx) => {
+                self.note_reached(db);
+                Ok(tx)
+            }
             Err(e) => {
                 self.note_failure(db, pool, &e);
                 Err(e.into())
@@ -260,10 +275,16 @@ impl PoolRouter {
             Ok::<_, sqlx::Error>(rows)
         }
         .await;
-        rows.map_err(|e| {
-            self.note_failure(db, pool, &e);
-            e.into()
-        })
+        match rows {
+            Ok(rows) => {
+                self.note_reached(db);
+                Ok(rows)
+            }
+            Err(e) => {
+                self.note_failure(db, pool, &e);
+                Err(e.into())
+            }
+        }
     }
 
     /// One statement for the tenant, in one round trip: `SELECT * FROM
@@ -310,21 +331,45 @@ impl PoolRouter {
             },
             None => fetch.await,
         };
-        row.map_err(|e| {
-            self.note_failure(db, pool, &e);
-            e.into()
-        })
+        match row {
+            Ok(row) => {
+                self.note_reached(db);
+                Ok(row)
+            }
+            Err(e) => {
+                self.note_failure(db, pool, &e);
+                Err(e.into())
+            }
+        }
     }
 
     /// Fails fast while a database recently could not be reached, instead of making every
-    /// caller wait out the pool's acquire timeout.
+    /// caller wait out the pool's acquire timeout; but lets one call in [`PROBE_EVERY`]
+    /// through to try it.
     fn check_reachable(&self, db: Option<TenantId>) -> Result<(), RouteError> {
-        let down = lock(&self.inner.unreachable).get(&db).copied();
-        match down {
-            Some(until) if Instant::now() < until => Err(RouteError::Unreachable {
-                retry_after: Duration::from_secs(1),
-            }),
-            _ => Ok(()),
+        let mut unreachable = lock(&self.inner.unreachable);
+        let Some(down) = unreachable.get_mut(&db) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now >= down.until {
+            unreachable.remove(&db);
+            return Ok(());
+        }
+        if now >= down.next_probe {
+            down.next_probe = now + PROBE_EVERY;
+            return Ok(()); // This call tries it.
+        }
+        Err(RouteError::Unreachable {
+            retry_after: Duration::from_secs(1),
+        })
+    }
+
+    /// A call got a connection to `db` (and an answer): it is reachable again.
+    fn note_reached(&self, db: Option<TenantId>) {
+        let mut unreachable = lock(&self.inner.unreachable);
+        if !unreachable.is_empty() && unreachable.remove(&db).is_some() {
+            tracing::info!(database = ?db.map(|t| t.to_string()), "database reachable again");
         }
     }
 
@@ -341,7 +386,14 @@ impl PoolRouter {
         };
         if unreachable {
             tracing::warn!(database = ?db.map(|t| t.to_string()), "database unreachable: failing fast for a moment");
-            lock(&self.inner.unreachable).insert(db, Instant::now() + UNREACHABLE_FOR);
+            let now = Instant::now();
+            lock(&self.inner.unreachable).insert(
+                db,
+                Down {
+                    until: now + UNREACHABLE_FOR,
+                    next_probe: now + PROBE_EVERY,
+                },
+            );
         }
     }
 
