@@ -314,6 +314,7 @@ def run(d, c):
     # ---- purge, with the name typed ---------------------------------------------------------
     d.get(f"{GATEWAY}/console#/tenants/{tenant_id}")
     c.text_appears("#view h1", name)
+    c.text_appears("#view ul.namespaces", "app — 1 key, with a schema")
     purge = c.button("Suspend tenant")  # present; suspending is part of purging
     confirm_box = c.field(f"Type the tenant's name ({name}) to purge it: data, configuration, record")
     purge_button = d.find_element(By.XPATH, "//button[normalize-space()='Purge tenant']")

@@ -18,9 +18,10 @@ use borough_config_client::{Env, ServerSettings, SettingsError, Var};
 use borough_proto::config::v1::config_service_server::{ConfigService, ConfigServiceServer};
 use borough_proto::config::v1::{
     DeleteRequest, DeleteResponse, Entry, GetRequest, GetSchemaRequest, HistoryRequest,
-    HistoryResponse, InstanceStatus, ListRequest, ListResponse, PurgeTenantRequest,
-    PurgeTenantResponse, PutRequest, ReportAppliedRequest, ReportAppliedResponse, RollbackRequest,
-    SetSchemaRequest, SetSchemaResponse, StatusRequest, StatusResponse, WatchEvent, WatchRequest,
+    HistoryResponse, InstanceStatus, ListNamespacesRequest, ListNamespacesResponse, ListRequest,
+    ListResponse, PurgeTenantRequest, PurgeTenantResponse, PutRequest, ReportAppliedRequest,
+    ReportAppliedResponse, RollbackRequest, SetSchemaRequest, SetSchemaResponse, StatusRequest,
+    StatusResponse, WatchEvent, WatchRequest,
 };
 use borough_proto::time::to_timestamp;
 use borough_telemetry::Metrics;
@@ -208,6 +209,44 @@ impl ConfigService for Config {
             entries: page.entries,
             revision: page.revision,
             next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn list_namespaces(
+        &self,
+        request: Request<ListNamespacesRequest>,
+    ) -> Result<Response<ListNamespacesResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let req = request.get_ref();
+        let tenant = match req.tenant_id.as_str() {
+            "" => None,
+            id => Some(uuid::Uuid::parse_str(id).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "{:?} is not a tenant id",
+                    id.chars().take(80).collect::<String>()
+                ))
+            })?),
+        };
+        // A tenant lists its own; a service its own namespace only (never a listing); the
+        // gateway as platform admin, any.
+        let allowed = match (&caller.tenant, &caller.own_namespace, tenant) {
+            (Some(own), _, Some(asked)) => own.tenant_id.as_uuid() == &asked,
+            (Some(_), _, None) => false,
+            (None, Some(_), _) => false,
+            (None, None, _) => true,
+        };
+        if !allowed {
+            return Err(Status::permission_denied(
+                "these namespaces are not this caller's to list",
+            ));
+        }
+        let (namespaces, next_page_token) = self
+            .store
+            .namespaces(tenant, req.page_size, &req.page_token)
+            .await?;
+        Ok(Response::new(ListNamespacesResponse {
+            namespaces,
+            next_page_token,
         }))
     }
 

@@ -23,7 +23,7 @@ use borough_config_client::{Env, SettingsError, Var};
 use std::sync::Arc;
 
 use borough_error::{ErrorKind, ServiceError};
-use borough_proto::config::v1::{Change, Entry};
+use borough_proto::config::v1::{Change, Entry, NamespaceInfo};
 use borough_proto::time::to_timestamp;
 use borough_tenancy::db;
 use borough_tenant::TenantId;
@@ -383,6 +383,15 @@ fn page_size(requested: i32, (default, max): (i64, i64)) -> Result<i64, ConfigEr
     }
 }
 
+/// A namespace's usage, as listed.
+#[derive(sqlx::FromRow)]
+struct NamespaceRow {
+    namespace: String,
+    keys: i64,
+    value_bytes: i64,
+    has_schema: bool,
+}
+
 #[derive(sqlx::FromRow)]
 struct EntryRow {
     namespace: String,
@@ -574,6 +583,48 @@ impl Store {
             revision,
             next_page_token,
         })
+    }
+
+    /// A page of the namespaces of `tenant` (or the platform's, `None`) holding a key or
+    /// a schema, by name.
+    pub async fn namespaces(
+        &self,
+        tenant: Option<uuid::Uuid>,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<NamespaceInfo>, String), ConfigError> {
+        let limit = page_size_checked(page_size, LIST_PAGE)?;
+        let after = parse_key_token(page_token)?;
+        let rows: Vec<NamespaceRow> = sqlx::query_as(
+            "SELECT namespace, keys, value_bytes, schema_bytes > 0 AS has_schema
+               FROM config.namespaces
+              WHERE (CASE WHEN $1::uuid IS NULL THEN tenant_id IS NULL AND starts_with(namespace, 'platform/')
+                          ELSE tenant_id = $1 END)
+                AND (keys > 0 OR schema_bytes > 0)
+                AND ($2::text IS NULL OR namespace > $2)
+              ORDER BY namespace LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(after)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() as i64 > limit;
+        let namespaces: Vec<NamespaceInfo> = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(|r| NamespaceInfo {
+                namespace: r.namespace,
+                keys: r.keys,
+                value_bytes: r.value_bytes,
+                has_schema: r.has_schema,
+            })
+            .collect();
+        let next_page_token = match namespaces.last() {
+            Some(last) if more => key_token(&last.namespace),
+            _ => String::new(),
+        };
+        Ok((namespaces, next_page_token))
     }
 
     /// A page of one key's changes, newest first.

@@ -415,6 +415,34 @@ async fn a_tenant_reaches_only_its_own_namespaces() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(theirs.value_json, "\"light\"");
+
+    // Listing: its own namespaces only; another tenant's or the platform's are refused.
+    let list = |tenant: &TenantId| borough_proto::config::v1::ListNamespacesRequest {
+        tenant_id: tenant.to_string(),
+        ..Default::default()
+    };
+    let mine = client
+        .list_namespaces(as_tenant(a, list(&a)))
+        .await?
+        .into_inner();
+    let names: Vec<&str> = mine
+        .namespaces
+        .iter()
+        .map(|n| n.namespace.as_str())
+        .collect();
+    assert_eq!(names, [own.as_str()]);
+    assert_eq!(mine.namespaces[0].keys, 1);
+    for asked in [list(&b), Default::default()] {
+        let err = client
+            .list_namespaces(as_tenant(a, asked))
+            .await
+            .expect_err("a foreign listing");
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+    // The platform lists any tenant's.
+    let theirs = client.list_namespaces(list(&b)).await?.into_inner();
+    assert_eq!(theirs.namespaces.len(), 1);
+    assert_eq!(theirs.namespaces[0].namespace, other);
     service.stop().await?;
     Ok(())
 }

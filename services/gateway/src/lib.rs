@@ -303,6 +303,7 @@ pub fn route_table(
             get(users::get).patch(users::update).delete(users::delete),
         )
         .route("/api/v1/users:batchGet", post(bulk::batch_get))
+        .route("/api/v1/config", get(config::tenant_namespaces))
         .route(
             "/api/v1/config/{name}",
             get(config::tenant_namespace).put(config::tenant_put_namespace),
@@ -354,6 +355,10 @@ pub fn route_table(
             get(admin::get_limits).put(admin::put_limits),
         )
         .route("/admin/v1/tenants/{id}/api-keys", post(admin::issue_key))
+        .route(
+            "/admin/v1/tenants/{id}/config",
+            get(config::admin_tenant_namespaces),
+        )
         .route(
             "/admin/v1/tenants/{id}/config/{name}",
             get(config::admin_tenant_namespace).put(config::admin_tenant_put_namespace),

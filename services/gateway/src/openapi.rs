@@ -55,6 +55,8 @@ use crate::routes;
         routes::config::platform_history,
         routes::config::platform_rollback,
         routes::config::admin_tenant_namespace,
+        routes::config::admin_tenant_namespaces,
+        routes::config::tenant_namespaces,
         routes::config::admin_tenant_get_schema,
         routes::config::admin_tenant_schema,
         routes::config::admin_tenant_get_key,

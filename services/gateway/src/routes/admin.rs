@@ -496,11 +496,14 @@ pub struct LimitsDto {
     pub source: &'static str,
 }
 
-fn tenant_id(raw: &str) -> Result<borough_tenant::TenantId, Problem> {
+pub(crate) fn tenant_id(raw: &str) -> Result<borough_tenant::TenantId, Problem> {
     raw.parse().map_err(|_| {
         Problem::new(
             ErrorKind::InvalidArgument,
-            format!("{raw:?} is not a tenant id"),
+            format!(
+                "{:?} is not a tenant id",
+                raw.chars().take(80).collect::<String>()
+            ),
         )
     })
 }

@@ -20,8 +20,9 @@ use axum::response::{IntoResponse, Response};
 use borough_error::{ErrorKind, Problem};
 use borough_proto::config::v1::watch_event::Event;
 use borough_proto::config::v1::{
-    Change, DeleteRequest, Entry, GetRequest, GetSchemaRequest, HistoryRequest, ListRequest,
-    PutRequest, RollbackRequest, SetSchemaRequest, StatusRequest, WatchRequest,
+    Change, DeleteRequest, Entry, GetRequest, GetSchemaRequest, HistoryRequest,
+    ListNamespacesRequest, ListRequest, PutRequest, RollbackRequest, SetSchemaRequest,
+    StatusRequest, WatchRequest,
 };
 use borough_proto::time::to_rfc3339;
 use borough_tenant::TenantContext;
@@ -209,6 +210,24 @@ pub struct EntryPageDto {
 pub struct ChangePageDto {
     pub items: Vec<ChangeDto>,
     /// `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One of a tenant's namespaces.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NamespaceDto {
+    /// The name a tenant uses (`app`), without `tenant/<id>/`.
+    pub name: String,
+    pub keys: i64,
+    pub value_bytes: i64,
+    /// Whether it has a JSON Schema.
+    pub schema: bool,
+}
+
+/// A page of a tenant's namespaces, by name.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NamespacePageDto {
+    pub items: Vec<NamespaceDto>,
     pub next_cursor: Option<String>,
 }
 
@@ -588,6 +607,97 @@ pub async fn tenant_get_schema(
     name: &str,
 ) -> Result<Response, Problem> {
     get_schema(state, Target::tenant(tenant, name), deadline).await
+}
+
+/// A page of `tenant`'s namespaces, asked by the tenant or (`admin`) the platform admin.
+async fn namespaces(
+    state: AppState,
+    tenant: TenantContext,
+    admin: bool,
+    deadline: Deadline,
+    query: super::PageQuery,
+) -> Result<Response, Problem> {
+    let target = match admin {
+        true => Target::admin_tenant(tenant, ""),
+        false => Target::tenant(tenant, ""),
+    };
+    let request = target.request(
+        ListNamespacesRequest {
+            tenant_id: tenant.tenant_id.to_string(),
+            page_size: query.page_size()?,
+            page_token: query.cursor.clone().unwrap_or_default(),
+        },
+        deadline,
+    );
+    let page = state
+        .config
+        .clone()
+        .list_namespaces(request)
+        .await?
+        .into_inner();
+    let prefix = format!("tenant/{}/", tenant.tenant_id);
+    let body = NamespacePageDto {
+        items: page
+            .namespaces
+            .into_iter()
+            .map(|n| NamespaceDto {
+                name: n
+                    .namespace
+                    .strip_prefix(&prefix)
+                    .unwrap_or(&n.namespace)
+                    .to_owned(),
+                keys: n.keys,
+                value_bytes: n.value_bytes,
+                schema: n.has_schema,
+            })
+            .collect(),
+        next_cursor: Some(page.next_page_token).filter(|t| !t.is_empty()),
+    };
+    Ok(with_headers(StatusCode::OK, HeaderMap::new(), body))
+}
+
+/// `GET /api/v1/config`: the tenant's namespaces.
+#[utoipa::path(get, path = "/api/v1/config", operation_id = "listConfigNamespaces", tag = "config",
+    summary = "The tenant's namespaces (those with a key or a schema), a page at a time",
+    security(("apiKey" = [])),
+    params(super::PageQuery),
+    responses(
+        (status = 200, description = "A page of namespaces", body = NamespacePageDto),
+        (status = 400, description = "A bad parameter", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn tenant_namespaces(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    deadline: Deadline,
+    ApiQuery(query): ApiQuery<super::PageQuery>,
+) -> Result<Response, Problem> {
+    namespaces(state, tenant, false, deadline, query).await
+}
+
+/// `GET /admin/v1/tenants/{id}/config`: a tenant's namespaces.
+#[utoipa::path(get, path = "/admin/v1/tenants/{id}/config", operation_id = "listTenantConfigNamespacesAsAdmin", tag = "admin-config",
+    summary = "A tenant's namespaces (those with a key or a schema), a page at a time",
+    security(("adminToken" = [])),
+    params(("id" = uuid::Uuid, Path, description = "The tenant's id"), super::PageQuery),
+    responses(
+        (status = 200, description = "A page of namespaces", body = NamespacePageDto),
+        (status = 400, description = "A bad tenant id or parameter", body = ProblemBody, content_type = "application/problem+json"),
+    ))]
+pub async fn admin_tenant_namespaces(
+    State(state): State<AppState>,
+    _: Admin,
+    deadline: Deadline,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<super::PageQuery>,
+) -> Result<Response, Problem> {
+    namespaces(
+        state,
+        TenantContext::new(super::admin::tenant_id(&id)?),
+        true,
+        deadline,
+        query,
+    )
+    .await
 }
 
 /// `GET /api/v1/config/{name}:watch`: Server-Sent Events.
@@ -1051,16 +1161,10 @@ pub async fn platform_rollback(
 // it with its key; changes are recorded as the admin's.
 
 fn admin_tenant(id: &str, name: &str) -> Result<Target, Problem> {
-    let tenant = id.parse::<borough_tenant::TenantId>().map_err(|_| {
-        Problem::new(
-            ErrorKind::InvalidArgument,
-            format!(
-                "{:?} is not a tenant id",
-                id.chars().take(80).collect::<String>()
-            ),
-        )
-    })?;
-    Ok(Target::admin_tenant(TenantContext::new(tenant), name))
+    Ok(Target::admin_tenant(
+        TenantContext::new(super::admin::tenant_id(id)?),
+        name,
+    ))
 }
 
 /// `GET /admin/v1/tenants/{id}/config/{name}` or `…/{name}:schema`.

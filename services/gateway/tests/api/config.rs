@@ -626,6 +626,36 @@ async fn the_admin_reads_and_writes_a_tenants_namespace_as_the_tenant_sees_it() 
         .await?;
     assert_eq!(read["value"], json!({"mode": "dark"}));
 
+    // Its namespaces, as the admin and the tenant list them; another tenant sees none.
+    let listed: Value = http
+        .get(stack.url(&format!("/admin/v1/tenants/{tenant}/config")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        listed["items"],
+        json!([{"name": "app", "keys": 1, "value_bytes": listed["items"][0]["value_bytes"], "schema": true}])
+    );
+    let own: Value = http
+        .get(stack.url("/api/v1/config"))
+        .bearer_auth(&key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(own["items"], listed["items"]);
+    let (_, other) = stack.create_tenant("admin-cfg-other").await?;
+    let theirs: Value = http
+        .get(stack.url("/api/v1/config"))
+        .bearer_auth(&other)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(theirs["items"], json!([]));
+
     // Not a tenant id: 400; without the admin token: 401.
     let bad = http
         .get(stack.url("/admin/v1/tenants/not-an-id/config/app"))

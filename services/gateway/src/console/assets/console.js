@@ -328,15 +328,32 @@ async function tenantPage(view, id) {
   }, el("h2", {}, "Rate limit"), limitState, field("Requests per second", rps), field("Burst", burst), limitError,
     el("button", { type: "submit" }, "Save limit")));
 
-  // Configuration
+  // Configuration: the namespaces it has, or a new one by name.
+  const namespaces = el("ul", { class: "namespaces" });
+  const nsError = errorBox();
   const ns = el("input", { pattern: "[A-Za-z0-9_.\\-]{1,64}", required: true, placeholder: "app" });
-  view.append(el("form", {
-    class: "card", onsubmit: (event) => {
-      event.preventDefault();
-      location.hash = `#/config/tenant/${enc(id)}/${enc(ns.value)}`;
-    }
-  }, el("h2", {}, "Configuration"), field("Namespace", ns, "Letters, digits, _ . - (1 to 64)."),
-    el("button", { type: "submit" }, "Open namespace")));
+  view.append(el("section", { class: "card" }, el("h2", {}, "Configuration"), nsError, namespaces,
+    el("form", {
+      onsubmit: (event) => {
+        event.preventDefault();
+        location.hash = `#/config/tenant/${enc(id)}/${enc(ns.value)}`;
+      }
+    }, field("Namespace", ns, "An existing one, or a new name: letters, digits, _ . - (1 to 64)."),
+      el("button", { type: "submit" }, "Open namespace"))));
+  try {
+    let cursor = null;
+    do {
+      const params = new URLSearchParams({ limit: "100" });
+      if (cursor) params.set("cursor", cursor);
+      const { data } = await api("GET", `/admin/v1/tenants/${enc(id)}/config?${params}`);
+      for (const n of data.items) {
+        namespaces.append(el("li", {}, el("a", { href: `#/config/tenant/${enc(id)}/${enc(n.name)}` }, n.name),
+          ` — ${n.keys} key${n.keys === 1 ? "" : "s"}${n.schema ? ", with a schema" : ""}`));
+      }
+      cursor = data.next_cursor;
+    } while (cursor && namespaces.children.length < 1000);
+    if (!namespaces.children.length) namespaces.append(el("li", { class: "empty" }, "No configuration yet."));
+  } catch (e) { showError(nsError, e); }
 
   // Suspend / purge
   const dangerError = errorBox();
