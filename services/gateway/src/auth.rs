@@ -58,11 +58,37 @@ fn bearer(parts: &Parts) -> Result<&str, Unauthorized> {
 /// Where failures are counted for this request: its connection's peer (`0.0.0.0` when
 /// served in-process without one).
 fn source(parts: &Parts) -> Source {
-    let ip = parts
-        .extensions
-        .get::<Peer>()
-        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |peer| peer.0.ip());
-    Source::of(ip)
+    source_of(parts.extensions.get::<Peer>())
+}
+
+/// Whose failed-authentication budget a request spends: its peer's address.
+pub(crate) fn source_of(peer: Option<&Peer>) -> Source {
+    Source::of(peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |peer| peer.0.ip()))
+}
+
+/// `token` checked against the admin token within `source`'s failed-authentication
+/// budget (a wrong one spends it): the token's hash when it is the admin's. The admin API
+/// and the console's sign-in both check this way.
+pub(crate) fn verify_admin_token(
+    state: &AppState,
+    source: Source,
+    token: &str,
+) -> Result<[u8; 32], Unauthorized> {
+    let current = *state.admin_token_hash.borrow();
+    let Some(expected) = current else {
+        return Err(unauthorized(
+            "the admin API is disabled: BOROUGH_ADMIN_TOKEN is not set",
+        ));
+    };
+    if let Some(wait) = state.auth_failures.refused_for(source) {
+        return Err(too_many_failures(wait));
+    }
+    if apikey::digests_equal(&apikey::hash(token), &expected) {
+        Ok(expected)
+    } else {
+        state.auth_failures.fail(source);
+        Err(unauthorized("the admin token is not valid"))
+    }
 }
 
 /// 429 for a source over its failure budget.
@@ -167,31 +193,15 @@ impl FromRequestParts<AppState> for Admin {
         // The console's session cookie, when no bearer token is given (a change needs the
         // session's CSRF token too).
         if !parts.headers.contains_key(header::AUTHORIZATION)
-            && let Some(id) = crate::console::session::cookie(&parts.headers)
+            && crate::console::session::cookie(&parts.headers).is_some()
         {
-            let Some(live) = state.console.check(id, Some(&expected)) else {
-                return Err(unauthorized("the console session has ended: sign in again"));
-            };
-            if crate::console::session::is_change(&parts.method)
-                && !crate::console::session::csrf_matches(&parts.headers, &live.csrf)
-            {
-                return Err(Unauthorized(Problem::new(
-                    ErrorKind::PermissionDenied,
-                    "the CSRF token is missing or wrong: reload the console",
-                )));
-            }
-            return Ok(Admin);
+            return state
+                .console
+                .authorize(&parts.headers, &parts.method, Some(&expected))
+                .map(|_| Admin)
+                .map_err(|refused| Unauthorized(refused.problem()));
         }
         let token = bearer(parts)?;
-        let source = source(parts);
-        if let Some(wait) = state.auth_failures.refused_for(source) {
-            return Err(too_many_failures(wait));
-        }
-        if apikey::digests_equal(&apikey::hash(token), &expected) {
-            Ok(Admin)
-        } else {
-            state.auth_failures.fail(source);
-            Err(unauthorized("the admin token is not valid"))
-        }
+        verify_admin_token(state, source(parts), token).map(|_| Admin)
     }
 }

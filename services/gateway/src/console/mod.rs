@@ -19,11 +19,9 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use borough_error::{ErrorKind, Problem};
-use borough_tenant::apikey;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 
-use crate::auth_guard::Source;
 use crate::server::Peer;
 use crate::state::AppState;
 
@@ -117,44 +115,25 @@ fn problem(kind: ErrorKind, detail: &str) -> Response {
 }
 
 /// `POST /console/session` with `{"token": "<admin token>"}`: a session cookie and the
-/// page's CSRF token. A wrong token counts against the source's failed-authentication
-/// budget, as on the admin API.
+/// page's CSRF token. Checked as the admin API checks the token (a wrong one counts
+/// against the source's failed-authentication budget).
 async fn sign_in(
     State(state): State<AppState>,
     peer: Option<axum::Extension<Peer>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let ip = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.0.ip());
-    let source = Source::of(ip);
-    if let Some(wait) = state.auth_failures.refused_for(source) {
-        let seconds = borough_error::whole_seconds_up(wait).max(1);
-        return secured(
-            Problem::new(
-                ErrorKind::RateLimited,
-                "too many failed sign-ins from this address; retry later",
-            )
-            .with_retry_after(u32::try_from(seconds).unwrap_or(u32::MAX))
-            .into_response(),
-        );
-    }
     let Ok(form) = serde_json::from_slice::<SignIn>(&body) else {
         return problem(
             ErrorKind::InvalidArgument,
             "expected {\"token\": \"<the admin token>\"}",
         );
     };
-    let current = *state.admin_token_hash.borrow();
-    let Some(expected) = current else {
-        return problem(
-            ErrorKind::Unauthenticated,
-            "the admin API is disabled: BOROUGH_ADMIN_TOKEN is not set",
-        );
+    let source = crate::auth::source_of(peer.as_deref());
+    let expected = match crate::auth::verify_admin_token(&state, source, &form.token) {
+        Ok(expected) => expected,
+        Err(refusal) => return secured(refusal.into_response()),
     };
-    if !apikey::digests_equal(&apikey::hash(&form.token), &expected) {
-        state.auth_failures.fail(source);
-        return problem(ErrorKind::Unauthenticated, "the admin token is not valid");
-    }
     let Ok(started) = state.console.start(expected) else {
         return problem(ErrorKind::Internal, "no randomness for a session id");
     };
@@ -177,33 +156,31 @@ async fn sign_in(
 /// `GET /console/session`: the session's CSRF token (for a page loaded again), or 401.
 async fn session_get(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let current = *state.admin_token_hash.borrow();
-    match session::cookie(&headers).and_then(|id| state.console.check(id, current.as_ref())) {
-        Some(live) => secured(
+    match state
+        .console
+        .authorize(&headers, &http::Method::GET, current.as_ref())
+    {
+        Ok((_, live)) => secured(
             Json(SessionDto {
                 csrf_token: live.csrf,
                 idle_timeout_seconds: state.console.idle_timeout().as_secs(),
             })
             .into_response(),
         ),
-        None => problem(ErrorKind::Unauthenticated, "not signed in"),
+        Err(refused) => secured(refused.problem().into_response()),
     }
 }
 
 /// `DELETE /console/session` (with the CSRF token): signs out.
 async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let current = *state.admin_token_hash.borrow();
-    let Some(id) = session::cookie(&headers) else {
-        return problem(ErrorKind::Unauthenticated, "not signed in");
+    let id = match state
+        .console
+        .authorize(&headers, &http::Method::DELETE, current.as_ref())
+    {
+        Ok((id, _)) => id,
+        Err(refused) => return secured(refused.problem().into_response()),
     };
-    let Some(live) = state.console.check(id, current.as_ref()) else {
-        return problem(ErrorKind::Unauthenticated, "not signed in");
-    };
-    if !session::csrf_matches(&headers, &live.csrf) {
-        return problem(
-            ErrorKind::PermissionDenied,
-            "the CSRF token is missing or wrong: reload the console",
-        );
-    }
     state.console.end(id);
     tracing::info!("console: signed out");
     let mut response = StatusCode::NO_CONTENT.into_response();

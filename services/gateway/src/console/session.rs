@@ -90,6 +90,35 @@ pub struct Live {
     pub csrf: String,
 }
 
+/// Why a console request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No session cookie.
+    NotSignedIn,
+    /// A cookie of a session that has ended (idle, signed out, another admin token).
+    Ended,
+    /// A change without the session's CSRF token.
+    Csrf,
+}
+
+impl Refused {
+    /// The problem a refused request gets: 403 for the CSRF token, else 401.
+    pub fn problem(self) -> borough_error::Problem {
+        use borough_error::{ErrorKind, Problem};
+        match self {
+            Refused::NotSignedIn => Problem::new(ErrorKind::Unauthenticated, "not signed in"),
+            Refused::Ended => Problem::new(
+                ErrorKind::Unauthenticated,
+                "the console session has ended: sign in again",
+            ),
+            Refused::Csrf => Problem::new(
+                ErrorKind::PermissionDenied,
+                "the CSRF token is missing or wrong: reload the console",
+            ),
+        }
+    }
+}
+
 /// A started session: the cookie's id (for the browser only) and the CSRF token.
 pub struct Started {
     pub id: String,
@@ -162,6 +191,22 @@ impl Sessions {
         Some(Live {
             csrf: session.csrf.clone(),
         })
+    }
+
+    /// The live session a request's cookie names, its CSRF token checked when the request
+    /// is a change: what the admin API, the session's page and sign-out all ask.
+    pub fn authorize<'h>(
+        &self,
+        headers: &'h http::HeaderMap,
+        method: &http::Method,
+        current: Option<&[u8; 32]>,
+    ) -> Result<(&'h str, Live), Refused> {
+        let id = cookie(headers).ok_or(Refused::NotSignedIn)?;
+        let live = self.check(id, current).ok_or(Refused::Ended)?;
+        if is_change(method) && !csrf_matches(headers, &live.csrf) {
+            return Err(Refused::Csrf);
+        }
+        Ok((id, live))
     }
 
     /// Ends the session `id` names (sign-out).
