@@ -456,18 +456,23 @@ impl UserCache {
                 user,
                 stale_for: None,
             }),
-            Err(e) if is_unreachable(&e) => match stale.get(&key).await {
-                Some(user) if user.info.version >= min_version => {
-                    self.metrics.stale_serves.inc();
-                    Ok(Found {
-                        stale_for: Some(user.read_at.elapsed()),
-                        user,
-                    })
-                }
-                _ => Err(e),
-            },
+            Err(e) if is_unreachable(&e) => self.stale_copy(key, min_version).await.ok_or(e),
             Err(e) => Err(e),
         }
+    }
+
+    /// The stale copy of `key` (at least `min_version`), for when the database cannot be
+    /// reached; counted as a stale serve.
+    async fn stale_copy(&self, key: Key, min_version: i64) -> Option<Found> {
+        let user = self.stale.as_ref()?.get(&key).await?;
+        if user.info.version < min_version {
+            return None;
+        }
+        self.metrics.stale_serves.inc();
+        Some(Found {
+            stale_for: Some(user.read_at.elapsed()),
+            user,
+        })
     }
 
     /// A read while the tenant's feed is lost: from the database, kept only as a stale
@@ -497,19 +502,10 @@ impl UserCache {
                     stale_for: None,
                 })
             }
-            Err(e) if is_unreachable(&e) => match &self.stale {
-                Some(stale) => match stale.get(&key).await {
-                    Some(user) if user.info.version >= min_version => {
-                        self.metrics.stale_serves.inc();
-                        Ok(Found {
-                            stale_for: Some(user.read_at.elapsed()),
-                            user,
-                        })
-                    }
-                    _ => Err(Arc::new(e)),
-                },
-                None => Err(Arc::new(e)),
-            },
+            Err(e) if is_unreachable(&e) => self
+                .stale_copy(key, min_version)
+                .await
+                .ok_or_else(|| Arc::new(e)),
             Err(e) => Err(Arc::new(e)),
         }
     }
