@@ -25,6 +25,7 @@ mod settings;
 mod tx;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,9 @@ struct Inner {
     /// Databases (`None`: the default one) that recently could not be reached, and until when
     /// callers fail fast.
     unreachable: Mutex<HashMap<Option<TenantId>, Down>>,
+    /// Whether `unreachable` has an entry: calls look no further while it is false (no
+    /// lock on the hot path).
+    any_unreachable: AtomicBool,
     metrics: RouterMetrics,
     databases: watch::Sender<OpenDatabases>,
 }
@@ -127,6 +131,7 @@ impl PoolRouter {
             pools: Mutex::new(HashMap::new()),
             caps: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
+            any_unreachable: AtomicBool::new(false),
             metrics: RouterMetrics::register(metrics),
             databases: watch::Sender::new(OpenDatabases::default()),
         });
@@ -347,6 +352,9 @@ impl PoolRouter {
     /// caller wait out the pool's acquire timeout; but lets one call in [`PROBE_EVERY`]
     /// through to try it.
     fn check_reachable(&self, db: Option<TenantId>) -> Result<(), RouteError> {
+        if !self.inner.any_unreachable.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut unreachable = lock(&self.inner.unreachable);
         let Some(down) = unreachable.get_mut(&db) else {
             return Ok(());
@@ -354,6 +362,9 @@ impl PoolRouter {
         let now = Instant::now();
         if now >= down.until {
             unreachable.remove(&db);
+            self.inner
+                .any_unreachable
+                .store(!unreachable.is_empty(), Ordering::Release);
             return Ok(());
         }
         if now >= down.next_probe {
@@ -367,8 +378,14 @@ impl PoolRouter {
 
     /// A call got a connection to `db` (and an answer): it is reachable again.
     fn note_reached(&self, db: Option<TenantId>) {
+        if !self.inner.any_unreachable.load(Ordering::Acquire) {
+            return;
+        }
         let mut unreachable = lock(&self.inner.unreachable);
-        if !unreachable.is_empty() && unreachable.remove(&db).is_some() {
+        if unreachable.remove(&db).is_some() {
+            self.inner
+                .any_unreachable
+                .store(!unreachable.is_empty(), Ordering::Release);
             tracing::info!(database = ?db.map(|t| t.to_string()), "database reachable again");
         }
     }
@@ -387,13 +404,15 @@ impl PoolRouter {
         if unreachable {
             tracing::warn!(database = ?db.map(|t| t.to_string()), "database unreachable: failing fast for a moment");
             let now = Instant::now();
-            lock(&self.inner.unreachable).insert(
+            let mut marked = lock(&self.inner.unreachable);
+            marked.insert(
                 db,
                 Down {
                     until: now + UNREACHABLE_FOR,
                     next_probe: now + PROBE_EVERY,
                 },
             );
+            self.inner.any_unreachable.store(true, Ordering::Release);
         }
     }
 
