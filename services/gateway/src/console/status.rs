@@ -133,12 +133,11 @@ pub async fn status(State(state): State<AppState>, _: Admin, deadline: Deadline)
 #[utoipa::path(get, path = "/admin/v1/status:watch", operation_id = "watchStatus", tag = "admin-status",
     summary = "The status as Server-Sent Events, one snapshot every two seconds",
     description = "Each event is `status` with a snapshot as `GET /admin/v1/status` gives. \
-                   A watch holds one of the gateway's watch slots (`BOROUGH_WATCH_MAX_TOTAL`) \
+                   A watch holds one of the gateway's watch slots (`BOROUGH_WATCH_MAX`; none free: 503) \
                    and ends after `BOROUGH_WATCH_MAX_DURATION`; reconnect to go on.",
     security(("adminToken" = [])),
     responses(
-        (status = 200, description = "The stream", content_type = "text/event-stream", body = String),
-        (status = 429, description = "No watch slot free", body = borough_error::ProblemBody, content_type = "application/problem+json")))]
+        (status = 200, description = "The stream", content_type = "text/event-stream", body = String)))]
 pub async fn watch(State(state): State<AppState>, _: Admin) -> Result<Response, Problem> {
     let slot = state.watches.take(None)?;
     let lifetime = state.watches.limits().max_duration;

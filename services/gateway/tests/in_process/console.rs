@@ -237,3 +237,24 @@ async fn sign_out_needs_the_csrf_token_clears_the_cookie_and_ends_the_session() 
     assert!(text(after).await?.contains("sign in again"));
     Ok(())
 }
+
+#[tokio::test]
+async fn status_watches_hold_a_watch_slot_each_and_one_beyond_the_bound_is_503()
+-> anyhow::Result<()> {
+    let app = App::with(&[("BOROUGH_WATCH_MAX", "1")])?;
+    let watch = || {
+        Request::get("/admin/v1/status:watch")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
+            .body(Body::empty())
+    };
+    let first = app.send(watch()?).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = app.send(watch()?).await;
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(second.headers().contains_key("retry-after"));
+    // The first stream gone, its slot is free again.
+    drop(first);
+    let third = app.send(watch()?).await;
+    assert_eq!(third.status(), StatusCode::OK);
+    Ok(())
+}
