@@ -18,6 +18,14 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// Borough's own: a write reached a copy of a tenant that a move has fenced
+    /// (`migrations/tenant/0007_live_moves.sql`); the tenant is (about to be) elsewhere.
+    pub const TENANT_MOVED: &str = "BM001";
+}
+
+/// Whether `err` is a write refused by a move's fence ([`sqlstate::TENANT_MOVED`]).
+pub fn is_tenant_moved(err: &sqlx::Error) -> bool {
+    sqlstate(err).as_deref() == Some(sqlstate::TENANT_MOVED)
 }
 
 /// The kind of a database error, by SQLSTATE or by failure class.
@@ -32,7 +40,8 @@ pub fn classify(err: &sqlx::Error) -> ErrorKind {
             Some(
                 sqlstate::ADMIN_SHUTDOWN
                 | sqlstate::CANNOT_CONNECT_NOW
-                | sqlstate::TOO_MANY_CONNECTIONS,
+                | sqlstate::TOO_MANY_CONNECTIONS
+                | sqlstate::TENANT_MOVED,
             ) => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         },

@@ -71,6 +71,11 @@ const CONTROL: &[Migration] = &[
         name: "sealed_urls_and_service_logins",
         sql: include_str!("../../../migrations/control/0006_sealed_urls_and_service_logins.sql"),
     },
+    Migration {
+        version: 7,
+        name: "tenant_moves",
+        sql: include_str!("../../../migrations/control/0007_tenant_moves.sql"),
+    },
 ];
 
 const TENANT: &[Migration] = &[
@@ -103,6 +108,11 @@ const TENANT: &[Migration] = &[
         version: 6,
         name: "create_user",
         sql: include_str!("../../../migrations/tenant/0006_create_user.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "live_moves",
+        sql: include_str!("../../../migrations/tenant/0007_live_moves.sql"),
     },
 ];
 

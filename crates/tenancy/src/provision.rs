@@ -57,8 +57,9 @@ impl ProvisionError {
     }
 }
 
-/// Short, URL-free description of a database failure, by its class.
-fn describe(err: &sqlx::Error) -> String {
+/// Short, URL-free description of a database failure, by its class (what an operator may
+/// be shown: no host, no URL, no driver text).
+pub fn describe(err: &sqlx::Error) -> String {
     match err {
         // std's I/O messages name no host or URL ("Connection refused (os error 111)").
         sqlx::Error::Io(io) => io.to_string(),
@@ -271,10 +272,15 @@ async fn delete_shared_rows(conn: &mut PgConnection, route: &Route) -> Result<()
     .bind(placement::SHARED_SCHEMA)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query("SELECT set_config('borough.tenant_id', $1, true)")
-        .bind(route.tenant_id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    // Removed rows are not changes: no outbox rows, no notifications, no move fence
+    // (`borough.relocating`, migrations/tenant/0007).
+    sqlx::query(
+        "SELECT set_config('borough.tenant_id', $1, true), \
+                set_config('borough.relocating', 'on', true)",
+    )
+    .bind(route.tenant_id.to_string())
+    .execute(&mut *tx)
+    .await?;
     for table in tables.iter().filter(|t| is_safe_identifier(t)) {
         let deleted = sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM {}.\"{table}\" WHERE tenant_id = $1",

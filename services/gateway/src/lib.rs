@@ -292,7 +292,7 @@ pub fn route_table(
     guard: impl Fn(middleware::GuardScope) -> middleware::AroundLayer<middleware::Guard>,
 ) -> RouteTable {
     use middleware::GuardScope;
-    use routes::{admin, bulk, config, users};
+    use routes::{admin, bulk, config, moves, users};
     let public = RouteTable::new()
         .route("/hello", get(routes::hello))
         .route("/openapi.json", get(routes::openapi_json));
@@ -348,7 +348,13 @@ pub fn route_table(
         )
         .route(
             "/admin/v1/tenants/{id}",
-            get(admin::get_tenant).delete(admin::delete_tenant),
+            get(admin::get_tenant)
+                .delete(admin::delete_tenant)
+                .post(moves::post_tenant),
+        )
+        .route(
+            "/admin/v1/tenants/{id}/moves/{move_id}",
+            get(moves::get_move).delete(moves::cancel_move),
         )
         .route(
             "/admin/v1/tenants/{id}/limits",

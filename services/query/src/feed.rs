@@ -7,7 +7,8 @@
 //! lost; until then (a listener is lost when its connection fails, or when it answers no
 //! ping after a quiet spell: `borough_tenancy::listen`), its tenants' users are not served
 //! as fresh (`UserCache::unfollow`). If a database tenant's pool closes (so its listener
-//! stops), its entries are dropped.
+//! stops), its entries are dropped. When a tenant's route changes (a move switched it),
+//! its entries are dropped as the router hears of it (`PoolRouter::route_changes`).
 //! In every case the cache TTL (`BOROUGH_CACHE_TTL`) bounds the rest.
 
 use std::collections::HashMap;
@@ -86,6 +87,7 @@ pub async fn follow(router: PoolRouter, cache: UserCache) {
         sender.clone(),
     ));
     let mut databases = router.open_databases();
+    let mut routes = router.route_changes();
     let mut listeners: HashMap<TenantId, Listener> = HashMap::new();
     let mut next_id = 1;
     let mut state = State {
@@ -135,6 +137,21 @@ pub async fn follow(router: PoolRouter, cache: UserCache) {
                     open = databases.borrow_and_update().clone();
                     break;
                 }
+                changed = routes.recv() => match changed {
+                    // A tenant moved (or changed otherwise): what is cached of it came
+                    // from where it was.
+                    Ok(Some(tenant)) => cache.invalidate_tenant(tenant),
+                    // The router's listener reconnected: it re-reads every route; the
+                    // cached users stay (a move announces itself, and the TTL bounds a
+                    // missed one).
+                    Ok(None) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        for tenant in cache.tenants() {
+                            cache.invalidate_tenant(tenant);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
+                },
                 Some((id, event)) = events.recv() => {
                     let current = match &event {
                         FeedEvent::Subscribed(FeedSource::Tenant(t)) | FeedEvent::Lost(FeedSource::Tenant(t)) => {

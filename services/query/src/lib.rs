@@ -198,9 +198,31 @@ impl Query {
         id: Uuid,
         min_version: i64,
     ) -> Result<cache::Found, Arc<QueryError>> {
+        let key = (ctx.tenant_id, id);
+        let found = self
+            .cache
+            .get(
+                key,
+                min_version,
+                || self.load(*ctx, id),
+                QueryError::is_unreachable,
+            )
+            .await;
+        let behind = match &found {
+            Ok(found) => found.user.info.version < min_version,
+            Err(e) => min_version > 0 && matches!(**e, QueryError::NotFound(_)),
+        };
+        if !behind {
+            return found;
+        }
+        // Older than what the caller has written: the tenant may have just moved, and
+        // its route here not re-read yet (the switch's notification on its way). Read
+        // the route again, and the user once more.
+        self.router.invalidate(ctx.tenant_id);
+        self.cache.invalidate(&key).await;
         self.cache
             .get(
-                (ctx.tenant_id, id),
+                key,
                 min_version,
                 || self.load(*ctx, id),
                 QueryError::is_unreachable,

@@ -3,6 +3,7 @@
 //! [`serve`] runs it on listeners it is given (tests pass 127.0.0.1:0), until `shutdown`
 //! resolves; `main.rs` only reads settings, binds and calls it.
 
+pub mod moves;
 pub mod tenants;
 pub mod users;
 pub mod validate;
@@ -35,6 +36,8 @@ pub struct Settings {
     pub tls: borough_tls::TlsSettings,
     /// [`Settings::SECRET_KEYS`].
     pub secret_keys: Option<std::sync::Arc<borough_tenancy::secrets::Keyring>>,
+    /// Live tenant moves.
+    pub moves: moves::MoveSettings,
 }
 
 /// [`Settings::SECRET_KEYS`], if set. The error never shows the value.
@@ -110,6 +113,7 @@ impl Settings {
         .chain(ServerSettings::vars())
         .chain(DatabaseSettings::vars())
         .chain(borough_tls::TlsSettings::VARS.iter().copied())
+        .chain(moves::MoveSettings::VARS.iter().copied())
         .chain(borough_telemetry::vars())
         .collect()
     }
@@ -138,6 +142,7 @@ impl Settings {
             idempotency_ttl: env.duration(&Self::IDEMPOTENCY_TTL)?,
             tls: borough_tls::TlsSettings::from_env(env, SERVICE)?,
             secret_keys,
+            moves: moves::MoveSettings::from_env(env)?,
         })
     }
 }
@@ -158,6 +163,13 @@ pub async fn serve(
     let provisioner = Provisioner::new(settings.provisioner_url.as_ref().map(|u| u.expose()))
         .map_err(|e| ServeError::DatabaseUrl(e.into()))?;
     let pool = router.shared_pool().clone();
+    let moves = moves::Moves::new(
+        router.clone(),
+        provisioner.clone(),
+        settings.secret_keys.clone(),
+        settings.moves.clone(),
+        &metrics,
+    );
     let routes = tonic::service::Routes::new(UserServiceServer::new(users::Users::new(
         router.clone(),
         settings.idempotency_ttl,
@@ -166,9 +178,12 @@ pub async fn serve(
         router,
         provisioner,
         settings.secret_keys.clone(),
+        moves.clone(),
         &metrics,
     )));
-    borough_net::serve_grpc(
+    // Moves are driven for as long as the service serves, and stop with it (a move cut
+    // short is taken up by the next driver: crates' docs, `moves`).
+    let serving = borough_net::serve_grpc(
         SERVICE,
         &settings.server,
         tls,
@@ -178,8 +193,11 @@ pub async fn serve(
         std::sync::Arc::new(borough_tenancy::db::Database(pool)),
         metrics,
         shutdown,
-    )
-    .await
+    );
+    tokio::select! {
+        served = serving => served,
+        () = moves.run() => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,16 @@
 //! `borough.user.v1.TenantAdminService`: tenants and API keys on the control database.
 
+use crate::moves::Moves;
 use borough_error::{ErrorKind, ServiceError, to_status};
 use borough_proto::page;
 use borough_proto::time::to_timestamp;
 use borough_proto::user::v1::{
-    ApiKey, AuthenticateApiKeyRequest, AuthenticateApiKeyResponse, CreateTenantRequest,
-    CreateTenantResponse, DeleteTenantRequest, DeleteTenantResponse, GetTenantRequest,
+    ApiKey, AuthenticateApiKeyRequest, AuthenticateApiKeyResponse, CancelTenantMoveRequest,
+    CancelTenantMoveResponse, CreateTenantRequest, CreateTenantResponse, DeleteTenantRequest,
+    DeleteTenantResponse, GetTenantMoveRequest, GetTenantMoveResponse, GetTenantRequest,
     GetTenantResponse, IssueApiKeyRequest, IssueApiKeyResponse, IssuedApiKey, ListTenantsRequest,
-    ListTenantsResponse, Placement, RevokeApiKeyRequest, RevokeApiKeyResponse, Tenant,
-    TenantStatus, tenant_admin_service_server::TenantAdminService,
+    ListTenantsResponse, MoveTenantRequest, MoveTenantResponse, Placement, RevokeApiKeyRequest,
+    RevokeApiKeyResponse, Tenant, TenantStatus, tenant_admin_service_server::TenantAdminService,
 };
 use borough_telemetry::Metrics;
 use borough_tenancy::directory::{self, AuthError};
@@ -48,6 +50,11 @@ pub enum TenantError {
     },
     #[error("{0}")]
     NotConfigured(String),
+    #[error(
+        "move {0} of this tenant is unfinished: cancel it, or wait until it is done (its old \
+         copy removed), before purging"
+    )]
+    Moving(Uuid),
     #[error("could not generate a key: {0}")]
     Key(#[from] apikey::KeyError),
     /// A stored route this service cannot use (a sealed URL that does not open).
@@ -83,7 +90,7 @@ impl ServiceError for TenantError {
             TenantError::NotFound(_) | TenantError::KeyNotFound { .. } => ErrorKind::NotFound,
             TenantError::NameTaken(_) => ErrorKind::AlreadyExists,
             TenantError::InvalidKey => ErrorKind::Unauthenticated,
-            TenantError::Busy { .. } => ErrorKind::Conflict,
+            TenantError::Busy { .. } | TenantError::Moving(_) => ErrorKind::Conflict,
             TenantError::ProvisioningFailed { .. } => ErrorKind::Unavailable,
             TenantError::NotConfigured(_) => ErrorKind::PreconditionFailed,
             TenantError::Key(_) | TenantError::Unusable(_) => ErrorKind::Internal,
@@ -253,6 +260,7 @@ pub struct Tenants {
     /// Seal (and open) tenants' database URLs.
     keys: Option<std::sync::Arc<borough_tenancy::secrets::Keyring>>,
     outcomes: Family<ProvisionLabels, Counter>,
+    moves: Moves,
 }
 
 impl Tenants {
@@ -260,6 +268,7 @@ impl Tenants {
         router: PoolRouter,
         provisioner: Provisioner,
         keys: Option<std::sync::Arc<borough_tenancy::secrets::Keyring>>,
+        moves: Moves,
         metrics: &Metrics,
     ) -> Self {
         let outcomes = Family::<ProvisionLabels, Counter>::default();
@@ -274,6 +283,7 @@ impl Tenants {
             router,
             keys,
             outcomes,
+            moves,
         }
     }
 
@@ -534,6 +544,17 @@ impl Tenants {
                 purged: false,
             });
         }
+        // A move holds copies in two places: it ends (or is cancelled) first.
+        let moving: Option<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM control.tenant_moves
+              WHERE tenant_id = $1 AND phase NOT IN ('done', 'failed', 'cancelled')",
+        )
+        .bind(id)
+        .fetch_optional(&self.control)
+        .await?;
+        if let Some(moving) = moving {
+            return Err(TenantError::Moving(moving));
+        }
         let route = placement::load_route(
             &self.control,
             TenantId(id),
@@ -682,6 +703,47 @@ impl TenantAdminService for Tenants {
     ) -> Result<Response<DeleteTenantResponse>, Status> {
         let req = request.get_ref();
         Ok(Response::new(self.delete(&req.id, req.purge).await?))
+    }
+
+    async fn move_tenant(
+        &self,
+        request: Request<MoveTenantRequest>,
+    ) -> Result<Response<MoveTenantResponse>, Status> {
+        let req = request.into_inner();
+        let row = self
+            .moves
+            .start(
+                &req.tenant_id,
+                req.placement(),
+                req.database_url,
+                req.read_url,
+            )
+            .await?;
+        Ok(Response::new(MoveTenantResponse {
+            r#move: Some(row.to_proto()),
+        }))
+    }
+
+    async fn get_tenant_move(
+        &self,
+        request: Request<GetTenantMoveRequest>,
+    ) -> Result<Response<GetTenantMoveResponse>, Status> {
+        let req = request.get_ref();
+        let row = self.moves.get(&req.tenant_id, &req.move_id).await?;
+        Ok(Response::new(GetTenantMoveResponse {
+            r#move: Some(row.to_proto()),
+        }))
+    }
+
+    async fn cancel_tenant_move(
+        &self,
+        request: Request<CancelTenantMoveRequest>,
+    ) -> Result<Response<CancelTenantMoveResponse>, Status> {
+        let req = request.get_ref();
+        let row = self.moves.cancel(&req.tenant_id, &req.move_id).await?;
+        Ok(Response::new(CancelTenantMoveResponse {
+            r#move: Some(row.to_proto()),
+        }))
     }
 
     async fn authenticate_api_key(

@@ -80,6 +80,24 @@ impl From<UserError> for Status {
 
 const COLUMNS: &str = UserRow::COLUMNS;
 
+/// How soon a write refused by a move's fence is tried again (with the route read again).
+const MOVED_RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How long a write waits for a fenced tenant's switch when its caller set no deadline.
+const MOVED_WAIT_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl UserError {
+    /// The write reached a copy of the tenant that a move has fenced (SQLSTATE BM001).
+    fn is_tenant_moved(&self) -> bool {
+        match self {
+            UserError::Database(e) | UserError::Route(RouteError::Database(e)) => {
+                db::is_tenant_moved(e)
+            }
+            _ => false,
+        }
+    }
+}
+
 fn parse_id(id: &str) -> Result<Uuid, UserError> {
     Uuid::parse_str(id).map_err(|_| UserError::Invalid(format!("{id:?} is not a valid user id")))
 }
@@ -312,6 +330,40 @@ impl Users {
 
     async fn begin(&self, ctx: &TenantContext) -> Result<TenantTx, UserError> {
         Ok(self.router.begin(ctx).await?)
+    }
+
+    /// Runs `write`, and again while the copy of the tenant it reached is fenced by a
+    /// move: each time with the tenant's route read again, so that once the move switches
+    /// the write lands where the tenant is now. A fenced write changed nothing (its
+    /// transaction failed whole), so trying it again is safe. Bounded by the caller's
+    /// deadline (or [`MOVED_WAIT_AT_MOST`]); past it the caller gets 503 to retry.
+    async fn through_moves<T, F, Fut>(
+        &self,
+        ctx: &TenantContext,
+        mut write: F,
+    ) -> Result<T, UserError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, UserError>>,
+    {
+        let started = std::time::Instant::now();
+        loop {
+            match write().await {
+                Err(e) if e.is_tenant_moved() => {
+                    self.router.invalidate(ctx.tenant_id);
+                    let out_of_time = match ctx.remaining() {
+                        Some(left) => left <= MOVED_RETRY_EVERY,
+                        None => started.elapsed() >= MOVED_WAIT_AT_MOST,
+                    };
+                    if out_of_time {
+                        tracing::warn!(tenant = %ctx.tenant_id, waited_ms = started.elapsed().as_millis() as u64, "write refused: the tenant is being moved and did not switch in time");
+                        return Err(e);
+                    }
+                    tokio::time::sleep(MOVED_RETRY_EVERY).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub async fn create(
@@ -601,7 +653,10 @@ impl Users {
     ) -> Result<(), UserError> {
         let rows = std::mem::take(chunk);
         let key = chunks.next_key();
-        match self.insert_chunk(ctx, &rows, key.as_deref()).await {
+        match self
+            .through_moves(ctx, || self.insert_chunk(ctx, &rows, key.as_deref()))
+            .await
+        {
             Ok((outcome, replayed)) => {
                 chunks.replayed |= replayed;
                 report.created += outcome.created;
@@ -720,7 +775,9 @@ impl UserService for Users {
         let key = idempotency_key(request.metadata())?;
         let req = request.into_inner();
         let (user, replayed) = self
-            .create_once(&ctx, &req.name, &req.email, key.as_deref())
+            .through_moves(&ctx, || {
+                self.create_once(&ctx, &req.name, &req.email, key.as_deref())
+            })
             .await?;
         let mut response = Response::new(CreateUserResponse { user: Some(user) });
         if replayed {
@@ -746,7 +803,9 @@ impl UserService for Users {
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<UpdateUserResponse>, Status> {
         let ctx = TenantContext::from_metadata(request.metadata())?;
-        let user = self.update(&ctx, request.get_ref()).await?;
+        let user = self
+            .through_moves(&ctx, || self.update(&ctx, request.get_ref()))
+            .await?;
         Ok(Response::new(UpdateUserResponse { user: Some(user) }))
     }
 
@@ -756,7 +815,8 @@ impl UserService for Users {
     ) -> Result<Response<DeleteUserResponse>, Status> {
         let ctx = TenantContext::from_metadata(request.metadata())?;
         let req = request.get_ref();
-        self.delete(&ctx, &req.id, req.expected_version).await?;
+        self.through_moves(&ctx, || self.delete(&ctx, &req.id, req.expected_version))
+            .await?;
         Ok(Response::new(DeleteUserResponse {}))
     }
 

@@ -37,12 +37,14 @@ async fn migrate_brings_an_empty_database_to_the_latest_schema_and_is_idempotent
             ("control".to_owned(), 4),
             ("control".to_owned(), 5),
             ("control".to_owned(), 6),
+            ("control".to_owned(), 7),
             ("tenant".to_owned(), 1),
             ("tenant".to_owned(), 2),
             ("tenant".to_owned(), 3),
             ("tenant".to_owned(), 4),
             ("tenant".to_owned(), 5),
             ("tenant".to_owned(), 6),
+            ("tenant".to_owned(), 7),
         ]
     );
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")

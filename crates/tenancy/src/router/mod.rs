@@ -33,7 +33,7 @@ use borough_telemetry::Metrics;
 use borough_tenant::{TenantContext, TenantId};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Postgres};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 
 use crate::db::{self, PoolSettings};
 use crate::listen::{self, Heard, Next};
@@ -67,12 +67,18 @@ struct Inner {
     any_unreachable: AtomicBool,
     metrics: RouterMetrics,
     databases: watch::Sender<OpenDatabases>,
+    /// Tenants whose route changed (`None`: any may have: the listener reconnected).
+    route_changes: broadcast::Sender<Option<TenantId>>,
 }
 
 /// The database tenants whose own databases the router has a pool open for, and how to
 /// reach each one's primary (where its changes are announced): what a follower of those
 /// databases follows ([`PoolRouter::open_databases`]).
 pub type OpenDatabases = Arc<HashMap<TenantId, Arc<PgConnectOptions>>>;
+
+/// Route changes a slow follower of [`PoolRouter::route_changes`] may fall behind by before
+/// it is told it lagged (and treats every route as changed).
+const ROUTE_CHANGES_BUFFER: usize = 256;
 
 /// How long callers fail fast after a database could not be reached.
 const UNREACHABLE_FOR: Duration = Duration::from_secs(2);
@@ -134,6 +140,7 @@ impl PoolRouter {
             any_unreachable: AtomicBool::new(false),
             metrics: RouterMetrics::register(metrics),
             databases: watch::Sender::new(OpenDatabases::default()),
+            route_changes: broadcast::Sender::new(ROUTE_CHANGES_BUFFER),
         });
         tokio::spawn(listen_for_changes(Arc::downgrade(&inner)));
         tokio::spawn(reap(Arc::downgrade(&inner)));
@@ -177,6 +184,26 @@ impl PoolRouter {
     /// and close (at most `max_tenant_pools`).
     pub fn open_databases(&self) -> watch::Receiver<OpenDatabases> {
         self.inner.databases.subscribe()
+    }
+
+    /// Tenants whose route changed, as the router hears of it (`None`: the listener
+    /// reconnected, and any route may have changed unannounced). A receiver that lags
+    /// gets `RecvError::Lagged`: treat it as `None`.
+    pub fn route_changes(&self) -> broadcast::Receiver<Option<TenantId>> {
+        self.inner.route_changes.subscribe()
+    }
+
+    /// How this service connects to the primary of a route's database (the database's
+    /// own schema is `route.schema`): for work on a placement the tenant is not routed
+    /// to yet, or any more (a move's source and target).
+    pub fn connect_options(&self, route: &Route) -> Result<PgConnectOptions, sqlx::Error> {
+        match &route.storage {
+            Storage::Default => Ok(self.inner.default_options.clone()),
+            Storage::OwnDatabase { name } => Ok(self.inner.default_options.clone().database(name)),
+            Storage::External(external) => {
+                external_options(&self.inner.default_options, external, false)
+            }
+        }
     }
 
     /// Dedicated pools open right now.
@@ -602,16 +629,28 @@ async fn listen_for_changes(inner: Weak<Inner>) {
                 return std::future::ready(Next::Stop);
             };
             let mut routes = lock(&router.routes);
-            match heard {
+            let changed = match heard {
                 Heard::Notification { payload, .. } => match payload.parse::<TenantId>() {
                     Ok(tenant) => {
                         routes.remove(&tenant);
+                        Some(Some(tenant))
                     }
-                    Err(_) => routes.clear(),
+                    Err(_) => {
+                        routes.clear();
+                        Some(None)
+                    }
                 },
                 // What was cached before may have changed unannounced.
-                Heard::Subscribed | Heard::Lost => routes.clear(),
-                Heard::Quiet => {}
+                Heard::Subscribed | Heard::Lost => {
+                    routes.clear();
+                    Some(None)
+                }
+                Heard::Quiet => None,
+            };
+            drop(routes);
+            if let Some(changed) = changed {
+                // No receiver is fine.
+                let _ = router.route_changes.send(changed);
             }
             std::future::ready(Next::Listen)
         },

@@ -185,7 +185,7 @@ fn missing(what: &str) -> Problem {
     )
 }
 
-fn placement(raw: Option<&str>) -> Result<Placement, Problem> {
+pub(crate) fn placement(raw: Option<&str>) -> Result<Placement, Problem> {
     match raw.map(str::parse::<borough_tenant::Placement>) {
         None | Some(Ok(borough_tenant::Placement::Shared)) => Ok(Placement::Shared),
         Some(Ok(borough_tenant::Placement::Schema)) => Ok(Placement::Schema),

@@ -546,7 +546,7 @@ async fn rollback(
 }
 
 /// `{name}` or `{name}:<action>`.
-fn split_action<'a>(name: &'a str, action: &str) -> (&'a str, bool) {
+pub(crate) fn split_action<'a>(name: &'a str, action: &str) -> (&'a str, bool) {
     match name.strip_suffix(action) {
         Some(base) => (base, true),
         None => (name, false),
@@ -554,7 +554,7 @@ fn split_action<'a>(name: &'a str, action: &str) -> (&'a str, bool) {
 }
 
 /// A request that is not `{name}:schema` (PUT) or `{key}:rollback` (POST).
-fn wrong_action(what: &str) -> Problem {
+pub(crate) fn wrong_action(what: &str) -> Problem {
     Problem::new(ErrorKind::InvalidArgument, what.to_owned())
 }
 

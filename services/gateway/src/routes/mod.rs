@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bulk;
 pub mod config;
+pub mod moves;
 pub mod users;
 
 use axum::Json;

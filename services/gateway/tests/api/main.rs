@@ -7,6 +7,7 @@ mod hostile;
 mod isolation;
 mod limits;
 mod metrics;
+mod moves;
 mod placement;
 mod reads;
 mod resilience;
