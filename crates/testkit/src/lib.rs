@@ -9,6 +9,7 @@
 
 pub mod cpu;
 pub mod grpc;
+pub mod load;
 pub mod pg;
 pub mod process;
 pub mod proxy;
