@@ -14,6 +14,8 @@
 #                   balancers (release build)
 #   make bench-config  the config service at 1,000 watchers (release build)
 #   make bench-resilience  limiter accuracy, breaker open time and fast-fail p99, rolling restart
+#   make bench-move  a live tenant move of 100,000 users under load (release): time to
+#                   switch and to done, the writes' fence, the slowest write
 #   make bench-hostile  attacks a hostile tenant can try, against the release binaries: peak
 #                   memory, a calm tenant's p99, what each attack got (docs/security.md)
 #   make fuzz       schemathesis against a stack started as `make run` starts it (its own
@@ -31,7 +33,7 @@
 CARGO ?= cargo
 SERVICE_BINS := --bin borough-config --bin borough-user --bin borough-query --bin borough-gateway --bin borough-dev
 
-.PHONY: run test lint deny machete build fmt clean-data wrk bench bench-smoke bench-client bench-config bench-resilience bench-hostile fuzz upgrade k8s-check compose-check console-test
+.PHONY: run test lint deny machete build fmt clean-data wrk bench bench-smoke bench-client bench-config bench-resilience bench-hostile bench-move fuzz upgrade k8s-check compose-check console-test
 
 run:
 	$(CARGO) build $(SERVICE_BINS)
@@ -115,6 +117,13 @@ bench-config:
 bench-resilience:
 	$(CARGO) build --release --bin borough-user --bin borough-query --bin borough-gateway --bin borough-resilience-bench
 	./target/release/borough-resilience-bench
+
+# A live tenant move of 100,000 users (BENCH_USERS) under its own readers and writers,
+# shared -> database -> schema, against the release binaries (BENCH_ROUNDS=3, medians;
+# writes target/bench/moves.json): time to switch and to done, fence, slowest write.
+bench-move:
+	$(CARGO) build --release --bin borough-user --bin borough-query --bin borough-gateway --bin borough-move-bench
+	./target/release/borough-move-bench
 
 # A hostile tenant's attacks, one fresh stack each, against the release binaries
 # (docs/security.md; BENCH_ONLY=import,keys for a part; writes target/bench/hostile.json).

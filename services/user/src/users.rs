@@ -60,11 +60,19 @@ impl ServiceError for UserError {
 
     fn public_detail(&self) -> String {
         match self {
+            _ if self.is_tenant_moved() => {
+                "the tenant is moving to another placement; retry in a moment".to_owned()
+            }
             UserError::Database(e) => db::public_detail(e),
             UserError::Route(e) => e.public_detail(),
             _ if self.kind().is_server_fault() => self.kind().title().to_owned(),
             _ => self.to_string(),
         }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        self.is_tenant_moved()
+            .then_some(std::time::Duration::from_secs(1))
     }
 }
 

@@ -28,6 +28,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_borough-user");
 const SEEDED: i64 = 1500;
 
 async fn start_user(db: &TestDatabase, drill: Option<&str>) -> anyhow::Result<ServiceProcess> {
+    start_user_with(db, drill, &[]).await
+}
+
+async fn start_user_with(
+    db: &TestDatabase,
+    drill: Option<&str>,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<ServiceProcess> {
     let mut env = db.env_for(Login::User);
     for (k, v) in [
         ("BOROUGH_MOVE_BATCH_ROWS", "200"),
@@ -40,6 +48,11 @@ async fn start_user(db: &TestDatabase, drill: Option<&str>) -> anyhow::Result<Se
     if let Some(phase) = drill {
         env.push(("BOROUGH_MOVE_DRILL_STALL".to_owned(), phase.to_owned()));
     }
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     let dir = Path::new(BIN).parent().context("the binary's directory")?;
     ServiceProcess::start(dir, "borough-user", "BOROUGH_GRPC_ADDR", None, &env).await
 }
@@ -477,6 +490,81 @@ async fn a_move_to_an_unreachable_database_fails_and_the_tenant_keeps_serving_wh
         .await?;
     wait_for(&db, tenant, "done", |(phase, _, _)| phase == "done").await?;
     assert_eq!(list_all(&mut c, tenant).await?.len(), SEEDED as usize + 1);
+    process.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn copies_that_differ_fail_the_move_before_the_switch_and_the_tenant_stays_where_it_was()
+-> anyhow::Result<()> {
+    borough_telemetry::logging::init_test_logging();
+    let db = TestDatabase::create().await?;
+    let tenant = db.provision_tenant(Where::Shared).await?;
+    seed(&db, tenant, Where::Shared).await?;
+    // A slow copy, so that the target can be tampered with half way.
+    let process = start_user_with(&db, None, &[("BOROUGH_MOVE_BATCH_PAUSE", "300ms")]).await?;
+    let mut c = clients(&process)?;
+    c.admin
+        .move_tenant(tonic::Request::new(MoveTenantRequest {
+            tenant_id: tenant.to_string(),
+            placement: Placement::Schema as i32,
+            database_url: None,
+            read_url: None,
+        }))
+        .await?;
+    wait_for(&db, tenant, "copying", |(phase, copied, _)| {
+        phase == "copying" && *copied > 0
+    })
+    .await?;
+    // A row the source never had, written straight into the target's copy.
+    let admin = db.admin_pool().await?;
+    let mut tx = admin.begin().await?;
+    sqlx::query("SELECT set_config('borough.tenant_id', $1, true)")
+        .bind(tenant.to_string())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO \"t_{}\".users (tenant_id, id, name, email)
+         VALUES ($1, gen_random_uuid(), 'Rogue', 'rogue@r.example')",
+        tenant.as_uuid().simple()
+    )))
+    .bind(tenant.as_uuid())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    let failed = wait_for(&db, tenant, "the end", |(phase, _, _)| {
+        phase == "failed" || phase == "done"
+    })
+    .await;
+    let error: Option<String> =
+        sqlx::query_scalar("SELECT error FROM control.tenant_moves WHERE tenant_id = $1")
+            .bind(tenant.as_uuid())
+            .fetch_one(&admin)
+            .await?;
+    assert!(
+        failed.is_err() || failed.as_ref().is_ok_and(|f| f.0 == "failed"),
+        "{failed:?}"
+    );
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("differ") && error.contains("users"),
+        "{error}"
+    );
+    // Where it was, all of it, and the target's copy removed.
+    let placement: String =
+        sqlx::query_scalar("SELECT placement FROM control.tenants WHERE id = $1")
+            .bind(tenant.as_uuid())
+            .fetch_one(&admin)
+            .await?;
+    assert_eq!(placement, "shared");
+    assert_eq!(list_all(&mut c, tenant).await?.len(), SEEDED as usize);
+    let schema_left: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)")
+            .bind(format!("t_{}", tenant.as_uuid().simple()))
+            .fetch_one(&admin)
+            .await?;
+    assert!(!schema_left, "the target's copy was removed");
     process.stop().await?;
     Ok(())
 }

@@ -95,6 +95,21 @@ async fn a_tenant_moves_shared_to_database_to_schema_under_load_losing_nothing_a
         );
         assert!(m.last["fence_ms"].as_f64().is_some(), "{}", m.last);
     }
+    // Counted on the user service: each phase of both moves, and the rows copied.
+    for phase in ["copying", "fenced", "switched", "done"] {
+        let entered = stack
+            .metric_with(
+                stack.user(),
+                "borough_tenant_move_phases_total",
+                &format!("phase=\"{phase}\""),
+            )
+            .await?;
+        assert!(entered >= 2.0, "{phase}: {entered}");
+    }
+    let copied = stack
+        .metric(stack.user(), "borough_tenant_move_rows_copied_total")
+        .await?;
+    assert!(copied >= 4000.0, "rows copied: {copied}");
     assert!(acked.len() > 10, "the writers wrote: {}", acked.len());
 
     // Every acknowledged write is there, once, at least at the version acknowledged.

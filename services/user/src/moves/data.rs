@@ -274,15 +274,29 @@ pub(super) struct CaughtUp {
     pub snapshot: String,
     /// Outbox rows and idempotency records between the two snapshots.
     pub changes: i64,
+    /// The users and idempotency keys changed between them.
+    pub changed: Changed,
+    /// The source's sums at the new snapshot, when asked for (`sums_at`).
+    pub source_sums: Option<Vec<TableSum>>,
+}
+
+/// Rows changed between two snapshots.
+#[derive(Debug, Default)]
+pub(super) struct Changed {
+    pub users: Vec<Uuid>,
+    pub keys: Vec<String>,
 }
 
 /// Applies to the target what transactions committed between snapshot `since` and a new
-/// snapshot of the source wrote, and returns the new one.
+/// snapshot of the source wrote, and returns the new one; with `sums_at`, also the
+/// source's sums ([`sums`]) at that snapshot, to compare the target with once it is
+/// applied.
 pub(super) async fn catch_up(
     src: &mut PgConnection,
     dst: &mut PgConnection,
     tenant: TenantId,
     since: &str,
+    sums_at: Option<DateTime<Utc>>,
 ) -> Result<CaughtUp, sqlx::Error> {
     let mut read = src
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -316,9 +330,14 @@ pub(super) async fn catch_up(
     .bind(since)
     .fetch_all(&mut *read)
     .await?;
+    let source_sums = match sums_at {
+        Some(cutoff) => Some(sums(&mut read, tenant, cutoff, None).await?),
+        None => None,
+    };
     read.commit().await?;
 
     let changes = outbox_rows + records.len() as i64;
+    let keys: Vec<String> = records.iter().map(|r| r.0.clone()).collect();
     if changes > 0 {
         let mut write = dst.begin().await?;
         // Each changed user as it is now: gone, or its current row (deleted first, so
@@ -334,7 +353,15 @@ pub(super) async fn catch_up(
             .await?;
         write.commit().await?;
     }
-    Ok(CaughtUp { snapshot, changes })
+    Ok(CaughtUp {
+        snapshot,
+        changes,
+        changed: Changed {
+            users: changed,
+            keys,
+        },
+        source_sums,
+    })
 }
 
 /// Changes committed on the source after `snapshot` (what the next catch-up has to do).
@@ -429,28 +456,41 @@ pub(super) struct TableSum {
     pub sum: String,
 }
 
-/// The tenant's tables summed on one side. Idempotency records expiring before `cutoff`
-/// are left out (expired ones are swept on the source and never carried).
+/// The tenant's tables summed on one side: each table's row count, and the checksum of
+/// every row, or with `only` of the rows it names (the others compared before).
+/// Idempotency records expiring before `cutoff` are left out (expired ones are swept on
+/// the source and never carried).
 pub(super) async fn sums(
     conn: &mut PgConnection,
     tenant: TenantId,
     cutoff: DateTime<Utc>,
+    only: Option<&Changed>,
 ) -> Result<Vec<TableSum>, sqlx::Error> {
-    let (users, users_sum, records, records_sum): (i64, String, i64, String) = sqlx::query_as(
-        "SELECT u.n, u.s, k.n, k.s FROM
-           (SELECT count(*) AS n, coalesce(sum(hashtextextended(concat_ws('|', id, name, email,
-                   version, extract(epoch FROM created_at), extract(epoch FROM updated_at)), 0)
-                   ::numeric), 0)::text AS s
-              FROM users WHERE tenant_id = $1) u,
-           (SELECT count(*) AS n, coalesce(sum(hashtextextended(concat_ws('|', key, method,
-                   md5(request_hash), md5(response), extract(epoch FROM created_at),
-                   extract(epoch FROM expires_at)), 0)::numeric), 0)::text AS s
-              FROM idempotency_keys WHERE tenant_id = $1 AND expires_at > $2) k",
-    )
-    .bind(tenant.as_uuid())
-    .bind(cutoff)
-    .fetch_one(conn)
-    .await?;
+    let (users_only, keys_only) = match only {
+        Some(_) => ("AND id = ANY($3)", "AND key = ANY($4)"),
+        None => ("AND $3::uuid[] IS NULL", "AND $4::text[] IS NULL"),
+    };
+    let (users, users_sum, records, records_sum): (i64, String, i64, String) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT (SELECT count(*) FROM users WHERE tenant_id = $1),
+                    (SELECT coalesce(sum(hashtextextended(concat_ws('|', id, name, email,
+                            version, extract(epoch FROM created_at),
+                            extract(epoch FROM updated_at)), 0)::numeric), 0)::text
+                       FROM users WHERE tenant_id = $1 {users_only}),
+                    (SELECT count(*) FROM idempotency_keys
+                      WHERE tenant_id = $1 AND expires_at > $2),
+                    (SELECT coalesce(sum(hashtextextended(concat_ws('|', key, method,
+                            md5(request_hash), md5(response), extract(epoch FROM created_at),
+                            extract(epoch FROM expires_at)), 0)::numeric), 0)::text
+                       FROM idempotency_keys
+                      WHERE tenant_id = $1 AND expires_at > $2 {keys_only})"
+        )))
+        .bind(tenant.as_uuid())
+        .bind(cutoff)
+        .bind(only.map(|c| c.users.as_slice()))
+        .bind(only.map(|c| c.keys.as_slice()))
+        .fetch_one(conn)
+        .await?;
     Ok(vec![
         TableSum {
             table: "users",

@@ -355,7 +355,7 @@ impl Moves {
         let mut applied = 0i64;
         let mut fence_tries = 0;
         let fenced_since = loop {
-            let caught = data::catch_up(&mut src, &mut dst, tenant, &snapshot)
+            let caught = data::catch_up(&mut src, &mut dst, tenant, &snapshot, None)
                 .await
                 .map_err(side("catching up"))?;
             snapshot = caught.snapshot;
@@ -388,6 +388,27 @@ impl Moves {
             if lag > settings.fence_at && rounds < MAX_ROUNDS {
                 continue;
             }
+            // Both copies compared in full before the fence, at one snapshot of the
+            // source (the target has it all once this round is applied): in the fence,
+            // only the rows changed since are compared again.
+            let cutoff = chrono::Utc::now() + chrono::Duration::minutes(1);
+            let caught = data::catch_up(&mut src, &mut dst, tenant, &snapshot, Some(cutoff))
+                .await
+                .map_err(side("catching up"))?;
+            snapshot = caught.snapshot;
+            applied += caught.changes;
+            self.inner
+                .metrics
+                .changes_applied
+                .inc_by(caught.changes as u64);
+            let target = data::sums(&mut dst, tenant, cutoff, None)
+                .await
+                .map_err(side("comparing the target"))?;
+            compare(
+                row,
+                caught.source_sums.as_deref().unwrap_or_default(),
+                &target,
+            )?;
             // 3. Fence: the phase first, so that a fence left by a driver that dies is
             // known to the next one.
             self.enter(row, Phase::Fenced, "").await?;
@@ -416,7 +437,7 @@ impl Moves {
         self.drill(Phase::Fenced).await;
 
         // 4. Fenced: the last changes, the comparison, the switch.
-        let last = data::catch_up(&mut src, &mut dst, tenant, &snapshot)
+        let last = data::catch_up(&mut src, &mut dst, tenant, &snapshot, None)
             .await
             .map_err(side("catching up"))?;
         applied += last.changes;
@@ -433,47 +454,28 @@ impl Moves {
         .bind(rounds + 1)
         .execute(&self.inner.control)
         .await?;
-        self.compare_and_switch(row, &mut src, &mut dst, fenced_since)
+        self.compare_and_switch(row, &mut src, &mut dst, fenced_since, Some(&last.changed))
             .await
     }
 
-    /// Compares both copies of a fenced tenant and switches its route when they match.
+    /// Compares both copies of a fenced tenant (row counts, and the checksum of the rows
+    /// in `only`, or of all) and switches its route when they match.
     async fn compare_and_switch(
         &self,
         row: &MoveRow,
         src: &mut PgConnection,
         dst: &mut PgConnection,
         fenced_since: Instant,
+        only: Option<&data::Changed>,
     ) -> Result<(), Stop> {
         let cutoff = chrono::Utc::now() + chrono::Duration::minutes(1);
         let (source, target) = tokio::join!(
-            data::sums(src, row.tenant, cutoff),
-            data::sums(dst, row.tenant, cutoff)
+            data::sums(src, row.tenant, cutoff, only),
+            data::sums(dst, row.tenant, cutoff, only)
         );
         let source = source.map_err(side("comparing the source"))?;
         let target = target.map_err(side("comparing the target"))?;
-        if source != target {
-            let differs: Vec<String> = source
-                .iter()
-                .zip(&target)
-                .filter(|(s, t)| s != t)
-                .map(|(s, t)| format!("{}: {} rows here, {} there", s.table, s.rows, t.rows))
-                .collect();
-            tracing::error!(tenant = %row.tenant, r#move = %row.id, ?source, ?target, "tenant move: the copies differ");
-            return Err(Stop::RollBack(
-                Phase::Failed,
-                Some(format!(
-                    "the copies differ after catching up ({}); nothing was switched",
-                    differs.join("; ")
-                )),
-            ));
-        }
-        let checked = source
-            .iter()
-            .map(|s| format!("{} {}", s.table, s.rows))
-            .collect::<Vec<_>>()
-            .join(", ");
-        tracing::info!(tenant = %row.tenant, r#move = %row.id, checked, "tenant move: copies match");
+        compare(row, &source, &target)?;
 
         // The switch: the route and the phase in one transaction, unless cancelled first.
         let mut tx = self.inner.control.begin().await?;
@@ -572,7 +574,7 @@ impl Moves {
             .checked_sub(since)
             .unwrap_or_else(Instant::now);
         match self
-            .compare_and_switch(row, &mut src, &mut dst, fenced_since)
+            .compare_and_switch(row, &mut src, &mut dst, fenced_since, None)
             .await
         {
             Err(Stop::RollBack(Phase::Failed, reason)) => {
@@ -659,4 +661,35 @@ impl Moves {
         tracing::info!(tenant = %row.tenant, r#move = %row.id, outcome = end.as_str(), reason = reason.unwrap_or(""), "tenant move rolled back; the tenant stays where it was");
         Ok(())
     }
+}
+
+/// Both copies' sums: equal, or the move fails (nothing switched).
+fn compare(
+    row: &MoveRow,
+    source: &[data::TableSum],
+    target: &[data::TableSum],
+) -> Result<(), Stop> {
+    if source.is_empty() || source != target {
+        let differs: Vec<String> = source
+            .iter()
+            .zip(target)
+            .filter(|(s, t)| s != t)
+            .map(|(s, t)| format!("{}: {} rows here, {} there", s.table, s.rows, t.rows))
+            .collect();
+        tracing::error!(tenant = %row.tenant, r#move = %row.id, ?source, ?target, "tenant move: the copies differ");
+        return Err(Stop::RollBack(
+            Phase::Failed,
+            Some(format!(
+                "the copies differ after catching up ({}); nothing was switched",
+                differs.join("; ")
+            )),
+        ));
+    }
+    let checked = source
+        .iter()
+        .map(|s| format!("{} {}", s.table, s.rows))
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::info!(tenant = %row.tenant, r#move = %row.id, checked, "tenant move: copies match");
+    Ok(())
 }

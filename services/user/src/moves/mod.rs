@@ -473,32 +473,32 @@ impl MoveMetrics {
             last_fence_ms: Gauge::default(),
         };
         metrics.register(
-            "borough_tenant_moves",
+            "tenant_moves",
             "Tenant moves this replica drives, by phase",
             m.active.clone(),
         );
         metrics.register(
-            "borough_tenant_move_phases",
+            "tenant_move_phases",
             "Phases tenant moves entered here, by phase",
             m.phases.clone(),
         );
         metrics.register(
-            "borough_tenant_move_rows_copied",
+            "tenant_move_rows_copied",
             "Rows tenant moves copied from their snapshots",
             m.rows_copied.clone(),
         );
         metrics.register(
-            "borough_tenant_move_changes_applied",
+            "tenant_move_changes_applied",
             "Changes tenant moves applied while catching up",
             m.changes_applied.clone(),
         );
         metrics.register(
-            "borough_tenant_move_lag_changes",
+            "tenant_move_lag_changes",
             "Changes committed on the sources of moves driven here and not applied yet",
             m.lag.clone(),
         );
         metrics.register(
-            "borough_tenant_move_last_fence_milliseconds",
+            "tenant_move_last_fence_milliseconds",
             "How long the last switched move fenced its tenant's writes",
             m.last_fence_ms.clone(),
         );
