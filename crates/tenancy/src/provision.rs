@@ -168,6 +168,35 @@ impl Provisioner {
         }
     }
 
+    /// Refreshes the planner's statistics of the tables in the route's schema (after a
+    /// bulk copy into them: a table the planner has no statistics of may be read with a
+    /// sequential scan where an index lookup was meant). As the owner, who alone may.
+    pub async fn analyze(&self, route: &Route) -> Result<(), ProvisionError> {
+        if !is_safe_identifier(&route.schema) {
+            return Err(MigrateError::BadSchema(route.schema.clone()).into());
+        }
+        let mut conn = match &route.storage {
+            Storage::Default => connect(self.admin()?).await?,
+            Storage::OwnDatabase { name } => connect(&self.admin()?.clone().database(name)).await?,
+            Storage::External(external) => connect(&operator_options(external)?).await?,
+        };
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY 1",
+        )
+        .bind(&route.schema)
+        .fetch_all(&mut conn)
+        .await?;
+        for table in tables.iter().filter(|t| is_safe_identifier(t)) {
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "ANALYZE \"{}\".\"{table}\"",
+                route.schema
+            )))
+            .execute(&mut conn)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Removes the tenant's data: its rows from the shared tables, its schema, its
     /// database (or, in a database Borough did not create, its schema there). Idempotent.
     pub async fn purge(&self, route: &Route) -> Result<(), ProvisionError> {

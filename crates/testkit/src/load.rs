@@ -26,8 +26,10 @@ pub struct Seen {
     pub failed: AtomicU64,
     pub writes: AtomicU64,
     pub reads: AtomicU64,
-    /// The slowest write since [`Seen::reset_slowest`], in microseconds.
+    /// The slowest write since [`Seen::reset_slowest`], in microseconds, and when it
+    /// started.
     slowest_write_us: AtomicU64,
+    slowest_started: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Seen {
@@ -41,13 +43,21 @@ impl Seen {
 
     fn wrote(&self, started: Instant) {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        self.slowest_write_us
-            .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let took = started.elapsed().as_micros() as u64;
+        if self.slowest_write_us.fetch_max(took, Ordering::Relaxed) < took
+            && let Ok(mut at) = self.slowest_started.lock()
+        {
+            *at = Some(started);
+        }
     }
 
-    /// The slowest write since the last reset.
-    pub fn slowest_write(&self) -> Duration {
-        Duration::from_micros(self.slowest_write_us.load(Ordering::Relaxed))
+    /// The slowest write since the last reset, and when it started.
+    pub fn slowest_write(&self) -> (Duration, Option<Instant>) {
+        let at = self.slowest_started.lock().ok().and_then(|at| *at);
+        (
+            Duration::from_micros(self.slowest_write_us.load(Ordering::Relaxed)),
+            at,
+        )
     }
 
     pub fn reset_slowest(&self) {

@@ -8,7 +8,7 @@
 //! to the switch and to the end (old copy removed), the fence (how long the tenant's
 //! writes were held, as the move measured it), the slowest write the load saw during the
 //! move (the pause as a client sees it), and requests that failed (0 expected). Writes
-//! `target/bench/moves.json`.
+//! `target/bench/moves.json`, and the user service's log to `target/bench/moves-user.log`.
 
 #![allow(clippy::print_stdout)] // Its output is the report.
 
@@ -114,12 +114,16 @@ async fn main() -> Result<()> {
         );
         env
     };
-    let user = Process::start(
+    // The user service logs as shipped, to a file: each move's phase lines, and the
+    // fence's parts (`tenant move: fenced, last changes applied`, `compare_ms`).
+    let out = Path::new("target/bench");
+    std::fs::create_dir_all(out)?;
+    let user = Process::start_as_shipped(
         &bin,
         "borough-user",
         "BOROUGH_GRPC_ADDR",
-        None,
         &service_env(borough_testkit::pg::Login::User),
+        &out.join("moves-user.log"),
     )
     .await?;
     let query = Process::start(
@@ -169,6 +173,7 @@ async fn main() -> Result<()> {
             load.seen.reset_slowest();
             let failed_before = load.seen.failed.load(Ordering::Relaxed);
             let writes_before = load.seen.writes.load(Ordering::Relaxed);
+            let asked = Instant::now();
             let moved = move_tenant(
                 &http,
                 &url,
@@ -178,21 +183,24 @@ async fn main() -> Result<()> {
                 "done",
             )
             .await?;
+            let (slowest, slowest_at) = load.seen.slowest_write();
             figures[i] = Figures {
                 to_switch: moved.switched_after,
                 to_done: moved.took,
                 fence_ms: moved.last["fence_ms"].as_f64().unwrap_or_default(),
-                slowest_write: load.seen.slowest_write(),
+                slowest_write: slowest,
                 failed: load.seen.failed.load(Ordering::Relaxed) - failed_before,
                 writes: load.seen.writes.load(Ordering::Relaxed) - writes_before,
             };
             println!(
                 "round {round}: -> {target}: switched after {:.2} s, done after {:.2} s, fence {:.1} ms, \
-                 slowest write {:.1} ms, {} writes, {} failed; rows {} copied, {} changes applied in {} rounds",
+                 slowest write {:.1} ms (started {:.2} s in), {} writes, {} failed; rows {} copied, \
+                 {} changes applied in {} rounds",
                 figures[i].to_switch.as_secs_f64(),
                 figures[i].to_done.as_secs_f64(),
                 figures[i].fence_ms,
                 figures[i].slowest_write.as_secs_f64() * 1000.0,
+                slowest_at.map_or(0.0, |at| at.saturating_duration_since(asked).as_secs_f64()),
                 figures[i].writes,
                 figures[i].failed,
                 moved.last["rows_copied"],

@@ -77,7 +77,7 @@ async fn a_tenant_moves_shared_to_database_to_schema_under_load_losing_nothing_a
         second.phases,
         writes - writes_before,
         seen.reads.load(std::sync::atomic::Ordering::Relaxed),
-        seen.slowest_write(),
+        seen.slowest_write().0,
     );
     assert!(failures.is_empty(), "requests failed: {failures:#?}");
     for m in [&first, &second] {

@@ -287,6 +287,18 @@ pub(super) struct Changed {
     pub keys: Vec<String>,
 }
 
+impl Changed {
+    /// Adds what changed between two later snapshots.
+    pub(super) fn add(&mut self, later: Changed) {
+        self.users.extend(later.users);
+        self.users.sort_unstable();
+        self.users.dedup();
+        self.keys.extend(later.keys);
+        self.keys.sort_unstable();
+        self.keys.dedup();
+    }
+}
+
 /// Applies to the target what transactions committed between snapshot `since` and a new
 /// snapshot of the source wrote, and returns the new one; with `sums_at`, also the
 /// source's sums ([`sums`]) at that snapshot, to compare the target with once it is
@@ -456,10 +468,10 @@ pub(super) struct TableSum {
     pub sum: String,
 }
 
-/// The tenant's tables summed on one side: each table's row count, and the checksum of
-/// every row, or with `only` of the rows it names (the others compared before).
-/// Idempotency records expiring before `cutoff` are left out (expired ones are swept on
-/// the source and never carried).
+/// The tenant's tables summed on one side: each table's row count and checksum, of every
+/// row, or with `only` of the rows it names (when the rest was compared before and has not
+/// changed since). Idempotency records expiring before `cutoff` are left out (expired ones
+/// are swept on the source and never carried).
 pub(super) async fn sums(
     conn: &mut PgConnection,
     tenant: TenantId,
@@ -472,13 +484,13 @@ pub(super) async fn sums(
     };
     let (users, users_sum, records, records_sum): (i64, String, i64, String) =
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT (SELECT count(*) FROM users WHERE tenant_id = $1),
+            "SELECT (SELECT count(*) FROM users WHERE tenant_id = $1 {users_only}),
                     (SELECT coalesce(sum(hashtextextended(concat_ws('|', id, name, email,
                             version, extract(epoch FROM created_at),
                             extract(epoch FROM updated_at)), 0)::numeric), 0)::text
                        FROM users WHERE tenant_id = $1 {users_only}),
                     (SELECT count(*) FROM idempotency_keys
-                      WHERE tenant_id = $1 AND expires_at > $2),
+                      WHERE tenant_id = $1 AND expires_at > $2 {keys_only}),
                     (SELECT coalesce(sum(hashtextextended(concat_ws('|', key, method,
                             md5(request_hash), md5(response), extract(epoch FROM created_at),
                             extract(epoch FROM expires_at)), 0)::numeric), 0)::text

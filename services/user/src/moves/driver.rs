@@ -347,6 +347,13 @@ impl Moves {
         }
         let mut snapshot = std::mem::take(&mut copy.snapshot);
         drop(copy);
+        // Statistics for the copy before it serves, and for both sides before the
+        // comparisons look rows up by id (a bulk load leaves the planner guessing).
+        for (side, route) in [("target", &row.to), ("source", &row.from)] {
+            if let Err(e) = self.inner.provisioner.analyze(route).await {
+                tracing::warn!(tenant = %tenant, r#move = %row.id, side, error = %e, "tenant move: analyzing failed (statistics stay as autovacuum left them)");
+            }
+        }
         tracing::info!(tenant = %tenant, r#move = %row.id, rows = copied, seconds = started.elapsed().as_secs_f64(), "tenant move: snapshot copied");
 
         // 2. Catch up until little is left.
@@ -354,6 +361,8 @@ impl Moves {
         let mut rounds = 0;
         let mut applied = 0i64;
         let mut fence_tries = 0;
+        // What changed since both copies were last compared in full.
+        let mut since_compared: data::Changed;
         let fenced_since = loop {
             let caught = data::catch_up(&mut src, &mut dst, tenant, &snapshot, None)
                 .await
@@ -409,6 +418,14 @@ impl Moves {
                 caught.source_sums.as_deref().unwrap_or_default(),
                 &target,
             )?;
+            // The comparison took a while: catch up on what it let pile up, so that the
+            // fence has only the last moment's changes to apply.
+            let quick = data::catch_up(&mut src, &mut dst, tenant, &snapshot, None)
+                .await
+                .map_err(side("catching up"))?;
+            snapshot = quick.snapshot;
+            applied += quick.changes;
+            since_compared = quick.changed;
             // 3. Fence: the phase first, so that a fence left by a driver that dies is
             // known to the next one.
             self.enter(row, Phase::Fenced, "").await?;
@@ -436,7 +453,9 @@ impl Moves {
         self.inner.metrics.lag.set(0);
         self.drill(Phase::Fenced).await;
 
-        // 4. Fenced: the last changes, the comparison, the switch.
+        // 4. Fenced: the last changes, the comparison, the switch (which records the
+        // progress too: nothing else is written in the fence).
+        let fence_taken = fenced_since.elapsed();
         let last = data::catch_up(&mut src, &mut dst, tenant, &snapshot, None)
             .await
             .map_err(side("catching up"))?;
@@ -445,17 +464,23 @@ impl Moves {
             .metrics
             .changes_applied
             .inc_by(last.changes as u64);
-        sqlx::query(
-            "UPDATE control.tenant_moves SET changes_applied = $2, lag_changes = 0,
-                    catch_up_rounds = $3, updated_at = now() WHERE id = $1",
+        since_compared.add(last.changed);
+        tracing::info!(
+            tenant = %tenant,
+            r#move = %row.id,
+            fence_taken_ms = fence_taken.as_secs_f64() * 1000.0,
+            tail_changes = last.changes,
+            tail_ms = (fenced_since.elapsed() - fence_taken).as_secs_f64() * 1000.0,
+            "tenant move: fenced, last changes applied"
+        );
+        self.compare_and_switch(
+            row,
+            &mut src,
+            &mut dst,
+            fenced_since,
+            Some((&since_compared, applied, rounds + 2)),
         )
-        .bind(row.id)
-        .bind(applied)
-        .bind(rounds + 1)
-        .execute(&self.inner.control)
-        .await?;
-        self.compare_and_switch(row, &mut src, &mut dst, fenced_since, Some(&last.changed))
-            .await
+        .await
     }
 
     /// Compares both copies of a fenced tenant (row counts, and the checksum of the rows
@@ -466,9 +491,11 @@ impl Moves {
         src: &mut PgConnection,
         dst: &mut PgConnection,
         fenced_since: Instant,
-        only: Option<&data::Changed>,
+        tail: Option<(&data::Changed, i64, i32)>,
     ) -> Result<(), Stop> {
+        let compared_at = Instant::now();
         let cutoff = chrono::Utc::now() + chrono::Duration::minutes(1);
+        let only = tail.map(|(changed, _, _)| changed);
         let (source, target) = tokio::join!(
             data::sums(src, row.tenant, cutoff, only),
             data::sums(dst, row.tenant, cutoff, only)
@@ -476,6 +503,7 @@ impl Moves {
         let source = source.map_err(side("comparing the source"))?;
         let target = target.map_err(side("comparing the target"))?;
         compare(row, &source, &target)?;
+        let compare_ms = compared_at.elapsed().as_secs_f64() * 1000.0;
 
         // The switch: the route and the phase in one transaction, unless cancelled first.
         let mut tx = self.inner.control.begin().await?;
@@ -517,12 +545,15 @@ impl Moves {
             "UPDATE control.tenant_moves
                 SET phase = 'switched', switched_at = now(), error = NULL,
                     cleanup_after = now() + make_interval(secs => $2), fence_ms = $3,
-                    updated_at = now()
+                    changes_applied = coalesce($4, changes_applied), lag_changes = 0,
+                    catch_up_rounds = coalesce($5, catch_up_rounds), updated_at = now()
               WHERE id = $1",
         )
         .bind(row.id)
         .bind(self.inner.settings.grace.as_secs_f64())
         .bind(fence_ms)
+        .bind(tail.map(|(_, applied, _)| applied))
+        .bind(tail.map(|(_, _, rounds)| rounds))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -540,6 +571,7 @@ impl Moves {
             r#move = %row.id,
             phase = Phase::Switched.as_str(),
             fence_ms,
+            compare_ms,
             from = %super::describe(&row.from),
             to = %super::describe(&row.to),
             "tenant move phase"
