@@ -206,6 +206,21 @@ impl PoolRouter {
         }
     }
 
+    /// Opens the pool a tenant will be routed to once `route` is its route, with one
+    /// connection ready (a move, just before it switches the tenant to a database of its
+    /// own: the first writes there need not connect). Only while the tenant's current
+    /// route takes no dedicated pool (its key would be taken over): `current` says.
+    pub async fn warm(&self, current: &Route, route: &Route) -> Result<(), RouteError> {
+        if matches!(route.storage, Storage::Default) || !matches!(current.storage, Storage::Default)
+        {
+            return Ok(());
+        }
+        let routed = self.pool_for(route, false);
+        let conn = routed.acquire().await?;
+        drop(conn);
+        Ok(())
+    }
+
     /// Dedicated pools open right now.
     pub fn dedicated_pools_open(&self) -> usize {
         lock(&self.inner.pools).len()

@@ -126,6 +126,8 @@ pub enum MoveError {
     AlreadyThere(String),
     #[error("move {0} of this tenant is under way; follow or cancel it")]
     InProgress(Uuid),
+    #[error("another move of this tenant was started at the same moment")]
+    Raced,
     #[error(
         "move {id} of this tenant switched at {switched}; its old copy is kept until {until} \
          (BOROUGH_MOVE_GRACE), and the tenant can move again after that"
@@ -170,6 +172,7 @@ impl ServiceError for MoveError {
             MoveError::AlreadyThere(_) => ErrorKind::AlreadyExists,
             MoveError::NotActive(_)
             | MoveError::InProgress(_)
+            | MoveError::Raced
             | MoveError::OldCopyKept { .. }
             | MoveError::TooLateToCancel { .. } => ErrorKind::Conflict,
             MoveError::TooMany(_) => ErrorKind::QuotaExceeded,
@@ -691,7 +694,8 @@ impl Moves {
         .execute(&mut *tx)
         .await
         .map_err(|e| match db::constraint(&e) {
-            Some("tenant_moves_one_active") => MoveError::InProgress(Uuid::nil()),
+            // A backstop: the tenant row's lock above orders two starts already.
+            Some("tenant_moves_one_active") => MoveError::Raced,
             _ => MoveError::Database(e),
         })?;
         tx.commit().await?;
