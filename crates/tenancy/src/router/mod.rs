@@ -206,18 +206,27 @@ impl PoolRouter {
         }
     }
 
-    /// Opens the pool a tenant will be routed to once `route` is its route, with one
-    /// connection ready (a move, just before it switches the tenant to a database of its
-    /// own: the first writes there need not connect). Only while the tenant's current
-    /// route takes no dedicated pool (its key would be taken over): `current` says.
-    pub async fn warm(&self, current: &Route, route: &Route) -> Result<(), RouteError> {
+    /// Opens the pool a tenant will be routed to once `route` is its route, with
+    /// `connections` (at most the pool's size) connected and ready: a move, just before it
+    /// switches the tenant to a database of its own, so that the first writes there need
+    /// not log in. Only while the tenant's current route takes no dedicated pool (its key
+    /// would be taken over): `current` says.
+    pub async fn warm(
+        &self,
+        current: &Route,
+        route: &Route,
+        connections: u32,
+    ) -> Result<(), RouteError> {
         if matches!(route.storage, Storage::Default) || !matches!(current.storage, Storage::Default)
         {
             return Ok(());
         }
         let routed = self.pool_for(route, false);
-        let conn = routed.acquire().await?;
-        drop(conn);
+        let n = connections.min(self.inner.settings.tenant_pool.max_connections);
+        let conns = futures_util::future::join_all((0..n).map(|_| routed.acquire())).await;
+        for conn in conns {
+            conn?;
+        }
         Ok(())
     }
 

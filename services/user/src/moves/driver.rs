@@ -427,7 +427,7 @@ impl Moves {
             applied += quick.changes;
             since_compared = quick.changed;
             // The target's pool here, ready for the first writes after the switch.
-            if let Err(e) = self.inner.router.warm(&row.from, &row.to).await {
+            if let Err(e) = self.inner.router.warm(&row.from, &row.to, 4).await {
                 tracing::info!(tenant = %tenant, r#move = %row.id, error = %e, "tenant move: warming the target's pool failed");
             }
             // 3. Fence: the phase first, so that a fence left by a driver that dies is
