@@ -1,7 +1,7 @@
 //! Drives moves phase by phase (see the module above for the phases).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use borough_tenancy::placement::{self, Route};
 use borough_tenancy::provision::describe;
@@ -84,7 +84,9 @@ impl Moves {
     async fn unfinished(&self) -> Result<Vec<Uuid>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT id FROM control.tenant_moves
-              WHERE phase NOT IN ('done', 'failed', 'cancelled') ORDER BY created_at",
+              WHERE phase NOT IN ('done', 'failed', 'cancelled')
+                AND (phase <> 'switched' OR cleanup_after <= now())
+              ORDER BY created_at",
         )
         .fetch_all(&self.inner.control)
         .await
@@ -118,6 +120,11 @@ impl Moves {
             }
             if row.phase == Phase::Switched {
                 self.drill(Phase::Switched).await;
+                // Nothing to do until the grace period ends: no driver (nor its
+                // connection) is held meanwhile; the look after it takes the move up.
+                if row.cleanup_after.is_some_and(|at| at > chrono::Utc::now()) {
+                    break;
+                }
             }
             match self.step(&row).await {
                 Ok(()) => {}
@@ -194,7 +201,7 @@ impl Moves {
                 Ok(())
             }
             Phase::Fenced => self.resume_fenced(row).await,
-            Phase::Switched => self.wait_grace(row).await,
+            Phase::Switched => self.end_grace(row).await,
             Phase::Cleaning => self.clean(row).await,
             Phase::Done | Phase::Failed | Phase::Cancelled => Ok(()),
         }
@@ -628,18 +635,9 @@ impl Moves {
         }
     }
 
-    /// Keeps the old copy until `cleanup_after`.
-    async fn wait_grace(&self, row: &MoveRow) -> Result<(), Stop> {
-        let left = row
-            .cleanup_after
-            .map(|at| at.signed_duration_since(chrono::Utc::now()))
-            .and_then(|d| d.to_std().ok())
-            .unwrap_or_default();
-        if !left.is_zero() {
-            // Looked at again at least every few seconds (a changed grace, a shutdown).
-            tokio::time::sleep(left.min(Duration::from_secs(5))).await;
-            return Ok(());
-        }
+    /// The old copy has been kept until `cleanup_after` (a move is driven in `switched`
+    /// only once it has passed): remove it.
+    async fn end_grace(&self, row: &MoveRow) -> Result<(), Stop> {
         self.enter(row, Phase::Cleaning, "").await?;
         Ok(())
     }

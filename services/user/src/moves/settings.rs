@@ -75,7 +75,8 @@ impl MoveSettings {
     pub const MAX_ACTIVE: Var = Var::new(
         "BOROUGH_MOVE_MAX_ACTIVE",
         "2",
-        "Moves copying or catching up at once, platform-wide (1 to 64); more are refused",
+        "Moves preparing, copying, catching up or fenced at once, platform-wide (1 to 64); \
+         more are refused",
     );
     pub const DRILL_STALL: Var = Var::new(
         "BOROUGH_MOVE_DRILL_STALL",
