@@ -154,9 +154,14 @@ async fn the_gateway_starts_from_its_snapshot_catches_up_and_changes_log_level_l
         .json()
         .await?;
     assert_eq!(readyz["notes"], serde_json::json!([]), "{readyz}");
-    // The snapshot file now holds the live configuration.
-    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&snapshot)?)?;
-    assert_eq!(saved["values"]["log.level"], "info");
+    // The snapshot file comes to hold the live configuration (it is written after the
+    // revision is applied: under load, a moment after the new level shows).
+    wait_for("the snapshot to hold the new level", async || {
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&snapshot)?).unwrap_or_default();
+        Ok(saved["values"]["log.level"] == "info")
+    })
+    .await?;
 
     child.kill().await?;
     let _ = stop.send(());
