@@ -102,14 +102,6 @@ impl Phase {
     pub fn is_final(self) -> bool {
         matches!(self, Phase::Done | Phase::Failed | Phase::Cancelled)
     }
-
-    /// Before the switch: the move can still be cancelled and rolled back.
-    pub fn before_switch(self) -> bool {
-        matches!(
-            self,
-            Phase::Preparing | Phase::Copying | Phase::CatchingUp | Phase::Fenced
-        )
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,9 +185,7 @@ impl ServiceError for MoveError {
 
 impl From<MoveError> for Status {
     fn from(err: MoveError) -> Status {
-        if err.kind().is_server_fault() {
-            tracing::error!(error = %err, "tenant move call failed");
-        }
+        // `to_status` logs server faults (with the full error) already.
         to_status(&err)
     }
 }
