@@ -4,6 +4,7 @@
 //! resolves; `main.rs` only reads settings, binds and calls it.
 
 pub mod moves;
+mod stored;
 pub mod tenants;
 pub mod users;
 pub mod validate;

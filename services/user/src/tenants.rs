@@ -14,7 +14,7 @@ use borough_proto::user::v1::{
 };
 use borough_telemetry::Metrics;
 use borough_tenancy::directory::{self, AuthError};
-use borough_tenancy::placement::{self, Route, Status as TenantState, Storage};
+use borough_tenancy::placement::{self, Route, Status as TenantState};
 use borough_tenancy::provision::Provisioner;
 use borough_tenancy::{PoolRouter, db};
 use borough_tenant::{TenantId, apikey};
@@ -396,34 +396,12 @@ impl Tenants {
             }
         };
         let route = placement::new_route(id, placement, url, read_url);
-        let database_name = match &route.storage {
-            Storage::OwnDatabase { name } => Some(name.as_str()),
-            _ => None,
-        };
         // URLs are stored sealed, bound to this row; their locations in clear.
-        let (database_url, read_url, location, read_location) = match &route.storage {
-            Storage::External(external) => {
-                let keys = self.keys.as_deref().ok_or_else(|| {
-                    TenantError::NotConfigured(
-                        "a database given by URL needs BOROUGH_SECRET_KEYS on the user \
-                         service (its URLs are stored encrypted)"
-                            .to_owned(),
-                    )
-                })?;
-                let seal = |column: &str, url: &Option<String>| {
-                    url.as_deref()
-                        .map(|url| keys.seal(*id.as_uuid(), column, url))
-                        .transpose()
-                };
-                (
-                    seal("database_url", &external.url)?,
-                    seal("read_url", &external.read_url)?,
-                    Some(external.location.as_str()),
-                    external.read_location.as_deref(),
-                )
-            }
-            _ => (None, None, None, None),
-        };
+        let columns =
+            crate::stored::storage_columns(&route, self.keys.as_deref()).map_err(|e| match e {
+                crate::stored::SealError::NoKeys => TenantError::NotConfigured(e.to_string()),
+                crate::stored::SealError::Secret(e) => e.into(),
+            })?;
         sqlx::query(
             "INSERT INTO control.tenants
                  (id, name, placement, status, schema_name, database_name, database_url, read_url,
@@ -439,12 +417,12 @@ impl Tenants {
         .bind(id.as_uuid())
         .bind(&req.name)
         .bind(placement.as_str())
-        .bind(&route.schema)
-        .bind(database_name)
-        .bind(database_url)
-        .bind(read_url)
-        .bind(location)
-        .bind(read_location)
+        .bind(&columns.schema)
+        .bind(&columns.database_name)
+        .bind(&columns.url)
+        .bind(&columns.read_url)
+        .bind(&columns.location)
+        .bind(&columns.read_location)
         .execute(&mut *tx)
         .await
         .map_err(|e| match db::constraint(&e) {

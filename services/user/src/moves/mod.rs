@@ -156,6 +156,15 @@ impl From<borough_tenancy::secrets::SecretError> for MoveError {
     }
 }
 
+impl From<crate::stored::SealError> for MoveError {
+    fn from(e: crate::stored::SealError) -> Self {
+        match e {
+            crate::stored::SealError::NoKeys => MoveError::NotConfigured(e.to_string()),
+            crate::stored::SealError::Secret(e) => e.into(),
+        }
+    }
+}
+
 impl ServiceError for MoveError {
     fn kind(&self) -> ErrorKind {
         match self {
@@ -253,54 +262,6 @@ struct StoredMove {
     switched_at: Option<DateTime<Utc>>,
     cleanup_after: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
-}
-
-/// A route's storage columns, as `control.tenants` and `control.tenant_moves` keep them
-/// (URLs sealed for the tenant's row).
-struct StorageColumns {
-    placement: &'static str,
-    schema: String,
-    database_name: Option<String>,
-    url: Option<String>,
-    read_url: Option<String>,
-    location: Option<String>,
-    read_location: Option<String>,
-}
-
-fn storage_columns(route: &Route, keys: Option<&Keyring>) -> Result<StorageColumns, MoveError> {
-    let mut columns = StorageColumns {
-        placement: route.placement.as_str(),
-        schema: route.schema.clone(),
-        database_name: None,
-        url: None,
-        read_url: None,
-        location: None,
-        read_location: None,
-    };
-    match &route.storage {
-        Storage::Default => {}
-        Storage::OwnDatabase { name } => columns.database_name = Some(name.clone()),
-        Storage::External(external) => {
-            let keys = keys.ok_or_else(|| {
-                MoveError::NotConfigured(
-                    "a database given by URL needs BOROUGH_SECRET_KEYS on the user service \
-                     (its URLs are stored encrypted)"
-                        .to_owned(),
-                )
-            })?;
-            let tenant = *route.tenant_id.as_uuid();
-            let seal = |column: &str, url: &Option<String>| {
-                url.as_deref()
-                    .map(|url| keys.seal(tenant, column, url))
-                    .transpose()
-            };
-            columns.url = seal("database_url", &external.url)?;
-            columns.read_url = seal("read_url", &external.read_url)?;
-            columns.location = Some(external.location.clone());
-            columns.read_location = external.read_location.clone();
-        }
-    }
-    Ok(columns)
 }
 
 /// A stored route (one side of a move), opened with `keys`.
@@ -609,8 +570,8 @@ impl Moves {
         if to.schema == from.schema && same_database(&to.storage, &from.storage) {
             return Err(MoveError::AlreadyThere(describe(&from)));
         }
-        let src = storage_columns(&from, self.keys())?;
-        let dst = storage_columns(&to, self.keys())?;
+        let src = crate::stored::storage_columns(&from, self.keys())?;
+        let dst = crate::stored::storage_columns(&to, self.keys())?;
 
         let mut tx = self.inner.control.begin().await?;
         // One start at a time per tenant, and against the switch of an earlier move.
