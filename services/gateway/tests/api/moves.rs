@@ -298,3 +298,82 @@ async fn move_requests_are_answered_with_precise_problems() -> anyhow::Result<()
     assert_problem(response, 404).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn moves_beyond_borough_move_max_active_are_refused_until_one_ends() -> anyhow::Result<()> {
+    // One move at a time, slowed down so that it is still copying when the second asks.
+    let stack = Stack::builder()
+        .services(&[
+            ("BOROUGH_MOVE_MAX_ACTIVE", "1"),
+            ("BOROUGH_MOVE_BATCH_ROWS", "100"),
+            ("BOROUGH_MOVE_BATCH_PAUSE", "200ms"),
+        ])
+        .start()
+        .await?;
+    let (first, first_key) = stack.create_tenant_in("first", "shared").await?;
+    let (second, _) = stack.create_tenant_in("second", "shared").await?;
+    let ndjson: String = (0..500)
+        .map(|i| format!("{{\"name\":\"Seed {i}\",\"email\":\"seed{i}@f.example\"}}\n"))
+        .collect();
+    let imported = stack
+        .http
+        .post(stack.url("/api/v1/users:import"))
+        .bearer_auth(&first_key)
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
+        .send()
+        .await?;
+    assert_eq!(imported.status(), 200);
+    let move_to = |tenant: &str| {
+        stack
+            .http
+            .post(stack.url(&format!("/admin/v1/tenants/{tenant}:move")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "placement": "schema" }))
+            .send()
+    };
+    let started = move_to(&first).await?;
+    assert_eq!(started.status(), 202);
+    let started: Value = started.json().await?;
+    let refused = assert_problem(move_to(&second).await?, 409).await?;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("BOROUGH_MOVE_MAX_ACTIVE"),
+        "{refused}"
+    );
+    // Once the first is cancelled (and rolled back), the second may start.
+    let path = format!(
+        "/admin/v1/tenants/{first}/moves/{}",
+        started["id"].as_str().unwrap_or_default()
+    );
+    let cancel = stack
+        .http
+        .delete(stack.url(&path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?;
+    assert_eq!(cancel.status(), 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: Value = stack
+            .http
+            .get(stack.url(&path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if seen["phase"] == "cancelled" {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "not cancelled: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(move_to(&second).await?.status(), 202);
+    Ok(())
+}
