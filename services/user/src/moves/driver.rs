@@ -229,6 +229,12 @@ impl Moves {
         .bind(phase.as_str())
         .execute(&self.inner.control)
         .await?;
+        self.entered(row, phase, None);
+        Ok(())
+    }
+
+    /// Counts and logs a phase entered (with the fence's figures for `switched`).
+    fn entered(&self, row: &MoveRow, phase: Phase, fence: Option<(f64, f64)>) {
         self.inner
             .metrics
             .phases
@@ -240,11 +246,12 @@ impl Moves {
             tenant = %row.tenant,
             r#move = %row.id,
             phase = phase.as_str(),
+            fence_ms = fence.map(|(fence, _)| fence),
+            compare_ms = fence.map(|(_, compare)| compare),
             from = %super::describe(&row.from),
             to = %super::describe(&row.to),
             "tenant move phase"
         );
-        Ok(())
     }
 
     async fn note_error(&self, id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
@@ -570,23 +577,7 @@ impl Moves {
         tx.commit().await?;
         self.inner.router.invalidate(row.tenant);
         self.inner.metrics.last_fence_ms.set(fence_ms);
-        self.inner
-            .metrics
-            .phases
-            .get_or_create(&PhaseLabels {
-                phase: Phase::Switched.as_str(),
-            })
-            .inc();
-        tracing::info!(
-            tenant = %row.tenant,
-            r#move = %row.id,
-            phase = Phase::Switched.as_str(),
-            fence_ms,
-            compare_ms,
-            from = %super::describe(&row.from),
-            to = %super::describe(&row.to),
-            "tenant move phase"
-        );
+        self.entered(row, Phase::Switched, Some((fence_ms, compare_ms)));
         Ok(())
     }
 
